@@ -1,0 +1,21 @@
+"""The one error type every layer raises.
+
+A refusal carries a stable snake_case ``code`` (SPEC §2) and a human sentence;
+the API layer maps the code to an HTTP status, so domain code never knows HTTP.
+"""
+
+from __future__ import annotations
+
+
+class ExchangeError(Exception):
+    """A refusal with a stable code; ``retry_after`` feeds the Retry-After header."""
+
+    def __init__(self, code: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def description(self) -> str:
+        return f"{self.code}: {self.message}"
