@@ -1,0 +1,120 @@
+"""Database connection: URL normalisation, SQLite pragmas, migrations on start.
+
+Operators write plain URLs (``sqlite:///x.db``, ``postgresql://u@h/db``); the
+project picks the drivers itself (aiosqlite / psycopg 3) so nobody has to know
+SQLAlchemy's ``dialect+driver`` syntax.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _driver_url(url: str, *, asynchronous: bool) -> str:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        driver = "aiosqlite" if asynchronous else "pysqlite"
+    elif backend == "postgresql":
+        driver = "psycopg"
+    else:
+        raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
+    return parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for in-memory)."""
+    database = make_url(url).database
+    if not is_sqlite(url) or not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # aiosqlite wraps sqlite3; both expose cursor()/execute().
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return on_connect
+
+
+def make_async_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
+    if is_sqlite(url):
+        engine = create_async_engine(
+            _driver_url(url, asynchronous=True),
+            connect_args={"timeout": 10, "isolation_level": None},
+            pool_size=8,
+            max_overflow=0,
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(synchronous))
+        _sqlite_begin_immediate(engine.sync_engine)
+        return engine
+    return create_async_engine(
+        _driver_url(url, asynchronous=True), pool_size=10, max_overflow=5, pool_pre_ping=True
+    )
+
+
+def make_sync_engine(url: str, *, synchronous: str = "FULL") -> Engine:
+    if is_sqlite(url):
+        engine = create_engine(
+            _driver_url(url, asynchronous=False),
+            connect_args={"timeout": 10, "isolation_level": None},
+        )
+        event.listen(engine, "connect", _sqlite_pragmas(synchronous))
+        _sqlite_begin_immediate(engine)
+        return engine
+    return create_engine(_driver_url(url, asynchronous=False), pool_pre_ping=True)
+
+
+def _sqlite_begin_immediate(engine: Engine) -> None:
+    """Take SQLite's write lock at BEGIN, not at the first write.
+
+    With the default deferred BEGIN, two transactions that read then write can both
+    hold a read snapshot and one fails with "database is locked" mid-way; BEGIN
+    IMMEDIATE makes the second wait (busy_timeout) instead, so read-modify-write
+    service code is serialised correctly.
+    """
+
+    @event.listens_for(engine, "begin")
+    def do_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def migrate(url: str) -> None:
+    """Create or upgrade the schema to the newest revision (idempotent)."""
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", _driver_url(url, asynchronous=False))
+    config.attributes["configure_logger"] = False
+    engine = make_sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+__all__ = ["is_sqlite", "make_async_engine", "make_sync_engine", "migrate", "sqlite3"]

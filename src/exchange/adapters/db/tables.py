@@ -1,0 +1,184 @@
+"""The schema. Money columns are BIGINT minor units (never REAL): exact and fast.
+
+Migrations in ``migrations/versions`` create exactly these tables; a test checks
+that the migrated schema and this metadata agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Big integers autoincrement on SQLite only as INTEGER PRIMARY KEY; the variant keeps
+# PostgreSQL's BIGINT while SQLite gets its rowid alias.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("created", BigInteger, nullable=False),
+)
+
+verification_codes = Table(
+    "verification_codes",
+    metadata,
+    Column("email", String(254), primary_key=True),
+    Column("code_hash", String(64), nullable=False),
+    Column("salt", String(32), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("expires", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("used", Boolean, nullable=False, default=False),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(254), nullable=False),
+    Column("time", BigInteger, nullable=False),
+    Index("ix_login_failures_email_time", "email", "time"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", BigInteger, nullable=False, index=True),
+    Column("created", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+)
+
+balances = Table(
+    "balances",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("asset", String(16), primary_key=True),
+    Column("available", BigInteger, nullable=False),
+    Column("frozen", BigInteger, nullable=False),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("asset", String(16), nullable=False),
+    Column("d_available", BigInteger, nullable=False),
+    Column("d_frozen", BigInteger, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("ref", BigInteger, nullable=False),
+    Column("time", BigInteger, nullable=False),
+    Index("ix_ledger_entries_user_asset", "user_id", "asset"),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("market", String(32), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("type", String(8), nullable=False),
+    Column("tif", String(3), nullable=False),
+    Column("post_only", Boolean, nullable=False),
+    Column("price", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("filled", BigInteger, nullable=False),
+    Column("quote_filled", BigInteger, nullable=False),
+    Column("frozen", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("client_order_id", String(36), nullable=True),
+    Column("created", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    UniqueConstraint("user_id", "client_order_id", name="uq_orders_user_client_order_id"),
+    Index("ix_orders_user_id", "user_id", "id"),
+    Index("ix_orders_status", "status"),
+)
+
+trades = Table(
+    "trades",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("market", String(32), nullable=False),
+    Column("price", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("quote", BigInteger, nullable=False),
+    Column("taker_side", String(4), nullable=False),
+    Column("maker_order_id", BigInteger, nullable=False),
+    Column("taker_order_id", BigInteger, nullable=False),
+    Column("maker_user_id", BigInteger, nullable=False),
+    Column("taker_user_id", BigInteger, nullable=False),
+    Column("maker_fee", BigInteger, nullable=False),
+    Column("taker_fee", BigInteger, nullable=False),
+    Column("time", BigInteger, nullable=False),
+    Index("ix_trades_market_id", "market", "id"),
+    Index("ix_trades_maker_user", "maker_user_id", "id"),
+    Index("ix_trades_taker_user", "taker_user_id", "id"),
+)
+
+engine_inbox = Table(
+    "engine_inbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("result", Text, nullable=True),
+    Column("created", BigInteger, nullable=False),
+    Column("done", BigInteger, nullable=True),
+    Index("ix_engine_inbox_status", "status", "id"),
+)
+
+admin_audit = Table(
+    "admin_audit",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("details", Text, nullable=False),
+    Column("time", BigInteger, nullable=False),
+)
+
+withdraw_addresses = Table(
+    "withdraw_addresses",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("coin", String(16), primary_key=True),
+    Column("address", String(128), nullable=False),
+    Column("usable_from", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+)
+
+withdrawals = Table(
+    "withdrawals",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("coin", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("fee", BigInteger, nullable=False),
+    Column("address", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("txid", String(128), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("created", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    Index("ix_withdrawals_user_id", "user_id", "id"),
+    Index("ix_withdrawals_status", "status", "id"),
+)

@@ -1,0 +1,86 @@
+"""Account methods of SPEC §4: names, codes, registration, login, balances."""
+
+from __future__ import annotations
+
+from exchange.api import schemas
+from exchange.api.context import Call, Method, Param
+from exchange.api.params import text
+from exchange.api.router import Answer
+from exchange.services.accounts import CODE_TTL_MS
+
+USER = Param("user", required=True, description="e-mail address", max_length=254)
+
+
+async def check_exist_name(call: Call) -> Answer:
+    exists = await call.services.accounts.exists(text(call.params, "user", max_length=254))
+    return Answer({"exists": exists}, exists)
+
+
+async def make_valid_code(call: Call) -> object:
+    await call.services.accounts.send_code(text(call.params, "user", max_length=254))
+    return {"sent": True, "expires_in": CODE_TTL_MS // 1000}
+
+
+async def regeist_user(call: Call) -> object:
+    email = await call.services.accounts.register(
+        text(call.params, "user", max_length=254),
+        text(call.params, "pass", max_length=1024),
+        text(call.params, "valid_code", max_length=16),
+    )
+    return {"user": email}
+
+
+async def login(call: Call) -> object:
+    user_id, email = await call.services.accounts.login(
+        text(call.params, "user", max_length=254), text(call.params, "pass", max_length=1024)
+    )
+    if call.token:
+        await call.services.sessions.delete(call.token)
+    token = await call.services.sessions.create(user_id)
+    call.set_session = token
+    return {"user": email, "session": token}
+
+
+async def logout(call: Call) -> object:
+    if call.token:
+        await call.services.sessions.delete(call.token)
+    call.clear_session = True
+    return None
+
+
+async def get_user_coin(call: Call) -> object:
+    return call.services.engine.balances(call.user_id)
+
+
+METHODS = (
+    Method(
+        "check_exist_name", "POST", check_exist_name,
+        "Is this e-mail address registered? `status` is the answer.", schemas.Exists,
+        (USER,), limit="exists",
+    ),
+    Method(
+        "make_valid_code", "POST", make_valid_code,
+        "E-mail a 6-digit registration code (valid 10 min, one use, 5 tries).", schemas.CodeSent,
+        (USER,), limit="code",
+    ),
+    Method(
+        "regeist_user", "POST", regeist_user,
+        "Register with the e-mailed code (the seed's spelling).", schemas.Registered,
+        (
+            USER,
+            Param("pass", required=True, description="password, 8-128 characters", max_length=1024),
+            Param("valid_code", required=True, description="the 6-digit code", max_length=16),
+        ),
+    ),
+    Method(
+        "login", "POST", login,
+        "Log in; sets the HttpOnly `session` cookie.", schemas.LoggedIn,
+        (USER, Param("pass", required=True, description="password", max_length=1024)),
+        limit="login",
+    ),
+    Method("logout", "POST", logout, "End the session.", None, auth=True),
+    Method(
+        "get_user_coin", "POST", get_user_coin,
+        "Balances of every asset, zeros included.", schemas.Balances, auth=True,
+    ),
+)

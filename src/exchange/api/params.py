@@ -1,0 +1,134 @@
+"""Request parameters from query, form, multipart or JSON (SPEC §1).
+
+JSON numbers are parsed straight to ``Decimal`` (``parse_float=Decimal``), so a
+price sent as ``0.1`` is exactly the price sent as ``"0.1"`` — no binary float
+ever holds money. Values reach handlers as ``str``, ``int``, ``Decimal`` or
+``bool``; the typed getters below turn them into what a handler needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+
+from exchange.domain.errors import ExchangeError
+
+Params = dict[str, object]
+MAX_BODY = 64 * 1024
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def parse_query(query: bytes | str) -> Params:
+    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    try:
+        return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict"))
+    except (UnicodeDecodeError, ValueError):
+        raise ExchangeError("invalid_argument", "the query string is not valid") from None
+
+
+def parse_form(body: bytes) -> Params:
+    try:
+        text = body.decode("utf-8")
+        return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    except (UnicodeDecodeError, ValueError):
+        raise ExchangeError("invalid_argument", "the form body is not valid UTF-8 form data") from None
+
+
+def parse_json(body: bytes) -> Params:
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ExchangeError("invalid_argument", "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ExchangeError("invalid_argument", "the JSON body must be an object")
+    return value
+
+
+def text(params: Mapping[str, object], name: str, *, max_length: int = 256) -> str:
+    """A required string parameter."""
+    value = optional_text(params, name, max_length=max_length)
+    if value is None or value == "":
+        raise ExchangeError("missing_argument", f"parameter '{name}' is required")
+    return value
+
+
+def optional_text(params: Mapping[str, object], name: str, *, max_length: int = 256) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        raise ExchangeError("invalid_argument", f"parameter '{name}' must be a string")
+    result = value if isinstance(value, str) else str(value)
+    if len(result) > max_length:
+        raise ExchangeError("invalid_argument", f"parameter '{name}' is longer than {max_length}")
+    if "\x00" in result:
+        raise ExchangeError("invalid_argument", f"parameter '{name}' contains a NUL character")
+    return result
+
+
+def raw(params: Mapping[str, object], name: str) -> object:
+    """A required value kept as sent (str, int or Decimal) for exact decimal parsing."""
+    value = params.get(name)
+    if value is None or value == "":
+        raise ExchangeError("missing_argument", f"parameter '{name}' is required")
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        raise ExchangeError("invalid_argument", f"parameter '{name}' must be a decimal number")
+    if isinstance(value, str) and len(value) > 64:
+        raise ExchangeError("invalid_argument", f"parameter '{name}' is too long")
+    return value
+
+
+def integer(
+    params: Mapping[str, object], name: str, default: int, *, low: int, high: int
+) -> int:
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise ExchangeError("invalid_argument", f"parameter '{name}' must be an integer")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) < 20:
+        number = int(value.strip())
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        number = int(value)
+    else:
+        raise ExchangeError("invalid_argument", f"parameter '{name}' must be an integer")
+    if not low <= number <= high:
+        raise ExchangeError("invalid_argument", f"parameter '{name}' must be between {low} and {high}")
+    return number
+
+
+def flag(params: Mapping[str, object], name: str) -> bool:
+    value = params.get(name)
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ExchangeError("invalid_argument", f"parameter '{name}' must be true or false")
+
+
+def choice(params: Mapping[str, object], name: str, options: Mapping[str, str], default: str) -> str:
+    """An enumerated parameter; ``options`` maps accepted spellings to the canonical value."""
+    value = optional_text(params, name, max_length=32)
+    if value is None or value.strip() == "":
+        return default
+    key = value.strip()
+    found = options.get(key) or options.get(key.lower()) or options.get(key.upper())
+    if found is None:
+        allowed = ", ".join(sorted(set(options.values())))
+        raise ExchangeError("invalid_argument", f"parameter '{name}' must be one of {allowed}")
+    return found

@@ -1,0 +1,80 @@
+"""Response payload shapes, used only to document ``data`` in ``/openapi.json``.
+
+Handlers build plain dicts (cheap); these models describe them, and the
+schemathesis suite checks that every real answer matches its description.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, RootModel
+
+
+class Exists(BaseModel):
+    exists: bool
+
+
+class CodeSent(BaseModel):
+    sent: bool
+    expires_in: int = Field(description="seconds the code stays valid")
+
+
+class Registered(BaseModel):
+    user: str
+
+
+class LoggedIn(BaseModel):
+    user: str
+    session: str = Field(description="session token; also set as the `session` cookie")
+
+
+class Balance(BaseModel):
+    available: str = Field(pattern=r"^\d+\.\d+$")
+    frozen: str = Field(pattern=r"^\d+\.\d+$")
+
+
+class Balances(RootModel[dict[str, Balance]]):
+    pass
+
+
+class OrderTrade(BaseModel):
+    trade_id: int
+    price: str
+    amount: str
+    fee: str
+    fee_coin: str
+    role: str = Field(description="maker or taker")
+    time: int
+
+
+class OrderInfo(BaseModel):
+    order_id: int
+    client_order_id: str | None
+    pair: str
+    side: str
+    type: str
+    time_in_force: str
+    post_only: bool
+    price: str | None
+    amount: str
+    filled: str
+    average_price: str | None
+    status: str
+    created: int
+    updated: int
+
+
+class Order(OrderInfo):
+    trades: list[OrderTrade]
+
+
+class MyTrade(BaseModel):
+    trade_id: int
+    order_id: int
+    pair: str
+    side: str
+    role: str
+    price: str
+    amount: str
+    fee: str
+    fee_coin: str
+    time: int

@@ -1,0 +1,159 @@
+"""The one bootstrap: wires settings, adapters, engine, services and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+
+import orjson
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from exchange import __version__
+from exchange.adapters.db.database import make_async_engine, make_sync_engine, migrate
+from exchange.adapters.mailer import Mailer, make_mailer
+from exchange.adapters.passwords import PasswordHashing
+from exchange.api.context import Services
+from exchange.api.envelope import error
+from exchange.api.limits import RateLimiter
+from exchange.api.methods import ALL_METHODS, METHODS
+from exchange.api.openapi import build_openapi
+from exchange.api.router import Dispatcher
+from exchange.clock import Clock, now_ms
+from exchange.config import Settings, get_settings
+from exchange.domain.markets import Market, build_market, default_assets, default_markets
+from exchange.engine.engine import Engine
+from exchange.engine.writer_lock import WriterLock
+from exchange.services.accounts import Accounts
+from exchange.services.history import History
+from exchange.services.sessions import Sessions
+
+log = logging.getLogger("exchange")
+
+API_VERBS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class AnotherWriter(RuntimeError):
+    """Another exchange process already writes to this database."""
+
+
+def configured_markets(settings: Settings) -> dict[str, Market]:
+    """The default markets of SPEC §3, with the configured fee rate."""
+    assets = default_assets()
+    markets = default_markets(assets)
+    if Decimal(settings.fee_rate) == markets["BTC/USDT"].taker_fee:
+        return markets
+    rebuilt = {}
+    for symbol, m in markets.items():
+        rebuilt[symbol] = build_market(
+            symbol,
+            m.base,
+            m.quote,
+            m.format_price(m.tick),
+            m.format_amount(m.step),
+            m.format_amount(m.min_amount),
+            m.format_quote(m.min_notional),
+            settings.fee_rate,
+            settings.fee_rate,
+        )
+    return rebuilt
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith("/api/") or path == "/api" or path.startswith("/router")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if _is_api(request.url.path) or status not in (404, 405):
+        if status == 404:
+            return error("unknown_method", "there is no such method")
+        if status == 405:
+            return error("method_not_allowed", "this verb is not allowed here")
+        return error("internal_error", "something went wrong on our side; try again")
+    return HTMLResponse(f"<h1>{status}</h1><p><a href='/'>Markets</a></p>", status_code=status)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s: %r", request.url.path, exc)
+    return error("internal_error", "something went wrong on our side; try again")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock = now_ms,
+    mailer: Mailer | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+    markets = configured_markets(settings)
+    db = make_async_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+    sync_db = make_sync_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+    engine = Engine(
+        markets, sync_db, clock, queue_size=settings.queue_size, batch_size=settings.batch_size
+    )
+    hashing = PasswordHashing(settings.password_hash_memory_kib, settings.password_hash_time_cost)
+    services = Services(
+        settings=settings,
+        db=db,
+        clock=clock,
+        accounts=Accounts(db, mailer or make_mailer(settings), hashing, clock),
+        sessions=Sessions(db, clock, lifetime=settings.session_lifetime, idle=settings.session_idle),
+        engine=engine,
+        history=History(db),
+        markets=markets,
+    )
+    dispatcher = Dispatcher(services, METHODS, RateLimiter(settings))
+    openapi_body = orjson.dumps(build_openapi(ALL_METHODS, version=__version__))
+    lock = WriterLock(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(migrate, settings.database_url)
+        if not await asyncio.to_thread(lock.acquire):
+            raise AnotherWriter(
+                "another exchange process is already running on this database; stop it first"
+            )
+        try:
+            await engine.start()
+            yield
+        finally:
+            await engine.stop()
+            await db.dispose()
+            sync_db.dispose()
+            lock.release()
+
+    async def openapi(_: Request) -> Response:
+        return Response(openapi_body, media_type="application/json")
+
+    async def healthz(_: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    app = FastAPI(
+        title="Exchange",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        exception_handlers={
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.services = services
+    app.router.routes.extend(
+        [
+            Route("/router", dispatcher.router_endpoint, methods=API_VERBS),
+            Route("/api/{method}", dispatcher.api_endpoint, methods=API_VERBS),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+    return app

@@ -1,0 +1,163 @@
+"""``exchange serve | demo | admin … | bench …`` — every command reads the same settings."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from exchange.config import Settings, get_settings
+from exchange.domain.errors import ExchangeError
+
+
+def _settings_help() -> str:
+    lines = ["Settings (environment variables or a .env file):", ""]
+    for name, field in Settings.model_fields.items():
+        lines.append(f"  EXCHANGE_{name.upper()}  {field.description or ''} [{field.default}]")
+    return "\n\n".join(["", *lines[:1]]) + "\n\n" + "\n\n".join(lines[2:])
+
+
+app = typer.Typer(
+    help="A spot cryptocurrency exchange.",
+    epilog=_settings_help(),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+admin = typer.Typer(help="Operator commands: credit deposits, review withdrawals.")
+app.add_typer(admin, name="admin")
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, *, demo: bool) -> None:
+    import uvicorn
+
+    from exchange.app import create_app
+
+    _logging(settings)
+    application: Any = create_app(settings)
+    if demo:
+        from exchange.demo.bots import attach_demo
+
+        attach_demo(application, settings)
+    config = uvicorn.Config(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address [EXCHANGE_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [EXCHANGE_PORT]")] = None,
+) -> None:
+    """Run the exchange server."""
+    _serve(get_settings(), host, port, demo=False)
+
+
+@app.command()
+def demo(
+    host: Annotated[str | None, typer.Option(help="bind address [EXCHANGE_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [EXCHANGE_PORT]")] = None,
+) -> None:
+    """Run the server with market-making bots and a funded demo user."""
+    _serve(get_settings(), host, port, demo=True)
+
+
+def _admin() -> Any:
+    from exchange.adapters.db.database import make_sync_engine, migrate
+    from exchange.app import configured_markets
+    from exchange.services.admin import Admin
+
+    settings = get_settings()
+    migrate(settings.database_url)
+    db = make_sync_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+    return Admin(db, settings.database_url, configured_markets(settings))
+
+
+def _fail(error: ExchangeError) -> None:
+    typer.echo(f"error: {error.message}", err=True)
+    raise SystemExit(1)
+
+
+@admin.command()
+def credit(
+    email: str,
+    coin: str,
+    amount: str,
+    note: Annotated[str, typer.Option(help="why (kept in the audit log)")] = "",
+) -> None:
+    """Credit a deposit to a user (a ledger entry from the deposit account)."""
+    try:
+        result = _admin().credit(email, coin, amount, note)
+    except ExchangeError as error:
+        _fail(error)
+    typer.echo(f"credited {amount} {result['asset']} to {email}")
+
+
+@admin.command("withdrawals")
+def list_withdrawals(
+    status: Annotated[str | None, typer.Option(help="pending, sent or rejected")] = None,
+) -> None:
+    """List withdrawals (all, or one status)."""
+    from exchange.domain.money import format_units
+
+    tool = _admin()
+    for row in tool.withdrawals(status):
+        scale = tool._assets[row["coin"]].scale
+        typer.echo(
+            f"{row['id']}\t{row['status']}\t{row['email']}\t{row['coin']}\t"
+            f"{format_units(row['amount'], scale)}\tfee {format_units(row['fee'], scale)}\t"
+            f"{row['address']}\t{row['txid'] or row['reason'] or ''}"
+        )
+
+
+@admin.command()
+def approve(
+    withdrawal_id: int,
+    txid: Annotated[str, typer.Option(help="the blockchain transaction id")],
+) -> None:
+    """Mark a pending withdrawal sent; its funds leave through the withdrawal account."""
+    try:
+        _admin().approve(withdrawal_id, txid)
+    except ExchangeError as error:
+        _fail(error)
+    typer.echo(f"withdrawal {withdrawal_id} sent")
+
+
+@admin.command()
+def reject(
+    withdrawal_id: int,
+    reason: Annotated[str, typer.Option(help="shown to the user")],
+) -> None:
+    """Reject a pending withdrawal; its amount returns to the user's balance."""
+    try:
+        _admin().reject(withdrawal_id, reason)
+    except ExchangeError as error:
+        _fail(error)
+    typer.echo(f"withdrawal {withdrawal_id} rejected")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

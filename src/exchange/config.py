@@ -1,0 +1,69 @@
+"""One settings object for every command (server, demo, admin CLI, bench).
+
+All values come from ``EXCHANGE_*`` environment variables or a ``.env`` file, so
+an operator configures the server and the admin CLI in one place.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the exchange; ``exchange --help`` lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="EXCHANGE_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///exchange.db",
+        description="sqlite:///relative.db, sqlite:////abs/path.db or postgresql://user@host/db",
+    )
+    host: str = Field("127.0.0.1", description="address `exchange serve` binds to")
+    port: int = Field(8088, description="port `exchange serve` listens on")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    smtp_host: str = Field("", description="SMTP server; empty = codes go to the log")
+    smtp_port: int = Field(25, description="SMTP port")
+    smtp_user: str = Field("", description="SMTP user name (optional)")
+    smtp_password: str = Field("", description="SMTP password (optional)")
+    smtp_tls: Literal["none", "starttls", "tls"] = Field("none", description="none, starttls, tls")
+    mail_from: str = Field("exchange@localhost", description="From: address of e-mails")
+
+    session_lifetime: int = Field(12 * 3600, description="absolute session lifetime, s")
+    session_idle: int = Field(30 * 60, description="idle session lifetime, s")
+    cookie_secure: bool = Field(False, description="add Secure to the session cookie")
+    allowed_origins: str = Field(
+        "", description="extra origins allowed for cookie POSTs, comma separated"
+    )
+
+    rate_limits: Literal["on", "off"] = Field("on", description="off for load tests")
+    rate_limit_code: str = Field("5/60", description="make_valid_code per client address: n/seconds")
+    rate_limit_login: str = Field("20/60", description="login per client address: n/seconds")
+    rate_limit_login_user: str = Field("10/60", description="login per e-mail address: n/seconds")
+    rate_limit_exists: str = Field("30/60", description="check_exist_name per client address")
+    rate_limit_orders: str = Field("200/1", description="order placement and cancel per user")
+    password_hash_memory_kib: int = Field(19 * 1024, description="argon2id memory cost")
+    password_hash_time_cost: int = Field(2, description="argon2id iterations")
+
+    fee_rate: str = Field("0.002", description="default maker and taker fee of every market")
+    queue_size: int = Field(10_000, description="engine command queue; full = 503 overloaded")
+    batch_size: int = Field(2_000, description="most commands committed in one transaction")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="SQLite fsync policy (FULL survives power loss)"
+    )
+
+    withdraw_address_cooldown: int = Field(
+        86_400, description="seconds before a new withdrawal address may be used"
+    )
+    demo_user: str = Field("demo@example.com", description="login of the demo account")
+    demo_password: str = Field("demo-password-1", description="password of the demo account")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings are read once per process; tests build their own ``Settings``."""
+    return Settings()

@@ -1,0 +1,39 @@
+"""What the engine hands back: the answer to a placement, and the batch outbox.
+
+The outbox is the engine's only output to the outside world: the journal
+persists exactly it, so a change that is not in the outbox did not happen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exchange.domain.ledger import Entry
+from exchange.domain.orders import Order, Trade
+
+__all__ = ["Outbox", "PlaceResult"]
+
+
+@dataclass(slots=True)
+class PlaceResult:
+    """``order`` is None only for a duplicate whose original is no longer in memory.
+
+    That happens when the original closed before a restart (or fell out of the
+    bounded cache of closed orders); ``order_id`` then names it so the caller
+    loads it from the database. ``order_id`` is always set.
+    """
+
+    order: Order | None
+    trades: list[Trade] = field(default_factory=list)
+    duplicate: bool = False
+    order_id: int = 0
+
+
+@dataclass(slots=True)
+class Outbox:
+    """One batch: each changed order once in its final state, trades and ledger entries."""
+
+    orders: list[Order]
+    trades: list[Trade]
+    entries: list[Entry]
+    accounts: set[tuple[int, str]]

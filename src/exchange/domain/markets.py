@@ -1,0 +1,211 @@
+"""Assets and markets: scales, tick, step, minimums and fees as exact integers.
+
+Units: an asset amount is an int of minor units (``amount * 10**asset.scale``);
+a price is an int of ``price * 10**market.price_scale`` (quote per one base).
+
+Rounding rule (the only place money is ever rounded):
+
+* A trade's quote amount is price x amount rounded DOWN to the quote asset's
+  scale. The buyer pays exactly that and the seller receives exactly that, so
+  rounding creates and destroys nothing; a buy order freezes
+  ceil(limit price x amount), which always covers the floored quote of any
+  trade at a price no worse than its limit.
+* Fees are rounded UP to the received asset's scale (the exchange never
+  under-charges by a sub-unit) and are credited to the fee account, so the
+  user receives ``received - fee`` and the sum over all accounts is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from exchange.domain.errors import ExchangeError
+from exchange.domain.money import format_units, parse_decimal, to_units
+
+__all__ = [
+    "Asset",
+    "Market",
+    "build_market",
+    "default_assets",
+    "default_markets",
+    "normalize_pair",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    code: str
+    scale: int
+
+
+def _ratio(rate: Decimal) -> tuple[int, int]:
+    num, den = rate.as_integer_ratio()
+    return num, den
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    symbol: str
+    base: Asset
+    quote: Asset
+    price_scale: int
+    tick: int
+    step: int
+    min_amount: int
+    min_notional: int
+    maker_fee: Decimal
+    taker_fee: Decimal
+    # Derived once so the matching loop works on ints only (no Decimal per order).
+    notional_div: int = field(init=False, repr=False, compare=False)
+    notional_mul: int = field(init=False, repr=False, compare=False)
+    maker_num: int = field(init=False, repr=False, compare=False)
+    maker_den: int = field(init=False, repr=False, compare=False)
+    taker_num: int = field(init=False, repr=False, compare=False)
+    taker_den: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("tick", "step", "min_amount"):
+            if getattr(self, name) <= 0:
+                raise ExchangeError("invalid_argument", f"{self.symbol}: {name} must be > 0")
+        if self.min_notional < 0 or self.price_scale < 0:
+            raise ExchangeError("invalid_argument", f"{self.symbol}: negative minimum or scale")
+        for name in ("maker_fee", "taker_fee"):
+            rate: Decimal = getattr(self, name)
+            if not rate.is_finite() or rate < 0 or rate >= 1:
+                raise ExchangeError("invalid_argument", f"{self.symbol}: {name} must be in [0, 1)")
+        shift = self.price_scale + self.base.scale - self.quote.scale
+        setter = object.__setattr__
+        setter(self, "notional_div", 10**shift if shift >= 0 else 1)
+        setter(self, "notional_mul", 10**-shift if shift < 0 else 1)
+        maker_num, maker_den = _ratio(self.maker_fee)
+        taker_num, taker_den = _ratio(self.taker_fee)
+        setter(self, "maker_num", maker_num)
+        setter(self, "maker_den", maker_den)
+        setter(self, "taker_num", taker_num)
+        setter(self, "taker_den", taker_den)
+
+    # -- parsing ------------------------------------------------------------
+
+    def parse_price(self, value: object) -> int:
+        """A positive price on the tick grid; off-grid prices are refused, not rounded."""
+        units = to_units(parse_decimal(value), self.price_scale, "price")
+        if units <= 0:
+            raise ExchangeError("invalid_argument", "price must be greater than 0")
+        if units % self.tick:
+            raise ExchangeError(
+                "invalid_argument",
+                f"price must be a multiple of {self.format_price(self.tick)} on {self.symbol}",
+            )
+        return units
+
+    def parse_amount(self, value: object) -> int:
+        """A positive amount on the step grid, in base minor units."""
+        units = to_units(parse_decimal(value), self.base.scale, "amount")
+        if units <= 0:
+            raise ExchangeError("invalid_argument", "amount must be greater than 0")
+        if units % self.step:
+            raise ExchangeError(
+                "invalid_argument",
+                f"amount must be a multiple of {self.format_amount(self.step)} on {self.symbol}",
+            )
+        return units
+
+    # -- formatting ---------------------------------------------------------
+
+    def format_price(self, price: int) -> str:
+        return format_units(price, self.price_scale)
+
+    def format_amount(self, amount: int) -> str:
+        return format_units(amount, self.base.scale)
+
+    def format_quote(self, quote: int) -> str:
+        return format_units(quote, self.quote.scale)
+
+    # -- arithmetic ---------------------------------------------------------
+
+    def notional(self, price: int, amount: int) -> int:
+        """Quote minor units of price x amount, rounded down (what a trade moves)."""
+        return price * amount * self.notional_mul // self.notional_div
+
+    def notional_ceil(self, price: int, amount: int) -> int:
+        """Rounded up: what a buy order freezes, so it covers every floored trade quote."""
+        return -(-price * amount * self.notional_mul // self.notional_div)
+
+    def fee(self, received: int, rate: Decimal) -> int:
+        """Fee in the received asset's minor units, rounded up."""
+        num, den = _ratio(rate)
+        return -(-received * num // den)
+
+    def maker_fee_of(self, received: int) -> int:
+        return -(-received * self.maker_num // self.maker_den)
+
+    def taker_fee_of(self, received: int) -> int:
+        return -(-received * self.taker_num // self.taker_den)
+
+
+def _units(symbol: str, what: str, text: str, scale: int) -> int:
+    return to_units(parse_decimal(text), scale, f"{symbol} {what}")
+
+
+def build_market(
+    symbol: str,
+    base: Asset,
+    quote: Asset,
+    tick: str,
+    step: str,
+    min_amount: str,
+    min_notional: str,
+    maker_fee: str,
+    taker_fee: str,
+) -> Market:
+    """Build a market from configuration text; the price scale follows the tick's decimals."""
+    tick_dec = parse_decimal(tick)
+    exponent = tick_dec.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)
+    price_scale = max(0, -exponent)
+    return Market(
+        symbol=normalize_pair(symbol),
+        base=base,
+        quote=quote,
+        price_scale=price_scale,
+        tick=to_units(tick_dec, price_scale, f"{symbol} tick"),
+        step=_units(symbol, "step", step, base.scale),
+        min_amount=_units(symbol, "min_amount", min_amount, base.scale),
+        min_notional=_units(symbol, "min_notional", min_notional, quote.scale),
+        maker_fee=parse_decimal(maker_fee),
+        taker_fee=parse_decimal(taker_fee),
+    )
+
+
+def default_assets() -> dict[str, Asset]:
+    return {"BTC": Asset("BTC", 8), "ETH": Asset("ETH", 8), "USDT": Asset("USDT", 6)}
+
+
+def default_markets(assets: dict[str, Asset]) -> dict[str, Market]:
+    """SPEC §3's table of default markets (fees 0.2 % maker and taker)."""
+    rows = [
+        ("BTC/USDT", "BTC", "USDT", "0.01", "0.00001", "0.00001", "5"),
+        ("ETH/USDT", "ETH", "USDT", "0.01", "0.0001", "0.0001", "5"),
+        ("ETH/BTC", "ETH", "BTC", "0.000001", "0.0001", "0.0001", "0.0001"),
+    ]
+    markets: dict[str, Market] = {}
+    for symbol, base, quote, tick, step, min_amount, min_notional in rows:
+        markets[symbol] = build_market(
+            symbol, assets[base], assets[quote], tick, step, min_amount, min_notional,
+            "0.002", "0.002",
+        )
+    return markets
+
+
+def normalize_pair(text: str) -> str:
+    """Canonical ``BASE/QUOTE`` from ``btc_usdt``, ``BTC-USDT`` or ``btc/usdt``.
+
+    Existence is the caller's question (it answers ``unknown_pair``); this only
+    refuses text that cannot be a pair at all.
+    """
+    cleaned = text.strip().upper().replace("_", "/").replace("-", "/")
+    parts = cleaned.split("/")
+    if len(parts) != 2 or not all(part.isascii() and part.isalnum() for part in parts):
+        raise ExchangeError("unknown_pair", f"{text[:40]!r} is not a pair such as BTC/USDT")
+    return f"{parts[0]}/{parts[1]}"

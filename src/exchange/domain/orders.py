@@ -1,0 +1,83 @@
+"""Orders and trades as plain mutable records: the matching loop updates them in place.
+
+``eq=False`` keeps identity comparison: the book removes an order from a FIFO
+queue by identity, and comparing every field of two orders would be both slow
+and wrong (two orders are never the same order because their fields agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BUY",
+    "CANCELED",
+    "FILLED",
+    "LIMIT",
+    "MARKET",
+    "OPEN",
+    "PARTIALLY_FILLED",
+    "REJECTED",
+    "SELL",
+    "Order",
+    "Trade",
+]
+
+BUY = "buy"
+SELL = "sell"
+LIMIT = "limit"
+MARKET = "market"
+OPEN = "open"
+PARTIALLY_FILLED = "partially_filled"
+FILLED = "filled"
+CANCELED = "canceled"
+REJECTED = "rejected"
+
+
+@dataclass(slots=True, eq=False)
+class Order:
+    """``frozen`` is what this order still holds: quote units for a buy, base for a sell."""
+
+    id: int
+    user_id: int
+    market: str
+    side: str
+    type: str
+    tif: str
+    post_only: bool
+    price: int
+    amount: int
+    filled: int = 0
+    quote_filled: int = 0
+    frozen: int = 0
+    status: str = OPEN
+    client_order_id: str | None = None
+    created: int = 0
+    updated: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.amount - self.filled
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == OPEN or self.status == PARTIALLY_FILLED
+
+
+@dataclass(slots=True, eq=False)
+class Trade:
+    """The buyer's fee is in base units, the seller's fee in quote units."""
+
+    id: int
+    market: str
+    price: int
+    amount: int
+    quote: int
+    taker_side: str
+    maker_order_id: int
+    taker_order_id: int
+    maker_user_id: int
+    taker_user_id: int
+    maker_fee: int
+    taker_fee: int
+    time: int

@@ -1,0 +1,403 @@
+"""The single writer: one asyncio task owns every book and balance.
+
+API handlers ``submit`` commands and await the answer. The writer takes whatever
+is queued (up to ``batch_size``), applies it in memory, commits the batch's
+outbox in ONE transaction (group commit) and only then answers. If the commit
+fails, nobody in that batch gets a success: they get 503 ``overloaded`` and the
+in-memory state is rebuilt from the database, which still holds exactly what
+was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine as SyncEngine
+
+from exchange.adapters.db.tables import engine_inbox
+from exchange.clock import Clock
+from exchange.domain.errors import ExchangeError
+from exchange.domain.events import Outbox, PlaceResult
+from exchange.domain.ledger import SYSTEM_ACCOUNTS
+from exchange.domain.markets import Market
+from exchange.domain.matching import MatchingEngine
+from exchange.domain.money import format_units
+from exchange.engine.commands import (
+    ApproveWithdrawal,
+    CancelOrder,
+    Command,
+    Credit,
+    PlaceOrder,
+    RejectWithdrawal,
+    RequestWithdrawal,
+)
+from exchange.engine.journal import Batch, Journal
+from exchange.engine.recovery import PendingWithdrawal, State, load_state
+
+log = logging.getLogger("exchange.engine")
+
+Listener = Callable[[Outbox, int], None]
+_Item = tuple[Command, "asyncio.Future[Any] | None", int]
+
+INBOX_POLL_SECONDS = 0.25
+
+
+def unavailable() -> ExchangeError:
+    return ExchangeError("overloaded", "the exchange cannot write to its database now; try again")
+
+
+def command_from_inbox(kind: str, payload: dict[str, Any], inbox_id: int) -> Command:
+    if kind == "credit":
+        return Credit(int(payload["user_id"]), str(payload["asset"]), int(payload["amount"]), inbox_id)
+    if kind == "approve":
+        return ApproveWithdrawal(int(payload["withdrawal_id"]), str(payload["txid"]))
+    if kind == "reject":
+        return RejectWithdrawal(int(payload["withdrawal_id"]), str(payload["reason"]))
+    raise ValueError(f"unknown inbox command {kind!r}")
+
+
+class Engine:
+    def __init__(
+        self,
+        markets: dict[str, Market],
+        db: SyncEngine,
+        clock: Clock,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 2_000,
+    ) -> None:
+        self.markets = markets
+        self.core = MatchingEngine(markets)
+        self.assets = self.core.ledger.assets
+        self.journal = Journal(db)
+        self._db = db
+        self._clock = clock
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._listeners: list[Listener] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = False
+        self._inbox_seen: set[int] = set()
+        self.pending_withdrawals: dict[int, PendingWithdrawal] = {}
+        self.next_withdrawal_id = 1
+        self.batches = 0
+        self.commands = 0
+
+    # -- life cycle -----------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(outbox, time)`` runs after each durable commit (market data, streams)."""
+        self._listeners.append(listener)
+
+    async def start(self, *, poll_inbox: bool = True) -> None:
+        await self._reload()
+        self._tasks.append(asyncio.create_task(self._run(), name="engine-writer"))
+        if poll_inbox:
+            self._tasks.append(asyncio.create_task(self._poll_inbox(), name="engine-inbox"))
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop (Ctrl-C loses nothing that was accepted)."""
+        if self._tasks:
+            await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+
+    def _restore(self, state: State) -> None:
+        holds = [(w.user_id, w.coin, w.amount) for w in state.pending_withdrawals]
+        self.core.restore(
+            state.open_orders,
+            state.balances,
+            state.next_order_id,
+            state.next_trade_id,
+            state.client_ids,
+            holds,
+        )
+        self.pending_withdrawals = {w.id: w for w in state.pending_withdrawals}
+        self.next_withdrawal_id = state.next_withdrawal_id
+        self.core.check_invariants()
+
+    async def _reload(self) -> None:
+        """(Re)build memory from the database, retrying until the database answers."""
+        self._ready = False
+        delay = 0.2
+        while True:
+            try:
+                state = await asyncio.to_thread(self._load)
+                break
+            except Exception as error:  # the database is down: wait, never give up
+                log.error("cannot load the engine state (%s); retrying in %.1f s", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._restore(state)
+        self._inbox_seen.clear()
+        self._ready = True
+
+    def _load(self) -> State:
+        with self._db.connect() as conn:
+            return load_state(conn)
+
+    # -- submitting -----------------------------------------------------------
+
+    async def submit(self, command: Command) -> Any:
+        if not self._ready:
+            raise unavailable()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((command, future, 0))
+        except asyncio.QueueFull:
+            raise ExchangeError("overloaded", "too many orders in flight; try again") from None
+        return await future
+
+    # -- the writer -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            items = [await queue.get()]
+            while len(items) < self._batch_size:
+                try:
+                    items.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            try:
+                await self._process(items)
+            except Exception:  # never let the writer die; the batch was already answered
+                log.exception("engine batch failed")
+            finally:
+                for _ in items:
+                    queue.task_done()
+
+    async def _process(self, items: list[_Item]) -> None:
+        now = self._clock()
+        batch = Batch(now)
+        withdrawal_rows: dict[int, dict[str, Any]] = {}
+        results: list[Any] = []
+        for command, _future, inbox_id in items:
+            try:
+                result: Any = self._apply(command, now, withdrawal_rows)
+            except ExchangeError as refusal:
+                result = refusal
+            except Exception:
+                log.exception("engine bug while applying %r; reloading state", command)
+                await self._fail(items, ExchangeError("internal_error", "the order failed; try again"))
+                return
+            results.append(result)
+            if inbox_id:
+                if isinstance(result, ExchangeError):
+                    batch.inbox.append((inbox_id, "failed", result.description))
+                else:
+                    batch.inbox.append((inbox_id, "done", json.dumps(result, default=str)))
+        outbox = self.core.drain()
+        batch.orders = outbox.orders
+        batch.trades = outbox.trades
+        batch.entries = outbox.entries
+        ledger = self.core.ledger
+        batch.balances = [(u, a, *ledger.balance(u, a)) for u, a in outbox.accounts]
+        batch.withdrawals = list(withdrawal_rows.values())
+        try:
+            await asyncio.to_thread(self.journal.commit, batch)
+        except Exception as error:
+            log.error("group commit failed (%s): answering 503 and reloading", error)
+            await self._fail(items, unavailable())
+            return
+        self.batches += 1
+        self.commands += len(items)
+        for (_command, future, _inbox), result in zip(items, results, strict=True):
+            if future is None or future.done():
+                continue
+            if isinstance(result, ExchangeError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        for listener in self._listeners:
+            try:
+                listener(outbox, now)
+            except Exception:
+                log.exception("engine listener failed")
+
+    async def _fail(self, items: list[_Item], error: ExchangeError) -> None:
+        self.core.drain()
+        for _command, future, _inbox in items:
+            if future is not None and not future.done():
+                future.set_exception(error)
+        await self._reload()
+
+    def _apply(self, command: Command, now: int, rows: dict[int, dict[str, Any]]) -> Any:
+        if isinstance(command, PlaceOrder):
+            result: PlaceResult = self.core.place(
+                command.user_id,
+                command.market,
+                command.side,
+                command.amount,
+                command.price,
+                type=command.type,
+                tif=command.tif,
+                post_only=command.post_only,
+                client_order_id=command.client_order_id,
+                now=now,
+            )
+            if result.order is not None:
+                # A snapshot: later batches mutate the live order while the answer is built.
+                result.order = copy.copy(result.order)
+            return result
+        if isinstance(command, CancelOrder):
+            return copy.copy(self.core.cancel(command.user_id, command.order_id, now))
+        if isinstance(command, Credit):
+            if command.asset not in self.assets:
+                raise ExchangeError("unknown_coin", f"{command.asset!r} is not an asset here")
+            if command.amount <= 0:
+                raise ExchangeError("invalid_argument", "a credit must be greater than 0")
+            self.core.credit(command.user_id, command.asset, command.amount, command.ref)
+            return {"user_id": command.user_id, "asset": command.asset, "amount": command.amount}
+        if isinstance(command, RequestWithdrawal):
+            return self._withdraw(command, now, rows)
+        return self._settle_withdrawal(command, now, rows)
+
+    # -- withdrawals ----------------------------------------------------------
+
+    def _withdraw(
+        self, command: RequestWithdrawal, now: int, rows: dict[int, dict[str, Any]]
+    ) -> dict[str, Any]:
+        coin = command.coin
+        scale = self.assets[coin].scale
+        available = self.core.ledger.available(command.user_id, coin)
+        amount = available if command.amount is None else command.amount
+        if amount < command.minimum or amount <= command.fee:
+            raise ExchangeError(
+                "below_minimum",
+                f"the minimum withdrawal is {format_units(max(command.minimum, command.fee + 1), scale)}"
+                f" {coin}; {format_units(amount, scale)} {coin} asked",
+            )
+        withdrawal_id = self.next_withdrawal_id
+        self.core.ledger.hold(command.user_id, coin, amount, withdrawal_id)
+        self.next_withdrawal_id += 1
+        pending = PendingWithdrawal(
+            withdrawal_id, command.user_id, coin, amount, command.fee, command.address, now
+        )
+        self.pending_withdrawals[withdrawal_id] = pending
+        row = {
+            "id": withdrawal_id,
+            "user_id": command.user_id,
+            "coin": coin,
+            "amount": amount,
+            "fee": command.fee,
+            "address": command.address,
+            "status": "pending",
+            "txid": None,
+            "reason": None,
+            "created": now,
+            "updated": now,
+        }
+        rows[withdrawal_id] = row
+        return dict(row)
+
+    def _settle_withdrawal(
+        self, command: ApproveWithdrawal | RejectWithdrawal, now: int, rows: dict[int, dict[str, Any]]
+    ) -> dict[str, Any]:
+        pending = self.pending_withdrawals.get(command.withdrawal_id)
+        if pending is None:
+            raise ExchangeError(
+                "withdrawal_not_found", f"withdrawal {command.withdrawal_id} is not pending"
+            )
+        ledger = self.core.ledger
+        if isinstance(command, ApproveWithdrawal):
+            ledger.settle_hold(pending.user_id, pending.coin, pending.amount, pending.fee, pending.id)
+            status, txid, reason = "sent", command.txid, None
+        else:
+            ledger.release_hold(pending.user_id, pending.coin, pending.amount, pending.id)
+            status, txid, reason = "rejected", None, command.reason
+        del self.pending_withdrawals[pending.id]
+        row = {
+            "id": pending.id,
+            "user_id": pending.user_id,
+            "coin": pending.coin,
+            "amount": pending.amount,
+            "fee": pending.fee,
+            "address": pending.address,
+            "status": status,
+            "txid": txid,
+            "reason": reason,
+            "created": pending.created,
+            "updated": now,
+        }
+        rows[pending.id] = row
+        return dict(row)
+
+    # -- operator commands from other processes -------------------------------
+
+    async def _poll_inbox(self) -> None:
+        while True:
+            await asyncio.sleep(INBOX_POLL_SECONDS)
+            if not self._ready:
+                continue
+            try:
+                await self.run_inbox()
+            except Exception as error:
+                log.warning("cannot read the command inbox (%s)", error)
+
+    async def run_inbox(self) -> int:
+        """Queue pending operator commands; each is marked done in its batch's commit."""
+        rows = await asyncio.to_thread(self._pending_inbox)
+        futures = []
+        ids = []
+        for inbox_id, kind, payload in rows:
+            if inbox_id in self._inbox_seen:
+                continue
+            self._inbox_seen.add(inbox_id)
+            try:
+                command = command_from_inbox(kind, json.loads(payload), inbox_id)
+            except (ValueError, KeyError, TypeError) as error:
+                log.error("bad inbox command %s: %s", inbox_id, error)
+                continue
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            await self._queue.put((command, future, inbox_id))
+            futures.append(future)
+            ids.append(inbox_id)
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
+            # Done rows are no longer pending; failed batches cleared the set on reload.
+            self._inbox_seen.difference_update(ids)
+        return len(futures)
+
+    def _pending_inbox(self) -> list[tuple[int, str, str]]:
+        with self._db.connect() as conn:
+            result = conn.execute(
+                select(engine_inbox.c.id, engine_inbox.c.kind, engine_inbox.c.payload)
+                .where(engine_inbox.c.status == "pending")
+                .order_by(engine_inbox.c.id)
+                .limit(500)
+            )
+            return [(r.id, r.kind, r.payload) for r in result]
+
+    # -- reading (from memory: no database on the hot path) -------------------
+
+    def balances(self, user_id: int) -> dict[str, dict[str, str]]:
+        ledger = self.core.ledger
+        out: dict[str, dict[str, str]] = {}
+        for code in sorted(self.assets):
+            available, frozen = ledger.balance(user_id, code)
+            scale = self.assets[code].scale
+            out[code] = {
+                "available": format_units(available, scale),
+                "frozen": format_units(frozen, scale),
+            }
+        return out
+
+    def system_balances(self) -> dict[int, dict[str, tuple[int, int]]]:
+        ledger = self.core.ledger
+        return {
+            account: {code: ledger.balance(account, code) for code in self.assets}
+            for account in SYSTEM_ACCOUNTS
+        }

@@ -1,0 +1,226 @@
+"""Registration by e-mail code and login with lockout (SPEC §4).
+
+Security rules here (code tries, resend cooldown, lockout) are always on; the
+configurable per-address rate limits live in the API layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections import defaultdict
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.adapters.db.tables import login_failures, users, verification_codes
+from exchange.adapters.mailer import Mailer
+from exchange.adapters.passwords import PasswordHashing, check_password_rules
+from exchange.clock import Clock
+from exchange.domain.errors import ExchangeError
+from exchange.services.emails import normalize_email
+
+CODE_TTL_MS = 10 * 60 * 1000
+CODE_RESEND_MS = 60 * 1000
+CODE_MAX_TRIES = 5
+LOCKOUT_WINDOW_MS = 15 * 60 * 1000
+LOCKOUT_FAILURES = 5
+
+
+def _code_hash(salt: str, email: str, code: str) -> str:
+    return hashlib.sha256(f"{salt}:{email}:{code}".encode()).hexdigest()
+
+
+def _seconds(ms: int) -> int:
+    return max(1, -(-ms // 1000))
+
+
+class Accounts:
+    def __init__(
+        self, db: AsyncEngine, mailer: Mailer, hashing: PasswordHashing, clock: Clock
+    ) -> None:
+        self._db = db
+        self._mailer = mailer
+        self._hashing = hashing
+        self._clock = clock
+        # Serialises attempts per address inside this process so parallel guesses
+        # cannot all slip past the try counter before it is written.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def user_id(self, email: str) -> int | None:
+        async with self._db.connect() as conn:
+            row = (await conn.execute(select(users.c.id).where(users.c.email == email))).first()
+        return None if row is None else int(row.id)
+
+    async def email_of(self, user_id: int) -> str | None:
+        async with self._db.connect() as conn:
+            row = (await conn.execute(select(users.c.email).where(users.c.id == user_id))).first()
+        return None if row is None else str(row.email)
+
+    async def exists(self, user: str) -> bool:
+        return await self.user_id(normalize_email(user)) is not None
+
+    async def send_code(self, user: str) -> None:
+        email = normalize_email(user)
+        async with self._locks[email]:
+            if await self.user_id(email) is not None:
+                raise ExchangeError("user_exists", "this e-mail address is already registered")
+            now = self._clock()
+            code = f"{secrets.randbelow(1_000_000):06d}"
+            salt = secrets.token_hex(16)
+            async with self._db.begin() as conn:
+                row = (
+                    await conn.execute(
+                        select(verification_codes.c.created).where(
+                            verification_codes.c.email == email
+                        )
+                    )
+                ).first()
+                if row is not None and now - row.created < CODE_RESEND_MS:
+                    wait = _seconds(row.created + CODE_RESEND_MS - now)
+                    raise ExchangeError(
+                        "rate_limited",
+                        f"a code was sent less than a minute ago; ask again in {wait} s",
+                        retry_after=wait,
+                    )
+                await conn.execute(delete(verification_codes).where(verification_codes.c.email == email))
+                await conn.execute(
+                    insert(verification_codes).values(
+                        email=email,
+                        code_hash=_code_hash(salt, email, code),
+                        salt=salt,
+                        created=now,
+                        expires=now + CODE_TTL_MS,
+                        attempts=0,
+                        used=False,
+                    )
+                )
+            try:
+                await self._mailer.send(
+                    email,
+                    "Your verification code",
+                    f"Your verification code is {code}.\n\n"
+                    "It is valid for 10 minutes and can be used once.\n"
+                    "If you did not ask for it, ignore this message.\n",
+                )
+            except Exception:
+                async with self._db.begin() as conn:
+                    await conn.execute(
+                        delete(verification_codes).where(verification_codes.c.email == email)
+                    )
+                raise ExchangeError(
+                    "internal_error", "the e-mail could not be sent; try again later"
+                ) from None
+
+    async def register(self, user: str, password: str, code: str) -> str:
+        email = normalize_email(user)
+        check_password_rules(password, email)
+        async with self._locks[email]:
+            if await self.user_id(email) is not None:
+                raise ExchangeError("user_exists", "this e-mail address is already registered")
+            code_hash = await self._check_code(email, code.strip())
+            password_hash = await self._hashing.hash(password)
+            try:
+                async with self._db.begin() as conn:
+                    used = await conn.execute(
+                        update(verification_codes)
+                        .where(
+                            verification_codes.c.email == email,
+                            verification_codes.c.code_hash == code_hash,
+                            verification_codes.c.used.is_(False),
+                        )
+                        .values(used=True)
+                    )
+                    if used.rowcount != 1:
+                        raise ExchangeError("invalid_code", "this code was already used")
+                    await conn.execute(
+                        insert(users).values(
+                            email=email, password_hash=password_hash, created=self._clock()
+                        )
+                    )
+            except IntegrityError:
+                raise ExchangeError(
+                    "user_exists", "this e-mail address is already registered"
+                ) from None
+        return email
+
+    async def _check_code(self, email: str, code: str) -> str:
+        now = self._clock()
+        async with self._db.begin() as conn:
+            row = (
+                await conn.execute(select(verification_codes).where(verification_codes.c.email == email))
+            ).first()
+            if row is None:
+                raise ExchangeError("invalid_code", "no code was sent to this address; ask for one")
+            if row.attempts >= CODE_MAX_TRIES:
+                raise ExchangeError(
+                    "too_many_attempts",
+                    "this code was entered wrongly 5 times and no longer works; ask for a new one",
+                    retry_after=_seconds(max(row.created + CODE_RESEND_MS - now, 1)),
+                )
+            if row.used:
+                raise ExchangeError("invalid_code", "this code was already used; ask for a new one")
+            if now >= row.expires:
+                raise ExchangeError("code_expired", "this code has expired; ask for a new one")
+            expected = _code_hash(row.salt, email, code)
+            if not hmac.compare_digest(expected, row.code_hash):
+                await conn.execute(
+                    update(verification_codes)
+                    .where(verification_codes.c.email == email)
+                    .values(attempts=verification_codes.c.attempts + 1)
+                )
+                left = CODE_MAX_TRIES - row.attempts - 1
+                raise ExchangeError("invalid_code", f"wrong code; {left} tries left")
+            return expected
+
+    async def login(self, user: str, password: str) -> tuple[int, str]:
+        """Check the credentials; the same answer whether the user exists or not."""
+        email = normalize_email(user)
+        async with self._locks[email]:
+            now = self._clock()
+            since = now - LOCKOUT_WINDOW_MS
+            async with self._db.connect() as conn:
+                times = (
+                    await conn.execute(
+                        select(login_failures.c.time)
+                        .where(login_failures.c.email == email, login_failures.c.time > since)
+                        .order_by(login_failures.c.time.desc())
+                        .limit(LOCKOUT_FAILURES)
+                    )
+                ).scalars().all()
+                row = (
+                    await conn.execute(
+                        select(users.c.id, users.c.password_hash).where(users.c.email == email)
+                    )
+                ).first()
+            if len(times) >= LOCKOUT_FAILURES:
+                wait = _seconds(times[-1] + LOCKOUT_WINDOW_MS - now)
+                raise ExchangeError(
+                    "too_many_attempts",
+                    f"too many failed logins; try again in {wait} s",
+                    retry_after=wait,
+                )
+            stored = None if row is None else str(row.password_hash)
+            if not await self._hashing.verify(stored, password) or row is None:
+                async with self._db.begin() as conn:
+                    await conn.execute(insert(login_failures).values(email=email, time=now))
+                raise ExchangeError("invalid_credentials", "wrong e-mail address or password")
+            async with self._db.begin() as conn:
+                await conn.execute(delete(login_failures).where(login_failures.c.email == email))
+            return int(row.id), email
+
+    async def prune(self) -> None:
+        """Drop stale login failures (called from time to time, keeps the table small)."""
+        async with self._db.begin() as conn:
+            await conn.execute(
+                delete(login_failures).where(
+                    login_failures.c.time < self._clock() - LOCKOUT_WINDOW_MS
+                )
+            )
+
+    async def count_users(self) -> int:
+        async with self._db.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())

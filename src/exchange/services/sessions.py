@@ -1,0 +1,105 @@
+"""Login sessions: random tokens, stored only as SHA-256 hashes.
+
+A token has 256 bits from the OS CSPRNG, so a fast hash is enough (nothing to
+brute force) and lookups stay cheap. Sessions live in the database and survive a
+restart; a small in-process cache keeps the database off the hot path of every
+authenticated request, re-validated at least every ``CACHE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.adapters.db.tables import sessions
+from exchange.clock import Clock
+
+CACHE_SECONDS = 5
+TOUCH_SECONDS = 60  # last_seen is written at most once a minute per session
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(slots=True)
+class _Cached:
+    user_id: int
+    created: int
+    last_seen: int
+    checked: int
+
+
+class Sessions:
+    def __init__(self, db: AsyncEngine, clock: Clock, *, lifetime: int, idle: int) -> None:
+        self._db = db
+        self._clock = clock
+        self._lifetime_ms = lifetime * 1000
+        self._idle_ms = idle * 1000
+        self._cache: dict[str, _Cached] = {}
+
+    async def create(self, user_id: int) -> str:
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        async with self._db.begin() as conn:
+            await conn.execute(
+                insert(sessions).values(
+                    token_hash=token_hash(token), user_id=user_id, created=now, last_seen=now
+                )
+            )
+        return token
+
+    async def delete(self, token: str) -> None:
+        key = token_hash(token)
+        self._cache.pop(key, None)
+        async with self._db.begin() as conn:
+            await conn.execute(delete(sessions).where(sessions.c.token_hash == key))
+
+    async def resolve(self, token: str | None) -> int | None:
+        """The user id of a live session, or None; extends the idle window."""
+        if not token or len(token) > 128:
+            return None
+        key = token_hash(token)
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is None or now - cached.checked > CACHE_SECONDS * 1000:
+            cached = await self._load(key, now)
+            if cached is None:
+                self._cache.pop(key, None)
+                return None
+        if now - cached.created > self._lifetime_ms or now - cached.last_seen > self._idle_ms:
+            await self.delete_hash(key)
+            return None
+        if now - cached.last_seen > TOUCH_SECONDS * 1000:
+            cached.last_seen = now
+            async with self._db.begin() as conn:
+                await conn.execute(
+                    update(sessions).where(sessions.c.token_hash == key).values(last_seen=now)
+                )
+        return cached.user_id
+
+    async def delete_hash(self, key: str) -> None:
+        self._cache.pop(key, None)
+        async with self._db.begin() as conn:
+            await conn.execute(delete(sessions).where(sessions.c.token_hash == key))
+
+    async def _load(self, key: str, now: int) -> _Cached | None:
+        async with self._db.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(sessions.c.user_id, sessions.c.created, sessions.c.last_seen).where(
+                        sessions.c.token_hash == key
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        entry = _Cached(row.user_id, row.created, row.last_seen, now)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[key] = entry
+        return entry

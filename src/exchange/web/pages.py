@@ -1,0 +1,132 @@
+"""HTML pages of the web UI and the vendored static assets.
+
+The pages are thin shells: the browser fills them by calling ``/api/<method>``
+and the ``/ws`` stream (SPEC §1, §8). This module only renders templates, maps
+``/trade/<BASE>_<QUOTE>`` to a known market and serves ``static/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+WEB_DIR = Path(__file__).resolve().parent
+TEMPLATES_DIR = WEB_DIR / "templates"
+STATIC_DIR = WEB_DIR / "static"
+DEFAULT_PAIRS: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
+
+# Pages run only our own scripts and talk only to our own origin (HTTP and /ws).
+PAGE_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'self'; "
+        "form-action 'self'; object-src 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def canonical_pair(text: str) -> str:
+    """``btc-usdt``, ``BTC_USDT`` or ``btc/usdt`` -> ``BTC/USDT`` (no validation)."""
+    return text.strip().upper().replace("_", "/").replace("-", "/")
+
+
+def safe_next(target: str | None) -> str:
+    """A same-origin path to go to after login; anything else becomes ``/account``."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/account"
+    return target
+
+
+def asset_version(static_dir: Path) -> str:
+    """A short digest of the static files, appended to their URLs to bust caches."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in static_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(static_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def page_routes(
+    templates_dir: Path | None = None,
+    pairs: Iterable[str] | None = None,
+    static_dir: Path | None = None,
+) -> list[BaseRoute]:
+    """Routes for ``/``, ``/trade/{pair}``, ``/register``, ``/login``, ``/account``
+    and the ``/static`` mount.
+
+    ``pairs`` are the known market symbols (any accepted spelling, e.g. ``BTC/USDT``);
+    ``/trade/<pair>`` answers a 404 page for any other pair.
+    """
+    tdir = templates_dir or TEMPLATES_DIR
+    sdir = static_dir or STATIC_DIR
+    known = [canonical_pair(p) for p in (pairs if pairs is not None else DEFAULT_PAIRS)]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(tdir)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    templates = Jinja2Templates(env=env)
+    version = asset_version(sdir)
+
+    def render(
+        request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
+    ) -> Response:
+        ctx: dict[str, Any] = {
+            "root": request.scope.get("root_path", "").rstrip("/"),
+            "v": version,
+            "pairs": known,
+            "has_session": "session" in request.cookies,
+            "page": name.removesuffix(".html"),
+        }
+        ctx.update(context or {})
+        return templates.TemplateResponse(
+            request, name, ctx, status_code=status, headers=PAGE_HEADERS
+        )
+
+    async def home(request: Request) -> Response:
+        return render(request, "home.html", {"title": "Markets"})
+
+    async def trade(request: Request) -> Response:
+        pair = canonical_pair(str(request.path_params["pair"]))
+        if pair not in known:
+            return render(request, "404.html", {"title": "Not found", "what": "market"}, 404)
+        base, quote = pair.split("/", 1)
+        return render(
+            request,
+            "trade.html",
+            {"title": pair, "pair": pair, "base": base, "quote": quote},
+        )
+
+    async def register(request: Request) -> Response:
+        return render(request, "register.html", {"title": "Register"})
+
+    async def login(request: Request) -> Response:
+        return render(
+            request,
+            "login.html",
+            {"title": "Log in", "next": safe_next(request.query_params.get("next"))},
+        )
+
+    async def account(request: Request) -> Response:
+        return render(request, "account.html", {"title": "Account"})
+
+    return [
+        Route("/", home, methods=["GET"], name="home"),
+        Route("/trade/{pair}", trade, methods=["GET"], name="trade"),
+        Route("/register", register, methods=["GET"], name="register"),
+        Route("/login", login, methods=["GET"], name="login"),
+        Route("/account", account, methods=["GET"], name="account"),
+        Mount("/static", StaticFiles(directory=str(sdir)), name="static"),
+    ]

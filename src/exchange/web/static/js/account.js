@@ -1,0 +1,111 @@
+// Account: balances, withdrawal addresses, withdraw form and withdrawal history.
+import { api, busy, showError, showMessage, ApiError } from './api.js';
+import { el, fmtDateTime, fillTable } from './dom.js';
+import { isLoggedIn, setLoggedIn } from './nav.js';
+
+const $id = (id) => document.getElementById(id);
+const addressForm = $id('address-form');
+const withdrawForm = $id('withdraw-form');
+let coins = [];
+
+function setCoins(list) {
+  if (list.join() === coins.join()) return;
+  coins = list;
+  for (const select of document.querySelectorAll('.coin-select')) {
+    const keep = select.value;
+    select.replaceChildren(...coins.map((c) => el('option', { value: c }, c)));
+    if (coins.includes(keep)) select.value = keep;
+  }
+}
+
+async function loadBalances() {
+  const map = await api('get_user_coin');
+  setCoins(Object.keys(map).sort());
+  fillTable($id('balances'), coins.map((c) => el('tr', { class: 'balance-row', dataset: { coin: c } },
+    el('td', {}, c),
+    el('td', { class: 'num mono available' }, map[c].available),
+    el('td', { class: 'num mono frozen' }, map[c].frozen),
+  )), 'No assets');
+}
+
+function usableText(ms) {
+  if (ms === undefined || ms === null) return '–';
+  return Number(ms) <= Date.now() ? `now (since ${fmtDateTime(ms)})` : fmtDateTime(ms);
+}
+
+async function loadAddresses() {
+  const rows = await Promise.all(coins.map((coin) => api('get_withdraw_address', { coin })));
+  fillTable($id('addresses'), rows.map((a) => el('tr', { class: 'address-row', dataset: { coin: a.coin } },
+    el('td', {}, a.coin),
+    el('td', { class: 'mono address' }, a.address ?? el('span', { class: 'muted' }, 'not set')),
+    el('td', { class: 'mono' }, a.address ? usableText(a.usable_from) : '–'),
+  )), 'No coins');
+}
+
+async function loadWithdrawals() {
+  const list = await api('get_withdrawals');
+  fillTable($id('withdrawals'), list.map((w) => el('tr', { class: 'withdrawal-row' },
+    el('td', { class: 'mono' }, w.withdrawal_id),
+    el('td', { class: 'mono muted' }, fmtDateTime(w.created ?? w.time)),
+    el('td', {}, w.coin),
+    el('td', { class: 'num mono' }, w.amount),
+    el('td', { class: 'num mono' }, w.fee),
+    el('td', { class: 'mono address' }, w.address),
+    el('td', { title: w.txid || w.reason || '' }, w.status),
+  )), 'No withdrawals yet');
+}
+
+function loggedOut() {
+  setLoggedIn(false);
+  $id('login-hint').hidden = false;
+  for (const id of ['balances', 'addresses', 'withdrawals']) fillTable($id(id), [], 'Log in to see this');
+}
+
+async function refresh(withAddresses = false) {
+  if (!isLoggedIn()) return loggedOut();
+  try {
+    await loadBalances();
+    await Promise.all([loadWithdrawals(), withAddresses ? loadAddresses() : null]);
+    $id('login-hint').hidden = true;
+  } catch (err) {
+    if (err instanceof ApiError && err.code === 'not_logged_in') loggedOut();
+    else showError(err);
+  }
+  return undefined;
+}
+
+addressForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const coin = addressForm.elements.coin.value;
+  const address = addressForm.elements.address.value.trim();
+  if (!coin || !address) {
+    showMessage('Choose a coin and enter an address.', 'error');
+    return;
+  }
+  busy(addressForm.querySelector('button'), async () => {
+    const saved = await api('set_withdraw_address', { coin, address });
+    showMessage(`${saved.coin} address saved. It can be used from ${fmtDateTime(saved.usable_from)}.`, 'ok');
+    addressForm.elements.address.value = '';
+    await loadAddresses();
+  });
+});
+
+withdrawForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const coin = withdrawForm.elements.coin.value;
+  const amount = withdrawForm.elements.amount.value.trim();
+  if (!coin) {
+    showMessage('Choose a coin.', 'error');
+    return;
+  }
+  busy(withdrawForm.querySelector('button'), async () => {
+    const w = await api('withdraw', amount ? { coin, amount } : { coin });
+    showMessage(`Withdrawal #${w.withdrawal_id} of ${w.amount} ${w.coin} (fee ${w.fee}) to ${w.address} is ${w.status}.`, 'ok');
+    withdrawForm.elements.amount.value = '';
+    await refresh();
+  });
+});
+
+setCoins(['BTC', 'ETH', 'USDT']);
+await refresh(true);
+setInterval(() => refresh(false), 10000);
