@@ -33,6 +33,7 @@ from exchange.engine.writer_lock import WriterLock
 from exchange.services.accounts import Accounts
 from exchange.services.history import History
 from exchange.services.sessions import Sessions
+from exchange.web.pages import page_routes
 
 log = logging.getLogger("exchange")
 
@@ -154,6 +155,7 @@ def create_app(
             Route("/api/{method}", dispatcher.api_endpoint, methods=API_VERBS),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *page_routes(pairs=list(markets)),
         ]
     )
     return app

@@ -12,18 +12,18 @@ USER = Param("user", required=True, description="e-mail address", max_length=254
 
 
 async def check_exist_name(call: Call) -> Answer:
-    exists = await call.services.accounts.exists(text(call.params, "user", max_length=254))
+    exists = await call.services.accounts.exists(text(call.params, "user", max_length=1024))
     return Answer({"exists": exists}, exists)
 
 
 async def make_valid_code(call: Call) -> object:
-    await call.services.accounts.send_code(text(call.params, "user", max_length=254))
+    await call.services.accounts.send_code(text(call.params, "user", max_length=1024))
     return {"sent": True, "expires_in": CODE_TTL_MS // 1000}
 
 
 async def regeist_user(call: Call) -> object:
     email = await call.services.accounts.register(
-        text(call.params, "user", max_length=254),
+        text(call.params, "user", max_length=1024),
         text(call.params, "pass", max_length=1024),
         text(call.params, "valid_code", max_length=16),
     )
@@ -32,7 +32,7 @@ async def regeist_user(call: Call) -> object:
 
 async def login(call: Call) -> object:
     user_id, email = await call.services.accounts.login(
-        text(call.params, "user", max_length=254), text(call.params, "pass", max_length=1024)
+        text(call.params, "user", max_length=1024), text(call.params, "pass", max_length=1024)
     )
     if call.token:
         await call.services.sessions.delete(call.token)

@@ -8,8 +8,9 @@ in one dict and the answer serialised with orjson (see DESIGN.md's calibration).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -64,8 +65,11 @@ async def request_params(request: Request, body: bytes) -> dict[str, object]:
     if content_type == "application/json" or content_type.endswith("+json"):
         params.update(parse_json(body))
     elif content_type == "multipart/form-data":
+        async def chunks() -> AsyncIterator[bytes]:
+            yield body
+
         try:
-            form = await request.form(max_files=0, max_fields=100)
+            form = await MultiPartParser(request.headers, chunks(), max_files=0, max_fields=100).parse()
         except Exception:
             raise ExchangeError("invalid_argument", "the multipart body is not valid") from None
         for key, value in form.multi_items():

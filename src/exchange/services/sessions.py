@@ -71,7 +71,7 @@ class Sessions:
             if cached is None:
                 self._cache.pop(key, None)
                 return None
-        if now - cached.created > self._lifetime_ms or now - cached.last_seen > self._idle_ms:
+        if now - cached.created >= self._lifetime_ms or now - cached.last_seen >= self._idle_ms:
             await self.delete_hash(key)
             return None
         if now - cached.last_seen > TOUCH_SECONDS * 1000:

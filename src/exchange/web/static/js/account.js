@@ -1,6 +1,6 @@
 // Account: balances, withdrawal addresses, withdraw form and withdrawal history.
 import { api, busy, showError, showMessage, ApiError } from './api.js';
-import { el, fmtDateTime, fillTable } from './dom.js';
+import { el, fmtDateTime, dateTimeNode, fillTable } from './dom.js';
 import { isLoggedIn, setLoggedIn } from './nav.js';
 
 const $id = (id) => document.getElementById(id);
@@ -30,7 +30,7 @@ async function loadBalances() {
 
 function usableText(ms) {
   if (ms === undefined || ms === null) return '–';
-  return Number(ms) <= Date.now() ? `now (since ${fmtDateTime(ms)})` : fmtDateTime(ms);
+  return Number(ms) <= Date.now() ? 'now' : fmtDateTime(ms);
 }
 
 async function loadAddresses() {
@@ -38,18 +38,18 @@ async function loadAddresses() {
   fillTable($id('addresses'), rows.map((a) => el('tr', { class: 'address-row', dataset: { coin: a.coin } },
     el('td', {}, a.coin),
     el('td', { class: 'mono address' }, a.address ?? el('span', { class: 'muted' }, 'not set')),
-    el('td', { class: 'mono' }, a.address ? usableText(a.usable_from) : '–'),
+    el('td', { class: 'mono wrap', title: a.usable_from ? fmtDateTime(a.usable_from) : '' }, a.address ? usableText(a.usable_from) : '–'),
   )), 'No coins');
 }
 
 async function loadWithdrawals() {
   const list = await api('get_withdrawals');
   fillTable($id('withdrawals'), list.map((w) => el('tr', { class: 'withdrawal-row' },
-    el('td', { class: 'mono' }, w.withdrawal_id),
-    el('td', { class: 'mono muted' }, fmtDateTime(w.created ?? w.time)),
+    el('td', { class: 'mono hide-sm' }, w.withdrawal_id),
+    el('td', { class: 'mono muted' }, dateTimeNode(w.created ?? w.time)),
     el('td', {}, w.coin),
     el('td', { class: 'num mono' }, w.amount),
-    el('td', { class: 'num mono' }, w.fee),
+    el('td', { class: 'num mono hide-sm' }, w.fee),
     el('td', { class: 'mono address' }, w.address),
     el('td', { title: w.txid || w.reason || '' }, w.status),
   )), 'No withdrawals yet');

@@ -25,10 +25,26 @@ export function fmtTime(ms) {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+export function fmtDate(ms) {
+  const d = new Date(Number(ms));
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+}
+
 export function fmtDateTime(ms) {
   if (ms === undefined || ms === null || ms === '') return '–';
-  const d = new Date(Number(ms));
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return `${fmtDate(ms)} ${fmtTime(ms)}`;
+}
+
+// Date and time for tables; the date part is hidden on narrow screens (class .date).
+export function dateTimeNode(ms) {
+  if (ms === undefined || ms === null || ms === '') return '–';
+  const span = document.createElement('span');
+  const date = document.createElement('span');
+  date.className = 'date';
+  date.textContent = `${fmtDate(ms)} `;
+  span.append(date, fmtTime(ms));
+  span.title = fmtDateTime(ms);
+  return span;
 }
 
 // "+1.25" / "-0.40" / "0.00" -> a class for green / red / neutral.

@@ -1,7 +1,7 @@
 // Trade page: chart, order book, recent trades, order forms and the user's orders.
 // Live through /ws; polls every 2.5 s while the socket is closed.
 import { api, busy, showError, showMessage, ApiError } from './api.js';
-import { el, fmtTime, fmtDateTime, fmtChange, changeClass, fillTable } from './dom.js';
+import { el, fmtTime, dateTimeNode, fmtChange, changeClass, fillTable } from './dom.js';
 import { parseDec, mulDec, formatDec, isPositive, scaleOf } from './dec.js';
 import { Live } from './live.js';
 import { isLoggedIn, setLoggedIn } from './nav.js';
@@ -207,14 +207,14 @@ const sideCell = (side) => el('td', { class: side === 'buy' ? 'up' : 'down' }, s
 
 function orderRow(o, withCancel) {
   return el('tr', { class: withCancel ? 'order-row' : 'history-row', dataset: { orderId: o.order_id } },
-    el('td', { class: 'mono muted' }, fmtDateTime(o.created)),
+    el('td', { class: 'mono muted' }, dateTimeNode(o.created)),
     sideCell(o.side),
     el('td', { class: 'num mono' }, o.price ?? 'market'),
     el('td', { class: 'num mono' }, o.amount),
     el('td', { class: 'num mono' }, o.filled),
     withCancel ? null : el('td', { class: 'num mono hide-sm' }, o.average_price ?? '–'),
-    el('td', {}, statusText(o.status)),
-    withCancel ? el('td', {}, el('button', { type: 'button', class: 'btn small cancel-btn', dataset: { orderId: o.order_id } }, 'Cancel')) : null,
+    el('td', { class: withCancel ? 'hide-sm' : '' }, statusText(o.status)),
+    withCancel ? el('td', { class: 'action' }, el('button', { type: 'button', class: 'btn small cancel-btn', dataset: { orderId: o.order_id } }, 'Cancel')) : null,
   );
 }
 
@@ -229,7 +229,7 @@ async function loadPrivate() {
   fillTable($id('open-orders'), open.map((o) => orderRow(o, true)), 'No open orders');
   fillTable($id('order-history'), all.map((o) => orderRow(o, false)), 'No orders yet');
   fillTable($id('my-trades'), mine.map((t) => el('tr', { class: 'my-trade-row' },
-    el('td', { class: 'mono muted' }, fmtDateTime(t.time)),
+    el('td', { class: 'mono muted' }, dateTimeNode(t.time)),
     sideCell(t.side),
     el('td', { class: 'num mono' }, t.price),
     el('td', { class: 'num mono' }, t.amount),

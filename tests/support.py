@@ -1,0 +1,139 @@
+"""Shared test helpers: a real SMTP server, fresh databases, a running app."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from typing import Any
+
+import httpx
+import psycopg
+from aiosmtpd.controller import Controller
+
+from exchange.app import create_app
+from exchange.clock import Clock, now_ms
+from exchange.config import Settings
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+BASE_URL = "http://127.0.0.1:8088"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Mailbox:
+    """Messages received by the in-process aiosmtpd server."""
+
+    messages: list[tuple[str, str, str]] = field(default_factory=list)  # to, subject, body
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.content)
+        body = message.get_payload(decode=True)
+        text = body.decode() if isinstance(body, bytes) else str(message.get_payload())
+        for rcpt in envelope.rcpt_tos:
+            self.messages.append((rcpt, str(message["Subject"]), text))
+        return "250 OK"
+
+    def code_for(self, email: str) -> str:
+        for to, _subject, body in reversed(self.messages):
+            if to == email:
+                found = re.search(r"\b(\d{6})\b", body)
+                assert found, body
+                return found.group(1)
+        raise AssertionError(f"no mail to {email}: {self.messages}")
+
+
+@contextmanager
+def smtp_server() -> Iterator[tuple[Mailbox, int]]:
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield mailbox, port
+    finally:
+        controller.stop()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    name = f"ex_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(database_url: str, smtp_port: int | None = None, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "smtp_host": "127.0.0.1" if smtp_port else "",
+        "smtp_port": smtp_port or 25,
+        "sqlite_synchronous": "NORMAL",
+        "rate_limits": "off",
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def running_app(
+    settings: Settings, clock: Clock = now_ms
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    app = create_app(settings, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            yield app, client
+
+
+async def register(
+    client: httpx.AsyncClient, mailbox: Mailbox, email: str, password: str = "correct-horse-42"
+) -> None:
+    answer = await client.post("/api/make_valid_code", data={"user": email})
+    assert answer.json()["status"], answer.text
+    code = mailbox.code_for(email)
+    answer = await client.post(
+        "/api/regeist_user", data={"user": email, "pass": password, "valid_code": code}
+    )
+    assert answer.json()["status"], answer.text
+
+
+async def login(
+    client: httpx.AsyncClient, email: str, password: str = "correct-horse-42"
+) -> str:
+    answer = await client.post("/api/login", data={"user": email, "pass": password})
+    assert answer.status_code == 200, answer.text
+    token: str = answer.json()["data"]["session"]
+    return token
+
+
+def assert_envelope(answer: httpx.Response, status: int, code: str | None = None) -> Any:
+    """The three-key envelope, the HTTP status and (on error) the description's code."""
+    assert answer.status_code == status, (answer.status_code, answer.text)
+    body = answer.json()
+    assert set(body) == {"status", "data", "description"}, body
+    if code is None:
+        assert body["status"] is True and body["description"] == "", body
+    else:
+        assert body["status"] is False and body["data"] is None, body
+        assert body["description"].startswith(code + ": "), body
+        assert len(body["description"]) > len(code) + 3
+    return body["data"]
+
+
+async def drain(seconds: float = 0.05) -> None:
+    await asyncio.sleep(seconds)

@@ -1,0 +1,587 @@
+"""The matching engine, case by case (SPEC §6); invariants are checked after every step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+import pytest
+
+from exchange.domain.errors import ExchangeError
+from exchange.domain.events import PlaceResult
+from exchange.domain.ledger import DEPOSIT_ACCOUNT, FEE_ACCOUNT
+from exchange.domain.markets import build_market, default_assets, default_markets
+from exchange.domain.matching import MatchingEngine
+from exchange.domain.money import to_units
+from exchange.domain.orders import Order
+
+MARKETS = default_markets(default_assets())
+M = MARKETS["BTC/USDT"]
+USERS = (1, 2, 3, 4)
+
+
+def P(text: str) -> int:
+    return M.parse_price(text)
+
+
+def A(text: str) -> int:
+    return M.parse_amount(text)
+
+
+def U(text: str) -> int:
+    return to_units(Decimal(text), 6, "usdt")
+
+
+def B(text: str) -> int:
+    return to_units(Decimal(text), 8, "btc")
+
+
+START_USDT = U("100000")
+START_BTC = B("10")
+
+
+@pytest.fixture
+def engine() -> Iterator[MatchingEngine]:
+    engine = MatchingEngine(MARKETS)
+    for user in USERS:
+        engine.credit(user, "USDT", START_USDT)
+        engine.credit(user, "BTC", START_BTC)
+        engine.credit(user, "ETH", B("100"))
+    engine.drain()
+    yield engine
+    engine.check_invariants()
+
+
+def place(engine: MatchingEngine, user: int, side: str, amount: str, price: str,
+          **options: Any) -> PlaceResult:
+    result = engine.place(
+        user, options.pop("market", "BTC/USDT"), side, A(amount), P(price) if price else 0,
+        now=options.pop("now", 1_000), **options,
+    )
+    engine.check_invariants()
+    return result
+
+
+def bal(engine: MatchingEngine, user: int, asset: str) -> tuple[int, int]:
+    return engine.ledger.balance(user, asset)
+
+
+def trades_of(result: PlaceResult) -> list[tuple[int, int, int, int]]:
+    """(price, amount, maker user, taker user) per trade."""
+    return [(t.price, t.amount, t.maker_user_id, t.taker_user_id) for t in result.trades]
+
+
+def snapshot(engine: MatchingEngine) -> Any:
+    balances = sorted(engine.ledger.accounts())
+    orders = [
+        (o.id, o.status, o.filled, o.frozen) for o in engine.open_orders()
+    ]
+    return (
+        balances, orders, engine.depth("BTC/USDT", 100), engine.next_order_id,
+        engine.next_trade_id,
+    )
+
+
+# -- fills ------------------------------------------------------------------
+
+
+def test_full_fill_settles_both_sides_with_fees(engine: MatchingEngine) -> None:
+    maker = place(engine, 1, "sell", "1", "30000")
+    assert maker.order is not None and maker.order.status == "open"
+    assert bal(engine, 1, "BTC") == (B("9"), B("1"))
+    taker = place(engine, 2, "buy", "1", "30000")
+    assert taker.order is not None
+    assert taker.order.status == "filled"
+    assert trades_of(taker) == [(P("30000"), A("1"), 1, 2)]
+    trade = taker.trades[0]
+    assert trade.quote == U("30000")
+    assert trade.taker_side == "buy"
+    assert trade.maker_order_id == maker.order.id and trade.taker_order_id == taker.order.id
+    assert trade.taker_fee == B("0.002")  # the buyer pays in BTC
+    assert trade.maker_fee == U("60")  # the seller pays in USDT
+    assert bal(engine, 2, "USDT") == (U("70000"), 0)
+    assert bal(engine, 2, "BTC") == (START_BTC + B("0.998"), 0)
+    assert bal(engine, 1, "BTC") == (B("9"), 0)
+    assert bal(engine, 1, "USDT") == (START_USDT + U("29940"), 0)
+    assert bal(engine, FEE_ACCOUNT, "BTC") == (B("0.002"), 0)
+    assert bal(engine, FEE_ACCOUNT, "USDT") == (U("60"), 0)
+    assert maker.order.status == "filled" and maker.order.frozen == 0
+    assert engine.depth("BTC/USDT", 10) == ([], [])
+
+
+def test_partial_fill_leaves_the_rest_resting(engine: MatchingEngine) -> None:
+    maker = place(engine, 1, "sell", "1", "30000")
+    taker = place(engine, 2, "buy", "0.4", "30000")
+    assert taker.order is not None and taker.order.status == "filled"
+    assert maker.order is not None
+    assert maker.order.status == "partially_filled"
+    assert maker.order.remaining == A("0.6")
+    assert maker.order.frozen == A("0.6")
+    assert bal(engine, 1, "BTC") == (B("9"), B("0.6"))
+    assert engine.depth("BTC/USDT", 10) == ([], [(P("30000"), A("0.6"))])
+
+
+def test_sweeps_levels_at_maker_prices_and_returns_price_improvement(
+    engine: MatchingEngine,
+) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    place(engine, 3, "sell", "0.5", "30100")
+    place(engine, 3, "sell", "0.5", "30300")
+    taker = place(engine, 2, "buy", "0.8", "30200")
+    assert trades_of(taker) == [(P("30000"), A("0.5"), 1, 2), (P("30100"), A("0.3"), 3, 2)]
+    assert [t.quote for t in taker.trades] == [U("15000"), U("9030")]
+    assert taker.order is not None and taker.order.status == "filled"
+    assert taker.order.quote_filled == U("24030")
+    # froze 0.8 x 30200 = 24160; paid 24030; the 130 difference is back
+    assert bal(engine, 2, "USDT") == (START_USDT - U("24030"), 0)
+    assert engine.depth("BTC/USDT", 10) == ([], [(P("30100"), A("0.2")), (P("30300"), A("0.5"))])
+
+
+def test_fifo_within_a_level(engine: MatchingEngine) -> None:
+    first = place(engine, 1, "sell", "0.5", "30000")
+    place(engine, 3, "sell", "0.5", "30000")
+    taker = place(engine, 2, "buy", "0.7", "30000")
+    assert trades_of(taker) == [(P("30000"), A("0.5"), 1, 2), (P("30000"), A("0.2"), 3, 2)]
+    assert first.order is not None and first.order.status == "filled"
+
+
+def test_better_priced_level_beats_time(engine: MatchingEngine) -> None:
+    place(engine, 1, "buy", "0.5", "29000")
+    place(engine, 3, "buy", "0.5", "29500")
+    taker = place(engine, 2, "sell", "0.5", "28000")
+    assert trades_of(taker) == [(P("29500"), A("0.5"), 3, 2)]
+    assert taker.trades[0].taker_side == "sell"
+
+
+def test_resting_buy_keeps_ceil_of_remaining_and_gets_improvement_back(
+    engine: MatchingEngine,
+) -> None:
+    place(engine, 1, "sell", "0.4", "29000")
+    result = place(engine, 2, "buy", "1", "30000")
+    order = result.order
+    assert order is not None and order.status == "partially_filled"
+    assert trades_of(result) == [(P("29000"), A("0.4"), 1, 2)]
+    assert order.frozen == U("18000")
+    assert bal(engine, 2, "USDT") == (START_USDT - U("11600") - U("18000"), U("18000"))
+    # the rest fills later as a maker, at its own price
+    place(engine, 3, "sell", "0.6", "29000")
+    assert order.status == "filled" and order.frozen == 0
+    assert bal(engine, 2, "USDT") == (START_USDT - U("11600") - U("18000"), 0)
+
+
+def test_rounding_is_floor_for_quote_and_ceil_for_fees(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.12345", "30000.01")
+    taker = place(engine, 2, "buy", "0.12345", "30000.01")
+    trade = taker.trades[0]
+    exact = Decimal("30000.01") * Decimal("0.12345") * 10**6
+    quote = int(exact.to_integral_value(ROUND_FLOOR))
+    assert trade.quote == quote == 3_703_501_234
+    seller_fee = int((Decimal(quote) * Decimal("0.002")).to_integral_value(ROUND_CEILING))
+    buyer_fee = int((Decimal(A("0.12345")) * Decimal("0.002")).to_integral_value(ROUND_CEILING))
+    assert (trade.maker_fee, trade.taker_fee) == (seller_fee, buyer_fee)
+    assert bal(engine, 1, "USDT") == (START_USDT + quote - seller_fee, 0)
+    assert bal(engine, 2, "BTC") == (START_BTC + A("0.12345") - buyer_fee, 0)
+    assert bal(engine, 2, "USDT") == (START_USDT - quote, 0)
+    assert bal(engine, FEE_ACCOUNT, "USDT") == (seller_fee, 0)
+    assert bal(engine, FEE_ACCOUNT, "BTC") == (buyer_fee, 0)
+
+
+def test_maker_and_taker_rates_apply_to_their_roles() -> None:
+    assets = default_assets()
+    market = build_market(
+        "BTC/USDT", assets["BTC"], assets["USDT"], "0.01", "0.00001", "0.00001", "5",
+        "0.001", "0.003",
+    )
+    engine = MatchingEngine({"BTC/USDT": market})
+    engine.credit(1, "BTC", B("1"))
+    engine.credit(2, "USDT", U("100000"))
+    engine.place(1, "BTC/USDT", "sell", A("1"), P("10000"), now=0)
+    result = engine.place(2, "BTC/USDT", "buy", A("1"), P("10000"), now=0)
+    trade = result.trades[0]
+    assert trade.maker_fee == U("10")  # 0.1 % of the seller's 10000 USDT
+    assert trade.taker_fee == B("0.003")  # 0.3 % of the buyer's 1 BTC
+    engine.check_invariants()
+
+
+# -- time in force, market orders, post only --------------------------------
+
+
+def test_ioc_matches_what_it_can_and_cancels_the_rest(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.3", "30000")
+    result = place(engine, 2, "buy", "1", "30100", tif="IOC")
+    assert result.order is not None
+    assert result.order.status == "canceled"
+    assert result.order.filled == A("0.3")
+    assert result.order.frozen == 0
+    assert bal(engine, 2, "USDT") == (START_USDT - U("9000"), 0)
+    assert engine.depth("BTC/USDT", 10) == ([], [])
+    assert engine.open_orders(2) == []
+
+
+def test_ioc_without_liquidity_is_canceled_unfilled(engine: MatchingEngine) -> None:
+    result = place(engine, 2, "sell", "1", "30000", tif="IOC")
+    assert result.order is not None and result.order.status == "canceled"
+    assert bal(engine, 2, "BTC") == (START_BTC, 0)
+
+
+def test_fok_fillable_fills_completely(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    place(engine, 3, "sell", "0.5", "30050")
+    result = place(engine, 2, "buy", "1", "30050", tif="FOK")
+    assert result.order is not None and result.order.status == "filled"
+    assert [t.amount for t in result.trades] == [A("0.5"), A("0.5")]
+
+
+def test_fok_not_fillable_changes_nothing_but_is_recorded(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    place(engine, 3, "sell", "0.5", "30100")
+    engine.drain()
+    before = snapshot(engine)
+    result = place(engine, 2, "buy", "1", "30050", tif="FOK")
+    assert result.order is not None
+    assert result.order.status == "canceled" and result.trades == []
+    assert result.order.filled == 0 and result.order.frozen == 0
+    after = snapshot(engine)
+    assert after[:3] == before[:3]
+    assert after[3] == before[3] + 1  # it got an id
+    outbox = engine.drain()
+    assert [o.id for o in outbox.orders] == [result.order.id]
+    assert outbox.entries == [] and outbox.trades == []
+
+
+def test_fok_does_not_count_own_orders_and_does_not_cancel_them(
+    engine: MatchingEngine,
+) -> None:
+    own = place(engine, 2, "sell", "0.5", "30000")
+    place(engine, 1, "sell", "0.5", "30000")
+    result = place(engine, 2, "buy", "1", "30000", tif="FOK")
+    assert result.order is not None and result.order.status == "canceled"
+    assert own.order is not None and own.order.status == "open"
+
+
+def test_market_buy_walks_the_book_and_freezes_exact_cost(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    place(engine, 3, "sell", "0.5", "31000")
+    engine.drain()
+    result = place(engine, 2, "buy", "0.7", "", type="market")
+    assert result.order is not None
+    assert result.order.status == "filled"
+    assert result.order.type == "market" and result.order.tif == "IOC"
+    assert trades_of(result) == [(P("30000"), A("0.5"), 1, 2), (P("31000"), A("0.2"), 3, 2)]
+    cost = U("15000") + U("6200")
+    assert bal(engine, 2, "USDT") == (START_USDT - cost, 0)
+    freeze = [e for e in engine.drain().entries if e.user_id == 2 and e.reason == "order"]
+    assert [(e.d_available, e.d_frozen) for e in freeze] == [(-cost, cost)]
+
+
+def test_market_buy_with_price_limit_stops_there(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    place(engine, 3, "sell", "0.5", "31000")
+    result = place(engine, 2, "buy", "1", "30500", type="market")
+    assert result.order is not None
+    assert result.order.status == "canceled" and result.order.filled == A("0.5")
+    assert engine.depth("BTC/USDT", 10) == ([], [(P("31000"), A("0.5"))])
+
+
+def test_market_buy_that_cannot_be_paid_is_refused(engine: MatchingEngine) -> None:
+    engine.credit(9, "USDT", U("1000"))
+    place(engine, 1, "sell", "1", "30000")
+    engine.drain()
+    before = snapshot(engine)
+    with pytest.raises(ExchangeError) as caught:
+        place(engine, 9, "buy", "0.5", "", type="market")
+    assert caught.value.code == "insufficient_balance"
+    assert "need 15000.000000 USDT" in caught.value.message
+    assert snapshot(engine) == before
+    assert engine.drain().orders == []
+
+
+def test_market_sell(engine: MatchingEngine) -> None:
+    place(engine, 1, "buy", "0.5", "30000")
+    place(engine, 3, "buy", "0.5", "29000")
+    result = place(engine, 2, "sell", "0.8", "", type="market")
+    assert result.order is not None and result.order.status == "filled"
+    assert trades_of(result) == [(P("30000"), A("0.5"), 1, 2), (P("29000"), A("0.3"), 3, 2)]
+    received = U("15000") + U("8700")
+    fee = -(-received * 2 // 1000)
+    assert bal(engine, 2, "USDT") == (START_USDT + received - fee, 0)
+    assert bal(engine, 2, "BTC") == (START_BTC - A("0.8"), 0)
+
+
+def test_market_sell_on_empty_book_returns_the_hold(engine: MatchingEngine) -> None:
+    result = place(engine, 2, "sell", "0.8", "", type="market")
+    assert result.order is not None and result.order.status == "canceled"
+    assert bal(engine, 2, "BTC") == (START_BTC, 0)
+
+
+def test_post_only_rests_when_it_does_not_cross(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    result = place(engine, 2, "buy", "0.5", "29999.99", post_only=True)
+    assert result.order is not None and result.order.status == "open"
+    assert result.order.post_only
+    assert bal(engine, 2, "USDT")[1] == M.notional_ceil(P("29999.99"), A("0.5"))
+
+
+def test_post_only_that_would_cross_is_rejected(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    engine.drain()
+    before = snapshot(engine)
+    result = place(engine, 2, "buy", "0.5", "30000", post_only=True)
+    assert result.order is not None
+    assert result.order.status == "rejected" and result.trades == []
+    assert result.order.frozen == 0
+    assert snapshot(engine)[:3] == before[:3]
+    outbox = engine.drain()
+    assert [o.status for o in outbox.orders] == ["rejected"] and outbox.entries == []
+
+
+# -- self-trade prevention, client ids, cancel --------------------------------
+
+
+def test_self_trade_cancels_the_resting_order_and_continues(engine: MatchingEngine) -> None:
+    own = place(engine, 1, "sell", "0.5", "30000")
+    place(engine, 2, "sell", "0.5", "30000")
+    result = place(engine, 1, "buy", "1", "30000")
+    assert own.order is not None and own.order.status == "canceled"
+    assert own.order.frozen == 0
+    assert trades_of(result) == [(P("30000"), A("0.5"), 2, 1)]
+    assert result.order is not None and result.order.status == "partially_filled"
+    assert bal(engine, 1, "BTC") == (START_BTC + A("0.5") - B("0.001"), 0)
+    assert engine.depth("BTC/USDT", 10) == ([(P("30000"), A("0.5"))], [])
+    changed = {o.id: o.status for o in engine.drain().orders}
+    assert changed[own.order.id] == "canceled"
+
+
+def test_client_order_id_makes_placing_idempotent(engine: MatchingEngine) -> None:
+    first = place(engine, 2, "buy", "0.5", "29000", client_order_id="abc-1")
+    engine.drain()
+    before = snapshot(engine)
+    again = place(engine, 2, "buy", "0.9", "28000", client_order_id="abc-1")
+    assert again.duplicate and again.order is first.order
+    assert again.order_id == first.order_id
+    assert snapshot(engine) == before
+    assert engine.drain().orders == []
+    other_user = place(engine, 3, "buy", "0.5", "29000", client_order_id="abc-1")
+    assert not other_user.duplicate and other_user.order_id != first.order_id
+
+
+def test_client_order_id_of_a_closed_order(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    first = place(engine, 2, "buy", "0.5", "30000", client_order_id="x")
+    assert first.order is not None and first.order.status == "filled"
+    again = place(engine, 2, "buy", "0.5", "30000", client_order_id="x")
+    assert again.duplicate and again.order is first.order and again.trades == []
+    with pytest.raises(ExchangeError):
+        place(engine, 2, "buy", "0.5", "30000", client_order_id="x" * 37)
+
+
+def test_cancel_returns_the_hold(engine: MatchingEngine) -> None:
+    result = place(engine, 2, "buy", "0.5", "29000")
+    assert result.order is not None
+    order = engine.cancel(2, result.order.id, now=5_000)
+    engine.check_invariants()
+    assert order is result.order
+    assert order.status == "canceled" and order.frozen == 0 and order.updated == 5_000
+    assert bal(engine, 2, "USDT") == (START_USDT, 0)
+    assert engine.depth("BTC/USDT", 10) == ([], [])
+    with pytest.raises(ExchangeError) as caught:
+        engine.cancel(2, result.order.id, now=6_000)
+    assert caught.value.code == "order_not_found"
+
+
+def test_cancel_of_another_users_order_is_not_found(engine: MatchingEngine) -> None:
+    result = place(engine, 2, "buy", "0.5", "29000")
+    assert result.order is not None
+    engine.drain()
+    with pytest.raises(ExchangeError) as caught:
+        engine.cancel(3, result.order.id, now=0)
+    assert caught.value.code == "order_not_found"
+    assert caught.value.message == f"no open order {result.order.id}"
+    assert result.order.status == "open"
+    assert engine.drain().orders == []
+    with pytest.raises(ExchangeError) as caught:
+        engine.cancel(3, 999_999, now=0)
+    assert caught.value.message == "no open order 999999"
+
+
+# -- refusals change nothing --------------------------------------------------
+
+
+def test_insufficient_balance_changes_nothing(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "1", "30000")
+    engine.drain()
+    before = snapshot(engine)
+    with pytest.raises(ExchangeError) as caught:
+        place(engine, 2, "buy", "4", "30000")
+    assert caught.value.code == "insufficient_balance"
+    assert caught.value.message == "need 120000.000000 USDT, 100000.000000 available"
+    with pytest.raises(ExchangeError) as caught:
+        place(engine, 2, "sell", "10.00001", "30000")
+    assert caught.value.code == "insufficient_balance"
+    assert snapshot(engine) == before
+    outbox = engine.drain()
+    assert (outbox.orders, outbox.trades, outbox.entries) == ([], [], [])
+
+
+def test_below_minimum_notional(engine: MatchingEngine) -> None:
+    with pytest.raises(ExchangeError) as caught:
+        place(engine, 2, "buy", "0.0001", "30000")  # 3 USDT < 5
+    assert caught.value.code == "below_minimum"
+    assert "5.000000 USDT" in caught.value.message
+    assert place(engine, 2, "buy", "0.0001", "50000").order is not None  # exactly 5
+
+
+def test_below_minimum_amount() -> None:
+    assets = default_assets()
+    market = build_market(
+        "BTC/USDT", assets["BTC"], assets["USDT"], "0.01", "0.00001", "0.001", "5",
+        "0.002", "0.002",
+    )
+    engine = MatchingEngine({"BTC/USDT": market})
+    engine.credit(1, "USDT", U("100000"))
+    with pytest.raises(ExchangeError) as caught:
+        engine.place(1, "BTC/USDT", "buy", A("0.0009"), P("30000"), now=0)
+    assert caught.value.code == "below_minimum"
+    with pytest.raises(ExchangeError) as caught:
+        engine.place(1, "BTC/USDT", "buy", A("0.0009"), 0, type="market", now=0)
+    assert caught.value.code == "below_minimum"
+    assert engine.next_order_id == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"market": "DOGE/USDT"}, "unknown_pair"),
+        ({"side": "hold"}, "invalid_argument"),
+        ({"price": 0}, "invalid_argument"),
+        ({"price": -100}, "invalid_argument"),
+        ({"amount": 1_500}, "invalid_argument"),
+        ({"amount": 0}, "invalid_argument"),
+        ({"type": "stop"}, "invalid_argument"),
+        ({"tif": "GTD"}, "invalid_argument"),
+        ({"post_only": True, "tif": "IOC"}, "invalid_argument"),
+        ({"post_only": True, "type": "market"}, "invalid_argument"),
+    ],
+)
+def test_invalid_orders_are_refused(
+    engine: MatchingEngine, changes: dict[str, Any], code: str
+) -> None:
+    args: dict[str, Any] = {
+        "market": "BTC/USDT", "side": "buy", "amount": A("0.001"), "price": P("30000"),
+    }
+    args.update(changes)
+    with pytest.raises(ExchangeError) as caught:
+        engine.place(2, args.pop("market"), args.pop("side"), args.pop("amount"),
+                     args.pop("price"), now=0, **args)
+    assert caught.value.code == code
+    assert engine.next_order_id == 1
+    assert engine.drain().orders == []
+
+
+def test_off_tick_price_is_refused(engine: MatchingEngine) -> None:
+    engine_market = MARKETS["ETH/USDT"]
+    with pytest.raises(ExchangeError) as caught:
+        engine.place(2, "ETH/USDT", "buy", engine_market.step * 1_000, 1, now=0)
+    assert caught.value.code == "below_minimum"  # on-tick but tiny: the grid check passed
+    odd = build_market(
+        "ETH/USDT", engine_market.base, engine_market.quote, "0.05", "0.0001", "0.0001", "5",
+        "0.002", "0.002",
+    )
+    strict = MatchingEngine({"ETH/USDT": odd})
+    strict.credit(2, "USDT", U("1000000"))
+    with pytest.raises(ExchangeError) as caught:
+        strict.place(2, "ETH/USDT", "buy", 10**8, 200_001, now=0)
+    assert caught.value.code == "invalid_argument"
+
+
+# -- outbox, depth, restore, invariants ---------------------------------------
+
+
+def test_drain_lists_each_changed_order_once_in_final_state(engine: MatchingEngine) -> None:
+    maker = place(engine, 1, "sell", "1", "30000")
+    place(engine, 2, "buy", "0.3", "30000")
+    place(engine, 3, "buy", "0.3", "30000")
+    outbox = engine.drain()
+    ids = [o.id for o in outbox.orders]
+    assert len(ids) == len(set(ids)) == 3
+    assert maker.order is not None
+    assert maker.order in outbox.orders and maker.order.filled == A("0.6")
+    assert [t.id for t in outbox.trades] == [1, 2]
+    assert sum(e.d_available + e.d_frozen for e in outbox.entries) == 0
+    assert (2, "BTC") in outbox.accounts and (FEE_ACCOUNT, "USDT") in outbox.accounts
+    empty = engine.drain()
+    assert (empty.orders, empty.trades, empty.entries, empty.accounts) == ([], [], [], set())
+
+
+def test_depth_is_aggregated_best_first(engine: MatchingEngine) -> None:
+    place(engine, 1, "buy", "0.1", "29000")
+    place(engine, 2, "buy", "0.2", "29000")
+    place(engine, 1, "buy", "0.3", "29500")
+    place(engine, 3, "sell", "0.4", "31000")
+    place(engine, 3, "sell", "0.5", "30500")
+    bids, asks = engine.depth("BTC/USDT", 10)
+    assert bids == [(P("29500"), A("0.3")), (P("29000"), A("0.3"))]
+    assert asks == [(P("30500"), A("0.5")), (P("31000"), A("0.4"))]
+    assert engine.depth("BTC/USDT", 1) == ([(P("29500"), A("0.3"))], [(P("30500"), A("0.5"))])
+    with pytest.raises(ExchangeError):
+        engine.depth("NOPE/USDT", 1)
+
+
+def _copy(order: Order) -> Order:
+    return Order(
+        order.id, order.user_id, order.market, order.side, order.type, order.tif,
+        order.post_only, order.price, order.amount, order.filled, order.quote_filled,
+        order.frozen, order.status, order.client_order_id, order.created, order.updated,
+    )
+
+
+def test_restore_rebuilds_books_with_time_priority(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000", client_order_id="a")
+    place(engine, 3, "sell", "0.5", "30000")
+    place(engine, 1, "buy", "0.2", "29000")
+    place(engine, 2, "buy", "0.1", "30000")
+    closed = place(engine, 4, "buy", "0.5", "28000", client_order_id="gone")
+    assert closed.order is not None
+    engine.cancel(4, closed.order.id, now=0)
+    orders = [_copy(o) for o in reversed(engine.open_orders())]  # any order in
+    rows = list(engine.ledger.accounts())
+    clients = [(1, "a", 1), (4, "gone", closed.order.id)]
+    fresh = MatchingEngine(MARKETS)
+    fresh.restore(orders, rows, engine.next_order_id, engine.next_trade_id, clients)
+    fresh.check_invariants()
+    assert fresh.depth("BTC/USDT", 10) == engine.depth("BTC/USDT", 10)
+    result = fresh.place(2, "BTC/USDT", "buy", A("0.6"), P("30000"), now=0)
+    assert [(t.maker_order_id, t.amount) for t in result.trades] == [(1, A("0.4")), (2, A("0.2"))]
+    assert result.order_id == engine.next_order_id
+    assert result.trades[0].id == engine.next_trade_id
+    duplicate = fresh.place(1, "BTC/USDT", "sell", A("1"), P("1"), client_order_id="a", now=0)
+    assert duplicate.duplicate and duplicate.order is not None and duplicate.order.id == 1
+    gone = fresh.place(4, "BTC/USDT", "buy", A("1"), P("1"), client_order_id="gone", now=0)
+    assert gone.duplicate and gone.order is None and gone.order_id == closed.order.id
+    fresh.check_invariants()
+
+
+def test_check_invariants_detects_corruption(engine: MatchingEngine) -> None:
+    place(engine, 1, "sell", "0.5", "30000")
+    engine.ledger._accounts[(1, "BTC")][1] += 1  # frozen no longer matches the order
+    with pytest.raises(AssertionError, match="frozen"):
+        engine.check_invariants()
+    engine.ledger._accounts[(1, "BTC")][1] -= 1
+    engine.ledger._accounts[(DEPOSIT_ACCOUNT, "USDT")][0] += 1  # value created
+    with pytest.raises(AssertionError, match="USDT is not conserved"):
+        engine.check_invariants()
+    engine.ledger._accounts[(DEPOSIT_ACCOUNT, "USDT")][0] -= 1
+    engine.books["BTC/USDT"].asks[P("30000")].total += 1
+    with pytest.raises(AssertionError, match="total"):
+        engine.check_invariants()
+    engine.books["BTC/USDT"].asks[P("30000")].total -= 1
+
+
+def test_withdrawal_holds_count_in_the_frozen_invariant(engine: MatchingEngine) -> None:
+    engine.ledger.hold(2, "USDT", U("10"), 1)
+    place(engine, 2, "buy", "0.001", "30000")
+    engine.check_invariants()
+    engine.ledger.settle_hold(2, "USDT", U("10"), U("1"), 1)
+    engine.check_invariants()
+    assert bal(engine, 2, "USDT") == (START_USDT - U("10") - U("30"), U("30"))
