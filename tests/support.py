@@ -137,3 +137,64 @@ def assert_envelope(answer: httpx.Response, status: int, code: str | None = None
 
 async def drain(seconds: float = 0.05) -> None:
     await asyncio.sleep(seconds)
+
+
+async def new_trader(
+    app: Any, client: httpx.AsyncClient, mailbox: Mailbox, email: str, **funds: str
+) -> dict[str, str]:
+    """Register, log in and fund a user; returns the Bearer header of its session."""
+    from exchange.domain.money import parse_decimal, to_units
+    from exchange.engine.commands import Credit
+
+    await register(client, mailbox, email)
+    token = await login(client, email)
+    client.cookies.clear()
+    services = app.state.services
+    user_id = await services.accounts.user_id(email)
+    for asset, amount in funds.items():
+        scale = services.engine.assets[asset].scale
+        await services.engine.submit(Credit(user_id, asset, to_units(parse_decimal(amount), scale, asset), 0))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def check_books_and_ledger(app: Any) -> None:
+    """The engine's invariants: conservation per asset, frozen == open orders, sane books."""
+    core = app.state.services.engine.core
+    core.check_invariants()
+    assert all(total == 0 for total in core.ledger.totals().values()), core.ledger.totals()
+
+
+def check_database_ledger(database_url: str) -> dict[tuple[int, str], tuple[int, int]]:
+    """balances == the sum of ledger entries per account, and every asset sums to zero."""
+    from sqlalchemy import func, select
+
+    from exchange.adapters.db.database import make_sync_engine
+    from exchange.adapters.db.tables import balances, ledger_entries
+
+    engine = make_sync_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            stored = {
+                (r.user_id, r.asset): (r.available, r.frozen)
+                for r in conn.execute(select(balances))
+            }
+            summed = {
+                (r.user_id, r.asset): (int(r.a), int(r.f))
+                for r in conn.execute(
+                    select(
+                        ledger_entries.c.user_id,
+                        ledger_entries.c.asset,
+                        func.sum(ledger_entries.c.d_available).label("a"),
+                        func.sum(ledger_entries.c.d_frozen).label("f"),
+                    ).group_by(ledger_entries.c.user_id, ledger_entries.c.asset)
+                )
+            }
+    finally:
+        engine.dispose()
+    assert stored == summed
+    per_asset: dict[str, int] = {}
+    for (_user, asset), (available, frozen) in stored.items():
+        assert frozen >= 0
+        per_asset[asset] = per_asset.get(asset, 0) + available + frozen
+    assert all(total == 0 for total in per_asset.values()), per_asset
+    return stored

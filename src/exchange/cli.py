@@ -28,6 +28,13 @@ app = typer.Typer(
 )
 admin = typer.Typer(help="Operator commands: credit deposits, review withdrawals.")
 app.add_typer(admin, name="admin")
+bench = typer.Typer(
+    help="Benchmarks: print figures (name value unit), never pass/fail.",
+    invoke_without_command=True,
+)
+app.add_typer(bench, name="bench")
+
+JSON_OPTION = typer.Option("--json", help="print a JSON summary too")
 
 
 def _logging(settings: Settings) -> None:
@@ -154,6 +161,40 @@ def reject(
     except ExchangeError as error:
         _fail(error)
     typer.echo(f"withdrawal {withdrawal_id} rejected")
+
+
+@bench.callback()
+def bench_all(ctx: typer.Context, as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+    """Without a subcommand: run every benchmark."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from exchange.bench import report
+
+    report.run_all(as_json=as_json)
+
+
+@bench.command("engine")
+def bench_engine(
+    orders: Annotated[int, typer.Option(help="orders to place")] = 200_000,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """In-memory matching throughput with balance checks."""
+    from exchange.bench import report
+
+    report.engine(orders, as_json=as_json)
+
+
+@bench.command("orders")
+def bench_orders(
+    seconds: Annotated[float, typer.Option(help="load duration per database")] = 10.0,
+    clients: Annotated[int, typer.Option(help="concurrent HTTP connections")] = 64,
+    database: Annotated[str, typer.Option(help="sqlite, postgres or both")] = "both",
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """Durable HTTP order placement against a real server: orders/s, p50/p99."""
+    from exchange.bench import report
+
+    report.orders(seconds, clients, database, as_json=as_json)
 
 
 def main() -> None:

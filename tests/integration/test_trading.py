@@ -1,0 +1,322 @@
+"""Trading through the HTTP API on SQLite and PostgreSQL: orders, trades, fees, ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from support import (
+    assert_envelope,
+    check_books_and_ledger,
+    check_database_ledger,
+    make_settings,
+    new_trader,
+    running_app,
+)
+
+from exchange.domain.ledger import FEE_ACCOUNT
+
+Pair = tuple[Any, httpx.AsyncClient]
+
+
+async def balances(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = assert_envelope(await client.post("/api/get_user_coin", headers=headers), 200)
+    return data
+
+
+async def test_two_users_trade_with_exact_fees(app_client: Pair, mailbox: Any, database_url: str) -> None:
+    app, client = app_client
+    seller = await new_trader(app, client, mailbox, "seller@example.com", BTC="1")
+    buyer = await new_trader(app, client, mailbox, "buyer@example.com", USDT="30000")
+    sell = await client.post(
+        "/api/sell", data={"pair": "BTC/USDT", "amount": "0.5", "price": "20000"}, headers=seller
+    )
+    order = assert_envelope(sell, 200)
+    assert order["status"] == "open" and order["price"] == "20000.00" and order["trades"] == []
+    assert (await balances(client, seller))["BTC"] == {"available": "0.50000000", "frozen": "0.50000000"}
+
+    buy = await client.post(
+        "/router?router=buy", data={"pair": "btc_usdt", "amount": "0.5", "price": "21000"}, headers=buyer
+    )
+    order = assert_envelope(buy, 200)
+    assert order["status"] == "filled" and order["filled"] == "0.50000000"
+    assert order["average_price"] == "20000.00"  # the maker's price
+    [trade] = order["trades"]
+    assert trade["price"] == "20000.00" and trade["amount"] == "0.50000000"
+    assert trade["role"] == "taker" and trade["fee"] == "0.00100000" and trade["fee_coin"] == "BTC"
+
+    # Seller: base down by the amount, quote up by price x amount minus 0.2 %.
+    assert await balances(client, seller) == {
+        "BTC": {"available": "0.50000000", "frozen": "0.00000000"},
+        "ETH": {"available": "0.00000000", "frozen": "0.00000000"},
+        "USDT": {"available": "9980.000000", "frozen": "0.000000"},
+    }
+    # Buyer: quote down by price x amount (the 21000 limit's surplus returned), base up minus fee.
+    assert await balances(client, buyer) == {
+        "BTC": {"available": "0.49900000", "frozen": "0.00000000"},
+        "ETH": {"available": "0.00000000", "frozen": "0.00000000"},
+        "USDT": {"available": "20000.000000", "frozen": "0.000000"},
+    }
+    ledger = app.state.services.engine.core.ledger
+    assert ledger.balance(FEE_ACCOUNT, "BTC") == (100_000, 0)  # 0.001 BTC
+    assert ledger.balance(FEE_ACCOUNT, "USDT") == (20_000_000, 0)  # 20 USDT
+
+    mine = assert_envelope(await client.post("/api/get_my_trades", headers=seller), 200)
+    assert [(t["side"], t["role"], t["fee"], t["fee_coin"]) for t in mine] == [
+        ("sell", "maker", "20.000000", "USDT")
+    ]
+    orders = assert_envelope(
+        await client.post("/api/get_orders", data={"status": "all"}, headers=seller), 200
+    )
+    assert [o["status"] for o in orders] == ["filled"]
+    assert assert_envelope(await client.post("/api/get_orders", headers=seller), 200) == []
+    check_books_and_ledger(app)
+    check_database_ledger(database_url)
+
+
+async def test_partial_fills_and_price_time_priority(app_client: Pair, mailbox: Any) -> None:
+    app, client = app_client
+    a = await new_trader(app, client, mailbox, "a@example.com", ETH="10")
+    b = await new_trader(app, client, mailbox, "b@example.com", ETH="10")
+    c = await new_trader(app, client, mailbox, "c@example.com", USDT="100000")
+    first = assert_envelope(
+        await client.post("/api/sell", data={"pair": "ETH-USDT", "amount": "1", "price": "3000"}, headers=a), 200
+    )
+    second = assert_envelope(
+        await client.post("/api/sell", data={"pair": "ETH/USDT", "amount": "1", "price": "3000"}, headers=b), 200
+    )
+    cheaper = assert_envelope(
+        await client.post("/api/sell", data={"pair": "eth_usdt", "amount": "0.5", "price": "2999.99"}, headers=b),
+        200,
+    )
+    taken = assert_envelope(
+        await client.post("/api/buy", data={"pair": "ETH/USDT", "amount": "1.2", "price": "3000"}, headers=c), 200
+    )
+    assert [(t["price"], t["amount"]) for t in taken["trades"]] == [
+        ("2999.99", "0.50000000"),
+        ("3000.00", "0.70000000"),
+    ]
+    orders = {
+        o["order_id"]: o
+        for o in assert_envelope(await client.post("/api/get_orders", data={"status": "all"}, headers=a), 200)
+    }
+    assert orders[first["order_id"]]["status"] == "partially_filled"
+    assert orders[first["order_id"]]["filled"] == "0.70000000"
+    b_orders = {
+        o["order_id"]: o["status"]
+        for o in assert_envelope(await client.post("/api/get_orders", data={"status": "all"}, headers=b), 200)
+    }
+    assert b_orders == {second["order_id"]: "open", cheaper["order_id"]: "filled"}
+    check_books_and_ledger(app)
+
+
+async def test_json_number_and_string_mean_the_same_exact_decimal(app_client: Pair, mailbox: Any) -> None:
+    app, client = app_client
+    user = await new_trader(app, client, mailbox, "j@example.com", ETH="1")
+    as_number = await client.post(
+        "/api/sell", json={"pair": "ETH/BTC", "amount": 0.1, "price": 0.050001}, headers=user
+    )
+    as_text = await client.post(
+        "/api/sell", json={"pair": "ETH/BTC", "amount": "0.1", "price": "0.050001"}, headers=user
+    )
+    one, two = assert_envelope(as_number, 200), assert_envelope(as_text, 200)
+    assert (one["amount"], one["price"]) == (two["amount"], two["price"]) == ("0.10000000", "0.050001")
+    assert (await balances(client, user))["ETH"] == {"available": "0.80000000", "frozen": "0.20000000"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("amount", "1e400", "invalid_argument"),
+        ("amount", "NaN", "invalid_argument"),
+        ("amount", "Infinity", "invalid_argument"),
+        ("amount", "-1", "invalid_argument"),
+        ("amount", "0", "invalid_argument"),
+        ("amount", "abc", "invalid_argument"),
+        ("amount", "0.000001", "invalid_argument"),  # finer than the 0.00001 step
+        ("amount", "", "missing_argument"),
+        ("price", "20000.001", "invalid_argument"),  # finer than the 0.01 tick
+        ("price", "0", "invalid_argument"),
+        ("price", "-5", "invalid_argument"),
+        ("price", "1e400", "invalid_argument"),
+        ("price", "", "missing_argument"),
+        ("type", "stop", "invalid_argument"),
+        ("time_in_force", "GTX", "invalid_argument"),
+        ("post_only", "maybe", "invalid_argument"),
+        ("client_order_id", "x" * 37, "invalid_argument"),
+    ],
+)
+async def test_bad_order_input(
+    app_client: Pair, mailbox: Any, field: str, value: str, code: str
+) -> None:
+    app, client = app_client
+    user = await new_trader(app, client, mailbox, "v@example.com", USDT="100000", BTC="1")
+    before = await balances(client, user)
+    params = {"pair": "BTC/USDT", "amount": "0.01", "price": "20000", field: value}
+    for side in ("buy", "sell"):
+        assert_envelope(await client.post(f"/api/{side}", data=params, headers=user), 400, code)
+    assert await balances(client, user) == before
+    assert assert_envelope(await client.post("/api/get_orders", headers=user), 200) == []
+
+
+async def test_refusals(app_client: Pair, mailbox: Any) -> None:
+    app, client = app_client
+    user = await new_trader(app, client, mailbox, "r@example.com", USDT="100")
+    order = {"pair": "BTC/USDT", "amount": "0.01", "price": "20000"}
+    answer = await client.post("/api/buy", data=order, headers=user)
+    assert_envelope(answer, 400, "insufficient_balance")
+    assert "USDT" in answer.json()["description"]
+    assert_envelope(
+        await client.post("/api/buy", data={**order, "pair": "DOGE/USDT"}, headers=user), 404, "unknown_pair"
+    )
+    assert_envelope(
+        await client.post("/api/buy", data={**order, "price": "100", "amount": "0.01"}, headers=user),
+        400,
+        "below_minimum",
+    )
+    assert_envelope(await client.post("/api/buy", data=order), 401, "not_logged_in")
+    assert_envelope(await client.post("/api/cancel_order", data={"order_id": "1"}), 401, "not_logged_in")
+    assert_envelope(await client.post("/api/cancel_order", headers=user), 400, "missing_argument")
+    assert_envelope(
+        await client.post("/api/cancel_order", data={"order_id": "x"}, headers=user), 400, "invalid_argument"
+    )
+    assert_envelope(
+        await client.post("/api/cancel_order", data={"order_id": "999"}, headers=user), 404, "order_not_found"
+    )
+    assert_envelope(await client.get("/api/buy"), 405, "method_not_allowed")
+    assert (await balances(client, user))["USDT"] == {"available": "100.000000", "frozen": "0.000000"}
+
+
+async def test_cancel_unfreezes_and_is_private(app_client: Pair, mailbox: Any) -> None:
+    app, client = app_client
+    owner = await new_trader(app, client, mailbox, "o@example.com", USDT="1000")
+    other = await new_trader(app, client, mailbox, "x@example.com", USDT="1000")
+    order = assert_envelope(
+        await client.post("/api/buy", data={"pair": "BTC/USDT", "amount": "0.01", "price": "20000"}, headers=owner),
+        200,
+    )
+    assert (await balances(client, owner))["USDT"] == {"available": "800.000000", "frozen": "200.000000"}
+    oid = {"order_id": str(order["order_id"])}
+    assert_envelope(await client.post("/api/cancel_order", data=oid, headers=other), 404, "order_not_found")
+    canceled = assert_envelope(await client.post("/api/cancel_order", data=oid, headers=owner), 200)
+    assert canceled["status"] == "canceled" and canceled["order_id"] == order["order_id"]
+    assert (await balances(client, owner))["USDT"] == {"available": "1000.000000", "frozen": "0.000000"}
+    assert_envelope(await client.post("/api/cancel_order", data=oid, headers=owner), 404, "order_not_found")
+    check_books_and_ledger(app)
+
+
+async def test_client_order_id_is_idempotent(app_client: Pair, mailbox: Any) -> None:
+    app, client = app_client
+    user = await new_trader(app, client, mailbox, "i@example.com", USDT="1000")
+    params = {"pair": "BTC/USDT", "amount": "0.01", "price": "20000", "client_order_id": "my-1"}
+    first = assert_envelope(await client.post("/api/buy", data=params, headers=user), 200)
+    again = assert_envelope(
+        await client.post("/api/buy", data={**params, "price": "25000"}, headers=user), 200
+    )
+    assert again["order_id"] == first["order_id"] and again["price"] == "20000.00"
+    assert again["client_order_id"] == "my-1"
+    assert (await balances(client, user))["USDT"]["frozen"] == "200.000000"
+    assert len(assert_envelope(await client.post("/api/get_orders", headers=user), 200)) == 1
+    # Still the same order after it was canceled.
+    await client.post("/api/cancel_order", data={"order_id": str(first["order_id"])}, headers=user)
+    closed = assert_envelope(await client.post("/api/buy", data=params, headers=user), 200)
+    assert closed["order_id"] == first["order_id"] and closed["status"] == "canceled"
+
+
+async def test_order_types_through_http(app_client: Pair, mailbox: Any) -> None:
+    app, client = app_client
+    maker = await new_trader(app, client, mailbox, "m@example.com", BTC="1")
+    taker = await new_trader(app, client, mailbox, "t@example.com", USDT="100000")
+    await client.post("/api/sell", data={"pair": "BTC/USDT", "amount": "0.1", "price": "20000"}, headers=maker)
+    post_only = assert_envelope(
+        await client.post(
+            "/api/buy",
+            data={"pair": "BTC/USDT", "amount": "0.1", "price": "20000", "post_only": "true"},
+            headers=taker,
+        ),
+        200,
+    )
+    assert post_only["status"] == "rejected" and post_only["trades"] == []
+    fok = assert_envelope(
+        await client.post(
+            "/api/buy",
+            data={"pair": "BTC/USDT", "amount": "0.2", "price": "20000", "time_in_force": "FOK"},
+            headers=taker,
+        ),
+        200,
+    )
+    assert fok["status"] == "canceled" and fok["trades"] == []
+    ioc = assert_envelope(
+        await client.post(
+            "/api/buy",
+            data={"pair": "BTC/USDT", "amount": "0.05", "price": "20000", "time_in_force": "IOC"},
+            headers=taker,
+        ),
+        200,
+    )
+    assert ioc["status"] == "filled"
+    market = assert_envelope(
+        await client.post(
+            "/api/buy", data={"pair": "BTC/USDT", "amount": "0.08", "type": "market"}, headers=taker
+        ),
+        200,
+    )
+    assert market["type"] == "market" and market["filled"] == "0.05000000"
+    assert market["status"] == "canceled"  # the rest of a market order does not rest
+    assert (await balances(client, taker))["USDT"]["frozen"] == "0.000000"
+    check_books_and_ledger(app)
+
+
+async def test_concurrent_buys_never_overspend(app_client: Pair, mailbox: Any, database_url: str) -> None:
+    app, client = app_client
+    user = await new_trader(app, client, mailbox, "c@example.com", USDT="1000")  # 100 x 10 USDT
+    params = {"pair": "BTC/USDT", "amount": "0.001", "price": "10000"}
+    answers = await asyncio.gather(
+        *(client.post("/api/buy", data=params, headers=user) for _ in range(200))
+    )
+    accepted = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    assert len(accepted) == 100
+    for answer in refused:
+        assert_envelope(answer, 400, "insufficient_balance")
+    assert (await balances(client, user))["USDT"] == {"available": "0.000000", "frozen": "1000.000000"}
+    assert len({a.json()["data"]["order_id"] for a in accepted}) == 100
+    check_books_and_ledger(app)
+    check_database_ledger(database_url)
+
+
+async def test_books_and_balances_survive_a_restart(database_url: str, mail: Any) -> None:
+    mailbox, port = mail
+    settings = make_settings(database_url, port)
+    async with running_app(settings) as (app, client):
+        a = await new_trader(app, client, mailbox, "a@example.com", BTC="2", USDT="50000")
+        b = await new_trader(app, client, mailbox, "b@example.com", BTC="2", USDT="50000")
+        for i in range(10):
+            await client.post(
+                "/api/sell", data={"pair": "BTC/USDT", "amount": "0.01", "price": str(20000 + i)}, headers=a
+            )
+            await client.post(
+                "/api/buy", data={"pair": "BTC/USDT", "amount": "0.015", "price": str(20003 - i)}, headers=b
+            )
+        core = app.state.services.engine.core
+        before = (
+            sorted(core.ledger.accounts()),
+            core.depth("BTC/USDT", 100),
+            [(o.id, o.filled, o.frozen, o.status) for o in core.open_orders()],
+            core.next_order_id,
+            core.next_trade_id,
+        )
+    async with running_app(settings) as (app, client):
+        core = app.state.services.engine.core
+        after = (
+            sorted(core.ledger.accounts()),
+            core.depth("BTC/USDT", 100),
+            [(o.id, o.filled, o.frozen, o.status) for o in core.open_orders()],
+            core.next_order_id,
+            core.next_trade_id,
+        )
+        assert after == before
+        check_books_and_ledger(app)
+    check_database_ledger(database_url)
