@@ -13,9 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import Mailbox, make_settings, postgres_database, running_app, smtp_server  # noqa: E402
-
-from exchange.clock import ManualClock  # noqa: E402
+from exchange.clock import ManualClock
+from support import Mailbox, make_settings, postgres_database, running_app, smtp_server
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -17,17 +16,12 @@ import psycopg
 from aiosmtpd.controller import Controller
 
 from exchange.app import create_app
+from exchange.bench.server import free_port
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 BASE_URL = "http://127.0.0.1:8088"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -112,9 +106,7 @@ async def register(
     assert answer.json()["status"], answer.text
 
 
-async def login(
-    client: httpx.AsyncClient, email: str, password: str = "correct-horse-42"
-) -> str:
+async def login(client: httpx.AsyncClient, email: str, password: str = "correct-horse-42") -> str:
     answer = await client.post("/api/login", data={"user": email, "pass": password})
     assert answer.status_code == 200, answer.text
     token: str = answer.json()["data"]["session"]
@@ -153,7 +145,9 @@ async def new_trader(
     user_id = await services.accounts.user_id(email)
     for asset, amount in funds.items():
         scale = services.engine.assets[asset].scale
-        await services.engine.submit(Credit(user_id, asset, to_units(parse_decimal(amount), scale, asset), 0))
+        await services.engine.submit(
+            Credit(user_id, asset, to_units(parse_decimal(amount), scale, asset), 0)
+        )
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -51,14 +51,17 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, demo: bool
 
     _logging(settings)
     application: Any = create_app(settings)
+    host = host or settings.host
+    port = port or settings.port
     if demo:
         from exchange.demo.bots import attach_demo
 
-        attach_demo(application, settings)
+        attach_demo(application, settings, f"http://{host}:{port}")
     config = uvicorn.Config(
         application,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=host,
+        port=port,
+        proxy_headers=False,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
@@ -100,7 +103,7 @@ def _admin() -> Any:
     return Admin(db, settings.database_url, configured_markets(settings))
 
 
-def _fail(error: ExchangeError) -> None:
+def _fail(error: ExchangeError) -> NoReturn:
     typer.echo(f"error: {error.message}", err=True)
     raise SystemExit(1)
 
@@ -128,7 +131,11 @@ def list_withdrawals(
     from exchange.domain.money import format_units
 
     tool = _admin()
-    for row in tool.withdrawals(status):
+    try:
+        rows = tool.withdrawals(status)
+    except ExchangeError as error:
+        _fail(error)
+    for row in rows:
         scale = tool._assets[row["coin"]].scale
         typer.echo(
             f"{row['id']}\t{row['status']}\t{row['email']}\t{row['coin']}\t"
@@ -195,6 +202,26 @@ def bench_orders(
     from exchange.bench import report
 
     report.orders(seconds, clients, database, as_json=as_json)
+
+
+@bench.command("market")
+def bench_market(
+    seconds: Annotated[float, typer.Option(help="load duration per method")] = 5.0,
+    processes: Annotated[int, typer.Option(help="client processes")] = 1,
+    connections: Annotated[int, typer.Option(help="connections per client process")] = 64,
+    minutes: Annotated[int, typer.Option(help="minutes of seeded trades (1 per minute)")] = 720,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """Public market data: get_depth and get_coin req/s, 500-candle k-line server time."""
+    from exchange.bench import market as bench_market_module
+
+    bench_market_module.main(
+        seconds=seconds,
+        processes=processes,
+        connections=connections,
+        minutes=minutes,
+        as_json=as_json,
+    )
 
 
 def main() -> None:

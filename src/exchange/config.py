@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     )
 
     rate_limits: Literal["on", "off"] = Field("on", description="off for load tests")
-    rate_limit_code: str = Field("5/60", description="make_valid_code per client address: n/seconds")
+    rate_limit_code: str = Field(
+        "5/60", description="make_valid_code per client address: n/seconds"
+    )
     rate_limit_login: str = Field("20/60", description="login per client address: n/seconds")
     rate_limit_login_user: str = Field("10/60", description="login per e-mail address: n/seconds")
     rate_limit_exists: str = Field("30/60", description="check_exist_name per client address")
@@ -59,6 +61,13 @@ class Settings(BaseSettings):
     withdraw_address_cooldown: int = Field(
         86_400, description="seconds before a new withdrawal address may be used"
     )
+    # Decimal strings (never floats): parsed exactly at the asset's scale by the wallet.
+    withdraw_fee_btc: str = Field("0.0005", description="BTC withdrawal fee, taken from the amount")
+    withdraw_min_btc: str = Field("0.001", description="smallest BTC withdrawal amount")
+    withdraw_fee_eth: str = Field("0.005", description="ETH withdrawal fee, taken from the amount")
+    withdraw_min_eth: str = Field("0.01", description="smallest ETH withdrawal amount")
+    withdraw_fee_usdt: str = Field("1", description="USDT withdrawal fee, taken from the amount")
+    withdraw_min_usdt: str = Field("10", description="smallest USDT withdrawal amount")
     demo_user: str = Field("demo@example.com", description="login of the demo account")
     demo_password: str = Field("demo-password-1", description="password of the demo account")
 

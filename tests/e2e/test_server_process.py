@@ -6,19 +6,19 @@ import asyncio
 import os
 import random
 import signal
-from decimal import Decimal
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from server import admin, exchange_env, running_server
 from sqlalchemy import select
-from support import check_database_ledger, free_port, postgres_database, smtp_server
 
 from exchange.adapters.db.database import make_sync_engine
 from exchange.adapters.db.tables import balances, orders, trades, users
+from exchange.bench.server import admin, exchange_env, running_server
+from support import check_database_ledger, free_port, postgres_database, smtp_server
 
 PASSWORD = "correct-horse-42"
 
@@ -37,7 +37,8 @@ def register(base: str, mailbox: Any, email: str) -> str:
         assert client.post("/router?router=make_valid_code", data={"user": email}).json()["status"]
         code = mailbox.code_for(email)
         answer = client.post(
-            "/router?router=regeist_user", data={"user": email, "pass": PASSWORD, "valid_code": code}
+            "/router?router=regeist_user",
+            data={"user": email, "pass": PASSWORD, "valid_code": code},
         )
         assert answer.json()["status"], answer.text
         answer = client.post("/router?router=login", data={"user": email, "pass": PASSWORD})
@@ -103,7 +104,8 @@ async def _trade_until_killed(
                 try:
                     if mine and rng.random() < 0.15:
                         answer = await client.post(
-                            "/api/cancel_order", data={"order_id": str(mine.pop(rng.randrange(len(mine))))}
+                            "/api/cancel_order",
+                            data={"order_id": str(mine.pop(rng.randrange(len(mine))))},
                         )
                     else:
                         side = rng.choice(("buy", "sell"))
@@ -137,11 +139,16 @@ def _independent_balances(url: str) -> None:
     engine = make_sync_engine(url)
     try:
         with engine.connect() as conn:
-            stored = {(r.user_id, r.asset): (r.available, r.frozen) for r in conn.execute(select(balances))}
+            stored = {
+                (r.user_id, r.asset): (r.available, r.frozen)
+                for r in conn.execute(select(balances))
+            }
             user_ids = [r.id for r in conn.execute(select(users.c.id))]
             all_trades = list(conn.execute(select(trades)))
             open_orders = list(
-                conn.execute(select(orders).where(orders.c.status.in_(("open", "partially_filled"))))
+                conn.execute(
+                    select(orders).where(orders.c.status.in_(("open", "partially_filled")))
+                )
             )
     finally:
         engine.dispose()

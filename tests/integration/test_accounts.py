@@ -7,10 +7,10 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import MetaData, select
-from support import assert_envelope, login, make_settings, register, running_app
 
 from exchange.adapters.db.database import make_sync_engine
 from exchange.clock import ManualClock
+from support import assert_envelope, login, make_settings, register, running_app
 
 EMAIL = "alice@example.com"
 PASSWORD = "correct-horse-42"
@@ -93,13 +93,17 @@ async def test_wrong_expired_and_reused_codes(
     # A fresh code works once; a second use of it is refused.
     assert_envelope(await client.post("/api/make_valid_code", data={"user": EMAIL}), 200)
     code = mailbox.code_for(EMAIL)
-    ok = await client.post("/api/regeist_user", data={"user": EMAIL, "pass": PASSWORD, "valid_code": code})
+    ok = await client.post(
+        "/api/regeist_user", data={"user": EMAIL, "pass": PASSWORD, "valid_code": code}
+    )
     assert_envelope(ok, 200)
     again = await client.post(
         "/api/regeist_user", data={"user": EMAIL, "pass": PASSWORD, "valid_code": code}
     )
     assert_envelope(again, 409, "user_exists")
-    assert_envelope(await client.post("/api/make_valid_code", data={"user": EMAIL}), 409, "user_exists")
+    assert_envelope(
+        await client.post("/api/make_valid_code", data={"user": EMAIL}), 409, "user_exists"
+    )
 
 
 async def test_used_code_cannot_register_again_after_account_removal(
@@ -168,7 +172,9 @@ async def test_weak_passwords(client: httpx.AsyncClient, mailbox: Any, password:
     assert_envelope(answer, 200)
 
 
-async def test_128_character_password_is_kept_whole(client: httpx.AsyncClient, mailbox: Any) -> None:
+async def test_128_character_password_is_kept_whole(
+    client: httpx.AsyncClient, mailbox: Any
+) -> None:
     password = "Ab3$" * 32
     await register(client, mailbox, EMAIL, password)
     assert_envelope(await client.post("/api/login", data={"user": EMAIL, "pass": password}), 200)
@@ -292,6 +298,7 @@ async def test_protocol_errors(client: httpx.AsyncClient) -> None:
     assert_envelope(bad_utf8, 400, "invalid_argument")
     big = await client.post("/api/login", content=b"u" * (64 * 1024 + 1))
     assert_envelope(big, 413, "invalid_argument")
+
     async def parts() -> Any:
         yield b"u" * 40_000
         yield b"u" * 40_000
@@ -309,7 +316,7 @@ async def test_protocol_errors(client: httpx.AsyncClient) -> None:
 async def test_internal_errors_are_an_envelope_without_details(
     app_client: tuple[Any, httpx.AsyncClient],
 ) -> None:
-    app, client = app_client
+    _app, client = app_client
 
     async def broken(_call: Any) -> object:
         raise RuntimeError("SELECT secret FROM /etc/passwd")
@@ -360,7 +367,9 @@ async def test_sessions_survive_a_restart(sqlite_url: str, mail: Any) -> None:
         await register(client, mailbox, EMAIL)
         token = await login(client, EMAIL)
     async with running_app(settings) as (_app, client):
-        answer = await client.post("/api/get_user_coin", headers={"Authorization": f"Bearer {token}"})
+        answer = await client.post(
+            "/api/get_user_coin", headers={"Authorization": f"Bearer {token}"}
+        )
         assert_envelope(answer, 200)
 
 
@@ -385,7 +394,9 @@ async def test_rate_limits_answer_429_with_retry_after(sqlite_url: str, mail: An
     settings = make_settings(sqlite_url, mail[1], rate_limits="on", rate_limit_exists="3/60")
     async with running_app(settings) as (_app, client):
         for _ in range(3):
-            assert (await client.post("/api/check_exist_name", data={"user": EMAIL})).status_code == 200
+            assert (
+                await client.post("/api/check_exist_name", data={"user": EMAIL})
+            ).status_code == 200
         answer = await client.post("/api/check_exist_name", data={"user": EMAIL})
         assert_envelope(answer, 429, "rate_limited")
         assert int(answer.headers["retry-after"]) >= 1

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from exchange.domain.ledger import FEE_ACCOUNT
 from support import (
     assert_envelope,
     check_books_and_ledger,
@@ -16,17 +18,19 @@ from support import (
     running_app,
 )
 
-from exchange.domain.ledger import FEE_ACCOUNT
-
 Pair = tuple[Any, httpx.AsyncClient]
 
 
 async def balances(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
-    data: dict[str, Any] = assert_envelope(await client.post("/api/get_user_coin", headers=headers), 200)
+    data: dict[str, Any] = assert_envelope(
+        await client.post("/api/get_user_coin", headers=headers), 200
+    )
     return data
 
 
-async def test_two_users_trade_with_exact_fees(app_client: Pair, mailbox: Any, database_url: str) -> None:
+async def test_two_users_trade_with_exact_fees(
+    app_client: Pair, mailbox: Any, database_url: str
+) -> None:
     app, client = app_client
     seller = await new_trader(app, client, mailbox, "seller@example.com", BTC="1")
     buyer = await new_trader(app, client, mailbox, "buyer@example.com", USDT="30000")
@@ -35,10 +39,15 @@ async def test_two_users_trade_with_exact_fees(app_client: Pair, mailbox: Any, d
     )
     order = assert_envelope(sell, 200)
     assert order["status"] == "open" and order["price"] == "20000.00" and order["trades"] == []
-    assert (await balances(client, seller))["BTC"] == {"available": "0.50000000", "frozen": "0.50000000"}
+    assert (await balances(client, seller))["BTC"] == {
+        "available": "0.50000000",
+        "frozen": "0.50000000",
+    }
 
     buy = await client.post(
-        "/router?router=buy", data={"pair": "btc_usdt", "amount": "0.5", "price": "21000"}, headers=buyer
+        "/router?router=buy",
+        data={"pair": "btc_usdt", "amount": "0.5", "price": "21000"},
+        headers=buyer,
     )
     order = assert_envelope(buy, 200)
     assert order["status"] == "filled" and order["filled"] == "0.50000000"
@@ -82,17 +91,28 @@ async def test_partial_fills_and_price_time_priority(app_client: Pair, mailbox: 
     b = await new_trader(app, client, mailbox, "b@example.com", ETH="10")
     c = await new_trader(app, client, mailbox, "c@example.com", USDT="100000")
     first = assert_envelope(
-        await client.post("/api/sell", data={"pair": "ETH-USDT", "amount": "1", "price": "3000"}, headers=a), 200
+        await client.post(
+            "/api/sell", data={"pair": "ETH-USDT", "amount": "1", "price": "3000"}, headers=a
+        ),
+        200,
     )
     second = assert_envelope(
-        await client.post("/api/sell", data={"pair": "ETH/USDT", "amount": "1", "price": "3000"}, headers=b), 200
+        await client.post(
+            "/api/sell", data={"pair": "ETH/USDT", "amount": "1", "price": "3000"}, headers=b
+        ),
+        200,
     )
     cheaper = assert_envelope(
-        await client.post("/api/sell", data={"pair": "eth_usdt", "amount": "0.5", "price": "2999.99"}, headers=b),
+        await client.post(
+            "/api/sell", data={"pair": "eth_usdt", "amount": "0.5", "price": "2999.99"}, headers=b
+        ),
         200,
     )
     taken = assert_envelope(
-        await client.post("/api/buy", data={"pair": "ETH/USDT", "amount": "1.2", "price": "3000"}, headers=c), 200
+        await client.post(
+            "/api/buy", data={"pair": "ETH/USDT", "amount": "1.2", "price": "3000"}, headers=c
+        ),
+        200,
     )
     assert [(t["price"], t["amount"]) for t in taken["trades"]] == [
         ("2999.99", "0.50000000"),
@@ -100,19 +120,25 @@ async def test_partial_fills_and_price_time_priority(app_client: Pair, mailbox: 
     ]
     orders = {
         o["order_id"]: o
-        for o in assert_envelope(await client.post("/api/get_orders", data={"status": "all"}, headers=a), 200)
+        for o in assert_envelope(
+            await client.post("/api/get_orders", data={"status": "all"}, headers=a), 200
+        )
     }
     assert orders[first["order_id"]]["status"] == "partially_filled"
     assert orders[first["order_id"]]["filled"] == "0.70000000"
     b_orders = {
         o["order_id"]: o["status"]
-        for o in assert_envelope(await client.post("/api/get_orders", data={"status": "all"}, headers=b), 200)
+        for o in assert_envelope(
+            await client.post("/api/get_orders", data={"status": "all"}, headers=b), 200
+        )
     }
     assert b_orders == {second["order_id"]: "open", cheaper["order_id"]: "filled"}
     check_books_and_ledger(app)
 
 
-async def test_json_number_and_string_mean_the_same_exact_decimal(app_client: Pair, mailbox: Any) -> None:
+async def test_json_number_and_string_mean_the_same_exact_decimal(
+    app_client: Pair, mailbox: Any
+) -> None:
     app, client = app_client
     user = await new_trader(app, client, mailbox, "j@example.com", ETH="1")
     as_number = await client.post(
@@ -122,8 +148,13 @@ async def test_json_number_and_string_mean_the_same_exact_decimal(app_client: Pa
         "/api/sell", json={"pair": "ETH/BTC", "amount": "0.1", "price": "0.050001"}, headers=user
     )
     one, two = assert_envelope(as_number, 200), assert_envelope(as_text, 200)
-    assert (one["amount"], one["price"]) == (two["amount"], two["price"]) == ("0.10000000", "0.050001")
-    assert (await balances(client, user))["ETH"] == {"available": "0.80000000", "frozen": "0.20000000"}
+    assert (
+        (one["amount"], one["price"]) == (two["amount"], two["price"]) == ("0.10000000", "0.050001")
+    )
+    assert (await balances(client, user))["ETH"] == {
+        "available": "0.80000000",
+        "frozen": "0.20000000",
+    }
 
 
 @pytest.mark.parametrize(
@@ -169,24 +200,37 @@ async def test_refusals(app_client: Pair, mailbox: Any) -> None:
     assert_envelope(answer, 400, "insufficient_balance")
     assert "USDT" in answer.json()["description"]
     assert_envelope(
-        await client.post("/api/buy", data={**order, "pair": "DOGE/USDT"}, headers=user), 404, "unknown_pair"
+        await client.post("/api/buy", data={**order, "pair": "DOGE/USDT"}, headers=user),
+        404,
+        "unknown_pair",
     )
     assert_envelope(
-        await client.post("/api/buy", data={**order, "price": "100", "amount": "0.01"}, headers=user),
+        await client.post(
+            "/api/buy", data={**order, "price": "100", "amount": "0.01"}, headers=user
+        ),
         400,
         "below_minimum",
     )
     assert_envelope(await client.post("/api/buy", data=order), 401, "not_logged_in")
-    assert_envelope(await client.post("/api/cancel_order", data={"order_id": "1"}), 401, "not_logged_in")
+    assert_envelope(
+        await client.post("/api/cancel_order", data={"order_id": "1"}), 401, "not_logged_in"
+    )
     assert_envelope(await client.post("/api/cancel_order", headers=user), 400, "missing_argument")
     assert_envelope(
-        await client.post("/api/cancel_order", data={"order_id": "x"}, headers=user), 400, "invalid_argument"
+        await client.post("/api/cancel_order", data={"order_id": "x"}, headers=user),
+        400,
+        "invalid_argument",
     )
     assert_envelope(
-        await client.post("/api/cancel_order", data={"order_id": "999"}, headers=user), 404, "order_not_found"
+        await client.post("/api/cancel_order", data={"order_id": "999"}, headers=user),
+        404,
+        "order_not_found",
     )
     assert_envelope(await client.get("/api/buy"), 405, "method_not_allowed")
-    assert (await balances(client, user))["USDT"] == {"available": "100.000000", "frozen": "0.000000"}
+    assert (await balances(client, user))["USDT"] == {
+        "available": "100.000000",
+        "frozen": "0.000000",
+    }
 
 
 async def test_cancel_unfreezes_and_is_private(app_client: Pair, mailbox: Any) -> None:
@@ -194,16 +238,28 @@ async def test_cancel_unfreezes_and_is_private(app_client: Pair, mailbox: Any) -
     owner = await new_trader(app, client, mailbox, "o@example.com", USDT="1000")
     other = await new_trader(app, client, mailbox, "x@example.com", USDT="1000")
     order = assert_envelope(
-        await client.post("/api/buy", data={"pair": "BTC/USDT", "amount": "0.01", "price": "20000"}, headers=owner),
+        await client.post(
+            "/api/buy", data={"pair": "BTC/USDT", "amount": "0.01", "price": "20000"}, headers=owner
+        ),
         200,
     )
-    assert (await balances(client, owner))["USDT"] == {"available": "800.000000", "frozen": "200.000000"}
+    assert (await balances(client, owner))["USDT"] == {
+        "available": "800.000000",
+        "frozen": "200.000000",
+    }
     oid = {"order_id": str(order["order_id"])}
-    assert_envelope(await client.post("/api/cancel_order", data=oid, headers=other), 404, "order_not_found")
+    assert_envelope(
+        await client.post("/api/cancel_order", data=oid, headers=other), 404, "order_not_found"
+    )
     canceled = assert_envelope(await client.post("/api/cancel_order", data=oid, headers=owner), 200)
     assert canceled["status"] == "canceled" and canceled["order_id"] == order["order_id"]
-    assert (await balances(client, owner))["USDT"] == {"available": "1000.000000", "frozen": "0.000000"}
-    assert_envelope(await client.post("/api/cancel_order", data=oid, headers=owner), 404, "order_not_found")
+    assert (await balances(client, owner))["USDT"] == {
+        "available": "1000.000000",
+        "frozen": "0.000000",
+    }
+    assert_envelope(
+        await client.post("/api/cancel_order", data=oid, headers=owner), 404, "order_not_found"
+    )
     check_books_and_ledger(app)
 
 
@@ -229,7 +285,9 @@ async def test_order_types_through_http(app_client: Pair, mailbox: Any) -> None:
     app, client = app_client
     maker = await new_trader(app, client, mailbox, "m@example.com", BTC="1")
     taker = await new_trader(app, client, mailbox, "t@example.com", USDT="100000")
-    await client.post("/api/sell", data={"pair": "BTC/USDT", "amount": "0.1", "price": "20000"}, headers=maker)
+    await client.post(
+        "/api/sell", data={"pair": "BTC/USDT", "amount": "0.1", "price": "20000"}, headers=maker
+    )
     post_only = assert_envelope(
         await client.post(
             "/api/buy",
@@ -269,7 +327,9 @@ async def test_order_types_through_http(app_client: Pair, mailbox: Any) -> None:
     check_books_and_ledger(app)
 
 
-async def test_concurrent_buys_never_overspend(app_client: Pair, mailbox: Any, database_url: str) -> None:
+async def test_concurrent_buys_never_overspend(
+    app_client: Pair, mailbox: Any, database_url: str
+) -> None:
     app, client = app_client
     user = await new_trader(app, client, mailbox, "c@example.com", USDT="1000")  # 100 x 10 USDT
     params = {"pair": "BTC/USDT", "amount": "0.001", "price": "10000"}
@@ -281,7 +341,10 @@ async def test_concurrent_buys_never_overspend(app_client: Pair, mailbox: Any, d
     assert len(accepted) == 100
     for answer in refused:
         assert_envelope(answer, 400, "insufficient_balance")
-    assert (await balances(client, user))["USDT"] == {"available": "0.000000", "frozen": "1000.000000"}
+    assert (await balances(client, user))["USDT"] == {
+        "available": "0.000000",
+        "frozen": "1000.000000",
+    }
     assert len({a.json()["data"]["order_id"] for a in accepted}) == 100
     check_books_and_ledger(app)
     check_database_ledger(database_url)
@@ -295,10 +358,14 @@ async def test_books_and_balances_survive_a_restart(database_url: str, mail: Any
         b = await new_trader(app, client, mailbox, "b@example.com", BTC="2", USDT="50000")
         for i in range(10):
             await client.post(
-                "/api/sell", data={"pair": "BTC/USDT", "amount": "0.01", "price": str(20000 + i)}, headers=a
+                "/api/sell",
+                data={"pair": "BTC/USDT", "amount": "0.01", "price": str(20000 + i)},
+                headers=a,
             )
             await client.post(
-                "/api/buy", data={"pair": "BTC/USDT", "amount": "0.015", "price": str(20003 - i)}, headers=b
+                "/api/buy",
+                data={"pair": "BTC/USDT", "amount": "0.015", "price": str(20003 - i)},
+                headers=b,
             )
         core = app.state.services.engine.core
         before = (

@@ -8,7 +8,16 @@ from exchange.domain.orders import Order
 
 def _order(order_id: int, side: str, price: int, amount: int, filled: int = 0) -> Order:
     return Order(
-        order_id, 1, "BTC/USDT", side, "limit", "GTC", False, price, amount, filled=filled,
+        order_id,
+        1,
+        "BTC/USDT",
+        side,
+        "limit",
+        "GTC",
+        False,
+        price,
+        amount,
+        filled=filled,
         status="open" if not filled else "partially_filled",
     )
 

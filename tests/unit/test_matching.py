@@ -53,11 +53,17 @@ def engine() -> Iterator[MatchingEngine]:
     engine.check_invariants()
 
 
-def place(engine: MatchingEngine, user: int, side: str, amount: str, price: str,
-          **options: Any) -> PlaceResult:
+def place(
+    engine: MatchingEngine, user: int, side: str, amount: str, price: str, **options: Any
+) -> PlaceResult:
     result = engine.place(
-        user, options.pop("market", "BTC/USDT"), side, A(amount), P(price) if price else 0,
-        now=options.pop("now", 1_000), **options,
+        user,
+        options.pop("market", "BTC/USDT"),
+        side,
+        A(amount),
+        P(price) if price else 0,
+        now=options.pop("now", 1_000),
+        **options,
     )
     engine.check_invariants()
     return result
@@ -74,11 +80,12 @@ def trades_of(result: PlaceResult) -> list[tuple[int, int, int, int]]:
 
 def snapshot(engine: MatchingEngine) -> Any:
     balances = sorted(engine.ledger.accounts())
-    orders = [
-        (o.id, o.status, o.filled, o.frozen) for o in engine.open_orders()
-    ]
+    orders = [(o.id, o.status, o.filled, o.frozen) for o in engine.open_orders()]
     return (
-        balances, orders, engine.depth("BTC/USDT", 100), engine.next_order_id,
+        balances,
+        orders,
+        engine.depth("BTC/USDT", 100),
+        engine.next_order_id,
         engine.next_trade_id,
     )
 
@@ -190,8 +197,15 @@ def test_rounding_is_floor_for_quote_and_ceil_for_fees(engine: MatchingEngine) -
 def test_maker_and_taker_rates_apply_to_their_roles() -> None:
     assets = default_assets()
     market = build_market(
-        "BTC/USDT", assets["BTC"], assets["USDT"], "0.01", "0.00001", "0.00001", "5",
-        "0.001", "0.003",
+        "BTC/USDT",
+        assets["BTC"],
+        assets["USDT"],
+        "0.01",
+        "0.00001",
+        "0.00001",
+        "5",
+        "0.001",
+        "0.003",
     )
     engine = MatchingEngine({"BTC/USDT": market})
     engine.credit(1, "BTC", B("1"))
@@ -435,8 +449,15 @@ def test_below_minimum_notional(engine: MatchingEngine) -> None:
 def test_below_minimum_amount() -> None:
     assets = default_assets()
     market = build_market(
-        "BTC/USDT", assets["BTC"], assets["USDT"], "0.01", "0.00001", "0.001", "5",
-        "0.002", "0.002",
+        "BTC/USDT",
+        assets["BTC"],
+        assets["USDT"],
+        "0.01",
+        "0.00001",
+        "0.001",
+        "5",
+        "0.002",
+        "0.002",
     )
     engine = MatchingEngine({"BTC/USDT": market})
     engine.credit(1, "USDT", U("100000"))
@@ -468,12 +489,22 @@ def test_invalid_orders_are_refused(
     engine: MatchingEngine, changes: dict[str, Any], code: str
 ) -> None:
     args: dict[str, Any] = {
-        "market": "BTC/USDT", "side": "buy", "amount": A("0.001"), "price": P("30000"),
+        "market": "BTC/USDT",
+        "side": "buy",
+        "amount": A("0.001"),
+        "price": P("30000"),
     }
     args.update(changes)
     with pytest.raises(ExchangeError) as caught:
-        engine.place(2, args.pop("market"), args.pop("side"), args.pop("amount"),
-                     args.pop("price"), now=0, **args)
+        engine.place(
+            2,
+            args.pop("market"),
+            args.pop("side"),
+            args.pop("amount"),
+            args.pop("price"),
+            now=0,
+            **args,
+        )
     assert caught.value.code == code
     assert engine.next_order_id == 1
     assert engine.drain().orders == []
@@ -485,8 +516,15 @@ def test_off_tick_price_is_refused(engine: MatchingEngine) -> None:
         engine.place(2, "ETH/USDT", "buy", engine_market.step * 1_000, 1, now=0)
     assert caught.value.code == "below_minimum"  # on-tick but tiny: the grid check passed
     odd = build_market(
-        "ETH/USDT", engine_market.base, engine_market.quote, "0.05", "0.0001", "0.0001", "5",
-        "0.002", "0.002",
+        "ETH/USDT",
+        engine_market.base,
+        engine_market.quote,
+        "0.05",
+        "0.0001",
+        "0.0001",
+        "5",
+        "0.002",
+        "0.002",
     )
     strict = MatchingEngine({"ETH/USDT": odd})
     strict.credit(2, "USDT", U("1000000"))
@@ -530,9 +568,22 @@ def test_depth_is_aggregated_best_first(engine: MatchingEngine) -> None:
 
 def _copy(order: Order) -> Order:
     return Order(
-        order.id, order.user_id, order.market, order.side, order.type, order.tif,
-        order.post_only, order.price, order.amount, order.filled, order.quote_filled,
-        order.frozen, order.status, order.client_order_id, order.created, order.updated,
+        order.id,
+        order.user_id,
+        order.market,
+        order.side,
+        order.type,
+        order.tif,
+        order.post_only,
+        order.price,
+        order.amount,
+        order.filled,
+        order.quote_filled,
+        order.frozen,
+        order.status,
+        order.client_order_id,
+        order.created,
+        order.updated,
     )
 
 

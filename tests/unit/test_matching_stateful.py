@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -25,8 +25,15 @@ ASSETS = default_assets()
 # Different maker and taker rates, so a role mix-up shows; a small minimum notional
 # so that most generated orders are valid; odd prices so that rounding happens.
 MARKET = build_market(
-    "BTC/USDT", ASSETS["BTC"], ASSETS["USDT"], "0.01", "0.00001", "0.00002", "1",
-    "0.001", "0.0025",
+    "BTC/USDT",
+    ASSETS["BTC"],
+    ASSETS["USDT"],
+    "0.01",
+    "0.00001",
+    "0.00002",
+    "1",
+    "0.001",
+    "0.0025",
 )
 SYMBOL = MARKET.symbol
 BASE, QUOTE = "BTC", "USDT"
@@ -157,8 +164,9 @@ class Reference:
             self.add(seller, QUOTE, quote - seller_fee)
             self.add(FEE_ACCOUNT, BASE, buyer_fee)
             self.add(FEE_ACCOUNT, QUOTE, seller_fee)
-            maker_fee, taker_fee = (seller_fee, buyer_fee) if side == "buy" else (
-                buyer_fee, seller_fee)
+            maker_fee, taker_fee = (
+                (seller_fee, buyer_fee) if side == "buy" else (buyer_fee, seller_fee)
+            )
             trades.append((maker.price, take, quote, maker.user, user, maker_fee, taker_fee))
             maker.filled += take
             left -= take
@@ -185,16 +193,33 @@ class EngineVersusReference(RuleBasedStateMachine):
         self.engine = MatchingEngine({SYMBOL: MARKET})
         self.ref = Reference()
         self.now = 0
+        for user in USERS:  # start funded, so that most orders can trade
+            for asset, amount in ((QUOTE, 30_000_000), (BASE, 100_000)):
+                self.engine.credit(user, asset, amount)
+                self.ref.add(user, asset, amount)
 
     def _place(
-        self, user: int, side: str, amount: int, price: int, kind: str, tif: str,
+        self,
+        user: int,
+        side: str,
+        amount: int,
+        price: int,
+        kind: str,
+        tif: str,
         post_only: bool,
     ) -> None:
         self.now += 1
         code, status, trades = self.ref.place(user, side, amount, price, kind, tif, post_only)
         try:
             result = self.engine.place(
-                user, SYMBOL, side, amount, price, type=kind, tif=tif, post_only=post_only,
+                user,
+                SYMBOL,
+                side,
+                amount,
+                price,
+                type=kind,
+                tif=tif,
+                post_only=post_only,
                 now=self.now,
             )
         except ExchangeError as error:
@@ -204,11 +229,11 @@ class EngineVersusReference(RuleBasedStateMachine):
         assert result.order is not None
         assert result.order.status == status
         got = [
-            (t.price, t.amount, t.quote, t.maker_user_id, t.taker_user_id, t.maker_fee,
-             t.taker_fee)
+            (t.price, t.amount, t.quote, t.maker_user_id, t.taker_user_id, t.maker_fee, t.taker_fee)
             for t in result.trades
         ]
         assert got == trades
+        event(f"{kind} {side} {result.order.status} with {min(len(trades), 2)} trades")
         assert result.order.filled == sum(t[1] for t in trades)
 
     @rule(
@@ -252,8 +277,10 @@ class EngineVersusReference(RuleBasedStateMachine):
         except ExchangeError as error:
             assert error.code == "order_not_found"
             assert not expected
+            event("cancel refused")
             return
         assert expected and order.status == "canceled"
+        event("cancel done")
 
     @rule(user=st.sampled_from(USERS), asset=st.sampled_from((BASE, QUOTE)), data=st.data())
     def credit(self, user: int, asset: str, data: st.DataObject) -> None:
@@ -279,7 +306,9 @@ class EngineVersusReference(RuleBasedStateMachine):
         for user in (*USERS, FEE_ACCOUNT):
             for asset in (BASE, QUOTE):
                 assert self.engine.ledger.balance(user, asset) == self.ref.balance(user, asset), (
-                    user, asset)
+                    user,
+                    asset,
+                )
         assert self.engine.next_order_id == self.ref.next_id
 
 

@@ -13,6 +13,14 @@ CHECKED_PATHS: tuple[str, ...] = (
     "src/exchange/engine",
     "src/exchange/api/params.py",
     "src/exchange/services/ledger*.py",
+    "src/exchange/services/wallet.py",
+    "src/exchange/api/wallet_methods.py",
+    "src/exchange/services/marketdata.py",
+    "src/exchange/services/candles.py",
+    "src/exchange/services/tickers.py",
+    "src/exchange/services/candle_store.py",
+    "src/exchange/api/market_methods.py",
+    "src/exchange/api/ws.py",
 )
 
 #: A line that is not about money (a timeout in seconds, say) may opt out with
@@ -41,14 +49,22 @@ def float_uses(source: str, filename: str = "<snippet>") -> list[str]:
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             annotations.append(node.returns)
             arguments = node.args
-            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs,
-                        arguments.vararg, arguments.kwarg]:
+            for arg in [
+                *arguments.posonlyargs,
+                *arguments.args,
+                *arguments.kwonlyargs,
+                arguments.vararg,
+                arguments.kwarg,
+            ]:
                 if arg is not None:
                     annotations.append(arg.annotation)
         for annotation in annotations:
-            if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
-                if "float" in annotation.value:
-                    found.append(f"{filename}:{annotation.lineno}: float in string annotation")
+            if (
+                isinstance(annotation, ast.Constant)
+                and isinstance(annotation.value, str)
+                and "float" in annotation.value
+            ):
+                found.append(f"{filename}:{annotation.lineno}: float in string annotation")
     lines = source.splitlines()
     return [item for item in found if EXEMPT_MARK not in lines[_line_of(item) - 1]]
 
@@ -94,7 +110,7 @@ def test_the_checker_detects_floats() -> None:
 
 def test_domain_is_checked() -> None:
     names = {path.name for path in checked_files()}
-    assert {"money.py", "matching.py", "ledger.py"} <= names
+    assert {"money.py", "matching.py", "ledger.py", "wallet.py", "wallet_methods.py"} <= names
 
 
 def test_no_float_in_money_code() -> None:

@@ -39,7 +39,7 @@ class SmtpMailer:
             username=s.smtp_user or None,
             password=s.smtp_password or None,
             use_tls=s.smtp_tls == "tls",
-            start_tls=True if s.smtp_tls == "starttls" else False,
+            start_tls=s.smtp_tls == "starttls",
             timeout=15,
         )
 

@@ -31,7 +31,9 @@ def check_password_rules(password: str, email: str) -> None:
     if len(password) < MIN_LENGTH:
         raise ExchangeError("weak_password", f"the password needs at least {MIN_LENGTH} characters")
     if len(password) > MAX_LENGTH:
-        raise ExchangeError("weak_password", f"the password may have at most {MAX_LENGTH} characters")
+        raise ExchangeError(
+            "weak_password", f"the password may have at most {MAX_LENGTH} characters"
+        )
     if password.strip().lower() == email.lower():
         raise ExchangeError("weak_password", "the password must not be the e-mail address")
     if password.lower() in common_passwords():

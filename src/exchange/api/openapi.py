@@ -16,7 +16,7 @@ REF = "#/components/schemas/{model}"
 def _param_schema(param: Param, *, json_body: bool) -> dict[str, Any]:
     schema: dict[str, Any]
     if param.type == "decimal":
-        text = {"type": "string", "description": "decimal number as text, e.g. \"0.1\""}
+        text = {"type": "string", "description": 'decimal number as text, e.g. "0.1"'}
         schema = {"anyOf": [text, {"type": "number"}]} if json_body else text
     elif param.type == "integer":
         schema = {"type": "integer"} if json_body else {"type": "string", "pattern": r"^\d+$"}
@@ -35,7 +35,10 @@ def _param_schema(param: Param, *, json_body: bool) -> dict[str, Any]:
 
 def _body(params: Iterable[Param]) -> dict[str, Any]:
     content: dict[str, Any] = {}
-    for media, json_body in (("application/x-www-form-urlencoded", False), ("application/json", True)):
+    for media, json_body in (
+        ("application/x-www-form-urlencoded", False),
+        ("application/json", True),
+    ):
         props = {p.name: _param_schema(p, json_body=json_body) for p in params}
         required = [p.name for p in params if p.required]
         schema: dict[str, Any] = {"type": "object", "properties": props}

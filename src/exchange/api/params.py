@@ -37,7 +37,9 @@ def parse_form(body: bytes) -> Params:
         text = body.decode("utf-8")
         return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
     except (UnicodeDecodeError, ValueError):
-        raise ExchangeError("invalid_argument", "the form body is not valid UTF-8 form data") from None
+        raise ExchangeError(
+            "invalid_argument", "the form body is not valid UTF-8 form data"
+        ) from None
 
 
 def parse_json(body: bytes) -> Params:
@@ -86,9 +88,7 @@ def raw(params: Mapping[str, object], name: str) -> object:
     return value
 
 
-def integer(
-    params: Mapping[str, object], name: str, default: int, *, low: int, high: int
-) -> int:
+def integer(params: Mapping[str, object], name: str, default: int, *, low: int, high: int) -> int:
     value = params.get(name)
     if value is None or value == "":
         return default
@@ -103,7 +103,9 @@ def integer(
     else:
         raise ExchangeError("invalid_argument", f"parameter '{name}' must be an integer")
     if not low <= number <= high:
-        raise ExchangeError("invalid_argument", f"parameter '{name}' must be between {low} and {high}")
+        raise ExchangeError(
+            "invalid_argument", f"parameter '{name}' must be between {low} and {high}"
+        )
     return number
 
 
@@ -121,7 +123,9 @@ def flag(params: Mapping[str, object], name: str) -> bool:
     raise ExchangeError("invalid_argument", f"parameter '{name}' must be true or false")
 
 
-def choice(params: Mapping[str, object], name: str, options: Mapping[str, str], default: str) -> str:
+def choice(
+    params: Mapping[str, object], name: str, options: Mapping[str, str], default: str
+) -> str:
     """An enumerated parameter; ``options`` maps accepted spellings to the canonical value."""
     value = optional_text(params, name, max_length=32)
     if value is None or value.strip() == "":

@@ -1,21 +1,24 @@
 """The lean dispatcher behind ``/router?router=<method>`` and ``/api/<method>``.
 
-Hot paths (orders, market data) avoid FastAPI's per-request dependency machinery:
-the body is read once, parsed with the standard library, the method is looked up
-in one dict and the answer serialised with orjson (see DESIGN.md's calibration).
+These two paths carry every order and market-data request, so they are served
+straight from ASGI: no framework middleware, no Request object. The body is read
+once (at most 64 KiB), parsed with the standard library, the method looked up in
+one dict and the answer serialised with orjson (DESIGN.md's calibration: the
+framework layers alone halved the request rate).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
+import orjson
+from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from exchange.api.context import Call, Method, Services
-from exchange.api.envelope import PAYLOAD_TOO_LARGE, envelope_response, error, error_response
+from exchange.api.envelope import PAYLOAD_TOO_LARGE, STATUS_OF_CODE
 from exchange.api.limits import RateLimiter
 from exchange.api.params import MAX_BODY, parse_form, parse_json, parse_query
 from exchange.domain.errors import ExchangeError
@@ -23,6 +26,9 @@ from exchange.domain.errors import ExchangeError
 log = logging.getLogger("exchange.api")
 
 SESSION_COOKIE = "session"
+RawHeaders = list[tuple[bytes, bytes]]
+
+JSON_HEADER = (b"content-type", b"application/json")
 
 
 class Answer:
@@ -39,68 +45,145 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
+class Incoming:
+    """What the dispatcher needs from one HTTP request, read once from the ASGI scope."""
+
+    __slots__ = (
+        "authorization",
+        "client",
+        "content_type",
+        "cookie",
+        "host",
+        "length",
+        "origin",
+        "raw",
+    )
+
+    def __init__(self, scope: Scope) -> None:
+        self.content_type = self.cookie = self.authorization = self.origin = self.host = ""
+        self.length: str | None = None
+        self.raw: RawHeaders = scope["headers"]
+        for key, value in self.raw:
+            if key == b"content-type":
+                self.content_type = value.decode("latin-1")
+            elif key == b"content-length":
+                self.length = value.decode("latin-1")
+            elif key == b"cookie":
+                self.cookie = value.decode("latin-1")
+            elif key == b"authorization":
+                self.authorization = value.decode("latin-1")
+            elif key == b"origin":
+                self.origin = value.decode("latin-1")
+            elif key == b"host":
+                self.host = value.decode("latin-1")
+        client = scope.get("client")
+        self.client = client[0] if client else "unknown"
+
+    def session_cookie(self) -> str | None:
+        if not self.cookie:
+            return None
+        for part in self.cookie.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == SESSION_COOKIE and value:
+                return value.strip('"')
+        return None
+
+
+async def read_body(incoming: Incoming, receive: Receive) -> bytes:
+    if incoming.length is not None:
+        if not incoming.length.isdigit():
             raise ExchangeError("invalid_argument", "Content-Length is not a number")
-        if int(declared) > MAX_BODY:
+        if int(incoming.length) > MAX_BODY:
             raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def request_params(request: Request, body: bytes) -> dict[str, object]:
-    params: dict[str, object] = parse_query(request.scope.get("query_string", b""))
-    params.pop("router", None)
-    if not body:
-        return params
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json" or content_type.endswith("+json"):
-        params.update(parse_json(body))
-    elif content_type == "multipart/form-data":
-        async def chunks() -> AsyncIterator[bytes]:
-            yield body
+async def parse_multipart(raw: RawHeaders, body: bytes) -> dict[str, object]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield body
 
-        try:
-            form = await MultiPartParser(request.headers, chunks(), max_files=0, max_fields=100).parse()
-        except Exception:
-            raise ExchangeError("invalid_argument", "the multipart body is not valid") from None
-        for key, value in form.multi_items():
-            if not isinstance(value, str):
-                raise ExchangeError("invalid_argument", "file uploads are not accepted")
-            params[key] = value
-    elif content_type in ("application/x-www-form-urlencoded", "text/plain", ""):
-        params.update(parse_form(body))
-    else:
-        raise ExchangeError("invalid_argument", f"unsupported content type {content_type!r}")
+    try:
+        form = await MultiPartParser(
+            Headers(raw=raw), chunks(), max_files=0, max_fields=100
+        ).parse()
+    except Exception:
+        raise ExchangeError("invalid_argument", "the multipart body is not valid") from None
+    params: dict[str, object] = {}
+    for key, value in form.multi_items():
+        if not isinstance(value, str):
+            raise ExchangeError("invalid_argument", "file uploads are not accepted")
+        params[key] = value
     return params
 
 
-def session_token(request: Request, params: Mapping[str, object]) -> tuple[str | None, bool]:
+async def request_params(query: bytes, incoming: Incoming, body: bytes) -> dict[str, object]:
+    params: dict[str, object] = parse_query(query) if query else {}
+    params.pop("router", None)
+    if not body:
+        return params
+    content_type = incoming.content_type.split(";")[0].strip().lower()
+    if content_type in ("application/x-www-form-urlencoded", "text/plain", ""):
+        params.update(parse_form(body))
+    elif content_type == "application/json" or content_type.endswith("+json"):
+        params.update(parse_json(body))
+    elif content_type == "multipart/form-data":
+        params.update(await parse_multipart(incoming.raw, body))
+    else:
+        raise ExchangeError("invalid_argument", f"unsupported content type {content_type[:60]!r}")
+    return params
+
+
+def session_token(incoming: Incoming, params: Mapping[str, object]) -> tuple[str | None, bool]:
     """The session token and whether it came from the cookie (the CSRF-relevant case)."""
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = incoming.session_cookie()
     if cookie:
         return cookie, True
-    authorization = request.headers.get("authorization", "")
+    authorization = incoming.authorization
     if authorization[:7].lower() == "bearer ":
         return authorization[7:].strip(), False
     value = params.get("session")
     return (value, False) if isinstance(value, str) and value else (None, False)
 
 
-def same_origin(request: Request, allowed: frozenset[str]) -> bool:
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null" and not request.cookies:
+def same_origin(incoming: Incoming, allowed: frozenset[str]) -> bool:
+    origin = incoming.origin
+    if not origin:
         return True
-    host = request.headers.get("host", "")
+    host = incoming.host
     return origin in (f"http://{host}", f"https://{host}") or origin in allowed
+
+
+def error_body(error: ExchangeError) -> bytes:
+    return orjson.dumps({"status": False, "data": None, "description": error.description})
+
+
+async def send_json(send: Send, status: int, body: bytes, extra: RawHeaders | None = None) -> None:
+    headers = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, error: ExchangeError, status: int | None = None) -> None:
+    status = status or STATUS_OF_CODE.get(error.code, 400)
+    extra: RawHeaders = []
+    if status == 429 or error.retry_after is not None:
+        extra.append((b"retry-after", str(error.retry_after or 1).encode()))
+    await send_json(send, status, error_body(error), extra)
 
 
 class Dispatcher:
@@ -111,47 +194,66 @@ class Dispatcher:
         self.allowed_origins = frozenset(
             o.strip() for o in services.settings.allowed_origins.split(",") if o.strip()
         )
+        settings = services.settings
+        secure = "; Secure" if settings.cookie_secure else ""
+        self._cookie_tail = (
+            f"; Max-Age={settings.session_lifetime}; Path=/; HttpOnly; SameSite=lax{secure}"
+        )
+        self._cookie_clear = (
+            f'{SESSION_COOKIE}=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/; '
+            f"HttpOnly; SameSite=lax{secure}"
+        ).encode()
 
-    async def router_endpoint(self, request: Request) -> Response:
-        name = request.query_params.get("router", "")
-        return await self.dispatch(request, name)
-
-    async def api_endpoint(self, request: Request) -> Response:
-        return await self.dispatch(request, request.path_params.get("method", ""))
-
-    async def dispatch(self, request: Request, name: str) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        query: bytes = scope.get("query_string", b"")
+        via_router = path == "/router" or path == "/router/"
+        if via_router:
+            name = str(parse_query(query).get("router", "")) if query else ""
+        else:
+            name = path[5:]  # after "/api/"
         try:
-            return await self._dispatch(request, name)
+            if not name and via_router:
+                raise ExchangeError(
+                    "missing_argument", "parameter 'router' names the method to call"
+                )
+            await self._dispatch(scope, receive, send, name, query)
         except BodyTooLarge:
-            return error(
-                "invalid_argument", "the request body is larger than 64 KiB", PAYLOAD_TOO_LARGE
+            await send_error(
+                send,
+                ExchangeError("invalid_argument", "the request body is larger than 64 KiB"),
+                PAYLOAD_TOO_LARGE,
             )
         except ExchangeError as refusal:
-            return error_response(refusal)
+            await send_error(send, refusal)
         except Exception:
             log.exception("internal error in method %r", name)
-            return error("internal_error", "something went wrong on our side; try again")
+            await send_error(
+                send, ExchangeError("internal_error", "something went wrong on our side; try again")
+            )
 
-    async def _dispatch(self, request: Request, name: str) -> Response:
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, name: str, query: bytes
+    ) -> None:
         method = self.methods.get(name)
         if method is None:
-            if not name:
-                return error("missing_argument", "parameter 'router' names the method to call")
-            return error("unknown_method", f"there is no method {name[:64]!r}")
-        verb = request.method
+            raise ExchangeError("unknown_method", f"there is no method {name[:64]!r}")
+        verb: str = scope["method"]
         if verb != method.verb and not (verb == "HEAD" and method.verb == "GET"):
-            response = error("method_not_allowed", f"{name} needs {method.verb}, not {verb[:10]}")
-            response.headers["Allow"] = method.verb
-            return response
-        body = await read_body(request)
-        params = await request_params(request, body)
-        client = request.client.host if request.client else "unknown"
-        call = Call(self.services, params, client)
-        token, from_cookie = session_token(request, params)
+            error = ExchangeError(
+                "method_not_allowed", f"{name} needs {method.verb}, not {verb[:10]}"
+            )
+            await send_json(send, 405, error_body(error), [(b"allow", method.verb.encode())])
+            return
+        incoming = Incoming(scope)
+        body = await read_body(incoming, receive)
+        params = await request_params(query, incoming, body)
+        call = Call(self.services, params, incoming.client)
+        token, from_cookie = session_token(incoming, params)
         if (
             verb == "POST"
-            and (from_cookie or method.name in ("login", "logout"))
-            and not same_origin(request, self.allowed_origins)
+            and (from_cookie or name == "login" or name == "logout")
+            and not same_origin(incoming, self.allowed_origins)
         ):
             raise ExchangeError("forbidden", "cross-origin request refused")
         call.token = token
@@ -161,22 +263,19 @@ class Dispatcher:
                 raise ExchangeError("not_logged_in", "log in first")
             call.user_id = user_id
         if method.limit is not None:
-            self.limiter.check(method.limit, client, call.user_id, params)
+            self.limiter.check(method.limit, incoming.client, call.user_id, params)
         result = await method.handler(call)
         if isinstance(result, Answer):
-            response = envelope_response(result.data, ok=result.status)
+            head = b'{"status":true,"data":' if result.status else b'{"status":false,"data":'
+            data = result.data
         else:
-            response = envelope_response(result)
+            head = b'{"status":true,"data":'
+            data = result
+        body = head + orjson.dumps(data) + b',"description":""}'
+        extra: RawHeaders = []
         if call.set_session is not None:
-            response.set_cookie(
-                SESSION_COOKIE,
-                call.set_session,
-                max_age=self.services.settings.session_lifetime,
-                httponly=True,
-                samesite="lax",
-                secure=self.services.settings.cookie_secure,
-                path="/",
-            )
+            cookie = f"{SESSION_COOKIE}={call.set_session}{self._cookie_tail}"
+            extra.append((b"set-cookie", cookie.encode()))
         elif call.clear_session:
-            response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
-        return response
+            extra.append((b"set-cookie", self._cookie_clear))
+        await send_json(send, 200, body, extra)

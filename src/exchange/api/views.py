@@ -68,10 +68,7 @@ def order_view(order: Order, trades: list[Trade], market: Market) -> dict[str, A
 
 def my_trade_view(trade: Trade, user_id: int, market: Market) -> dict[str, Any]:
     taker = trade.taker_user_id == user_id
-    if taker:
-        side = trade.taker_side
-    else:
-        side = SELL if trade.taker_side == BUY else BUY
+    side = trade.taker_side if taker else SELL if trade.taker_side == BUY else BUY
     fee, fee_coin = _fee_of(trade, taker, side, market)
     return {
         "trade_id": trade.id,

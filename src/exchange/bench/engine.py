@@ -80,9 +80,7 @@ def _commands(count: int, seed: int, markets: list[str]) -> list[_Command]:
 def _engine(markets: list[str]) -> MatchingEngine:
     assets = default_assets()
     all_markets = default_markets(assets)
-    engine = MatchingEngine(
-        {symbol: all_markets[symbol] for symbol in markets}, Ledger(assets)
-    )
+    engine = MatchingEngine({symbol: all_markets[symbol] for symbol in markets}, Ledger(assets))
     for user in range(1, USERS + 1):
         engine.credit(user, "USDT", 10**9 * 10**6)
         engine.credit(user, "BTC", 10**5 * 10**8)
@@ -113,8 +111,14 @@ def _run_shard(
         try:
             if command.kind == 0:
                 result = place(
-                    command.user, command.market, command.side, command.amount, command.price,
-                    type=command.type, tif=command.tif, now=now,
+                    command.user,
+                    command.market,
+                    command.side,
+                    command.amount,
+                    command.price,
+                    type=command.type,
+                    tif=command.tif,
+                    now=now,
                 )
                 placed.append(result.order_id)
                 trades += len(result.trades)

@@ -115,8 +115,7 @@ class Ledger:
         scale = self._assets[asset].scale
         return ExchangeError(
             "insufficient_balance",
-            f"need {format_units(need, scale)} {asset}, "
-            f"{format_units(have, scale)} available",
+            f"need {format_units(need, scale)} {asset}, {format_units(have, scale)} available",
         )
 
     def freeze(self, user: int, asset: str, amount: int, reason: str, ref: int) -> None:

@@ -192,8 +192,15 @@ def default_markets(assets: dict[str, Asset]) -> dict[str, Market]:
     markets: dict[str, Market] = {}
     for symbol, base, quote, tick, step, min_amount, min_notional in rows:
         markets[symbol] = build_market(
-            symbol, assets[base], assets[quote], tick, step, min_amount, min_notional,
-            "0.002", "0.002",
+            symbol,
+            assets[base],
+            assets[quote],
+            tick,
+            step,
+            min_amount,
+            min_notional,
+            "0.002",
+            "0.002",
         )
     return markets
 

@@ -224,8 +224,22 @@ class MatchingEngine:
         order_id = self.next_order_id
         self.next_order_id = order_id + 1
         order = Order(
-            order_id, user_id, market, side, type, tif, post_only, price, amount,
-            0, 0, 0, outcome, client_order_id, now, now,
+            order_id,
+            user_id,
+            market,
+            side,
+            type,
+            tif,
+            post_only,
+            price,
+            amount,
+            0,
+            0,
+            0,
+            outcome,
+            client_order_id,
+            now,
+            now,
         )
         if client_order_id is not None:
             self._client_ids[(user_id, client_order_id)] = order_id
@@ -308,7 +322,7 @@ class MatchingEngine:
             while queue:
                 maker = queue[0]
                 maker_remaining = maker.amount - maker.filled
-                if maker.user_id == user_id and False:
+                if maker.user_id == user_id:
                     queue.popleft()
                     level.total -= maker_remaining
                     del book_orders[maker.id]
@@ -321,13 +335,32 @@ class MatchingEngine:
                 trade_id = self.next_trade_id
                 self.next_trade_id = trade_id + 1
                 settle(
-                    user_id, maker.user_id, base, quote, fill, paid, buyer_fee, seller_fee, 0,
+                    user_id,
+                    maker.user_id,
+                    base,
+                    quote,
+                    fill,
+                    paid,
+                    buyer_fee,
+                    seller_fee,
+                    0,
                     trade_id,
                 )
                 trades.append(
                     Trade(
-                        trade_id, symbol, price, fill, paid, BUY, maker.id, order.id,
-                        maker.user_id, user_id, seller_fee, buyer_fee, now,
+                        trade_id,
+                        symbol,
+                        price,
+                        fill,
+                        paid,
+                        BUY,
+                        maker.id,
+                        order.id,
+                        maker.user_id,
+                        user_id,
+                        seller_fee,
+                        buyer_fee,
+                        now,
                     )
                 )
                 remaining -= fill
@@ -398,13 +431,32 @@ class MatchingEngine:
                 trade_id = self.next_trade_id
                 self.next_trade_id = trade_id + 1
                 settle(
-                    maker.user_id, user_id, base, quote, fill, paid, buyer_fee, seller_fee,
-                    release, trade_id,
+                    maker.user_id,
+                    user_id,
+                    base,
+                    quote,
+                    fill,
+                    paid,
+                    buyer_fee,
+                    seller_fee,
+                    release,
+                    trade_id,
                 )
                 trades.append(
                     Trade(
-                        trade_id, symbol, price, fill, paid, SELL, maker.id, order.id,
-                        maker.user_id, user_id, buyer_fee, seller_fee, now,
+                        trade_id,
+                        symbol,
+                        price,
+                        fill,
+                        paid,
+                        SELL,
+                        maker.id,
+                        order.id,
+                        maker.user_id,
+                        user_id,
+                        buyer_fee,
+                        seller_fee,
+                        now,
                     )
                 )
                 remaining -= fill

@@ -11,6 +11,7 @@ was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -24,7 +25,7 @@ from exchange.adapters.db.tables import engine_inbox
 from exchange.clock import Clock
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox, PlaceResult
-from exchange.domain.ledger import SYSTEM_ACCOUNTS
+from exchange.domain.ledger import DEPOSIT_ACCOUNT, SYSTEM_ACCOUNTS
 from exchange.domain.markets import Market
 from exchange.domain.matching import MatchingEngine
 from exchange.domain.money import format_units
@@ -45,7 +46,13 @@ log = logging.getLogger("exchange.engine")
 Listener = Callable[[Outbox, int], None]
 _Item = tuple[Command, "asyncio.Future[Any] | None", int]
 
-INBOX_POLL_SECONDS = 0.25
+INBOX_POLL_MS = 250
+#: Money and id columns are BIGINT. A value beyond this cannot be committed, and a
+#: command whose batch can never commit would be retried (and fail every command
+#: batched with it) forever, so such commands are refused before they change state.
+MAX_UNITS = 2**63 - 1
+#: Width of ``withdrawals.txid`` (PostgreSQL enforces it; a longer one fails the commit).
+MAX_TXID = 128
 
 
 def unavailable() -> ExchangeError:
@@ -54,7 +61,9 @@ def unavailable() -> ExchangeError:
 
 def command_from_inbox(kind: str, payload: dict[str, Any], inbox_id: int) -> Command:
     if kind == "credit":
-        return Credit(int(payload["user_id"]), str(payload["asset"]), int(payload["amount"]), inbox_id)
+        return Credit(
+            int(payload["user_id"]), str(payload["asset"]), int(payload["amount"]), inbox_id
+        )
     if kind == "approve":
         return ApproveWithdrawal(int(payload["withdrawal_id"]), str(payload["txid"]))
     if kind == "reject":
@@ -108,10 +117,8 @@ class Engine:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         self._tasks.clear()
 
     def _restore(self, state: State) -> None:
@@ -131,15 +138,15 @@ class Engine:
     async def _reload(self) -> None:
         """(Re)build memory from the database, retrying until the database answers."""
         self._ready = False
-        delay = 0.2
+        delay_ms = 200
         while True:
             try:
                 state = await asyncio.to_thread(self._load)
                 break
             except Exception as error:  # the database is down: wait, never give up
-                log.error("cannot load the engine state (%s); retrying in %.1f s", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.error("cannot load the engine state (%s); retrying in %d ms", error, delay_ms)
+                await asyncio.sleep(delay_ms / 1000)
+                delay_ms = min(delay_ms * 2, 5000)
         self._restore(state)
         self._inbox_seen.clear()
         self._ready = True
@@ -191,7 +198,9 @@ class Engine:
                 result = refusal
             except Exception:
                 log.exception("engine bug while applying %r; reloading state", command)
-                await self._fail(items, ExchangeError("internal_error", "the order failed; try again"))
+                await self._fail(
+                    items, ExchangeError("internal_error", "the order failed; try again")
+                )
                 return
             results.append(result)
             if inbox_id:
@@ -207,6 +216,8 @@ class Engine:
         batch.balances = [(u, a, *ledger.balance(u, a)) for u, a in outbox.accounts]
         batch.withdrawals = list(withdrawal_rows.values())
         try:
+            # Off the loop: SQLite transactions of the async services hold the write
+            # lock across awaits, so a commit that blocked the loop could deadlock.
             await asyncio.to_thread(self.journal.commit, batch)
         except Exception as error:
             log.error("group commit failed (%s): answering 503 and reloading", error)
@@ -259,6 +270,11 @@ class Engine:
                 raise ExchangeError("unknown_coin", f"{command.asset!r} is not an asset here")
             if command.amount <= 0:
                 raise ExchangeError("invalid_argument", "a credit must be greater than 0")
+            # The deposit account is minus everything ever deposited and bounds every
+            # other account of the asset, so keeping it in range keeps them all in range.
+            deposited = -self.core.ledger.available(DEPOSIT_ACCOUNT, command.asset)
+            if command.amount > MAX_UNITS - deposited:
+                raise ExchangeError("invalid_argument", "the credit is too large to be booked")
             self.core.credit(command.user_id, command.asset, command.amount, command.ref)
             return {"user_id": command.user_id, "asset": command.asset, "amount": command.amount}
         if isinstance(command, RequestWithdrawal):
@@ -275,10 +291,10 @@ class Engine:
         available = self.core.ledger.available(command.user_id, coin)
         amount = available if command.amount is None else command.amount
         if amount < command.minimum or amount <= command.fee:
+            least = format_units(max(command.minimum, command.fee + 1), scale)
             raise ExchangeError(
                 "below_minimum",
-                f"the minimum withdrawal is {format_units(max(command.minimum, command.fee + 1), scale)}"
-                f" {coin}; {format_units(amount, scale)} {coin} asked",
+                f"the minimum withdrawal is {least} {coin}; {format_units(amount, scale)} asked",
             )
         withdrawal_id = self.next_withdrawal_id
         self.core.ledger.hold(command.user_id, coin, amount, withdrawal_id)
@@ -304,7 +320,10 @@ class Engine:
         return dict(row)
 
     def _settle_withdrawal(
-        self, command: ApproveWithdrawal | RejectWithdrawal, now: int, rows: dict[int, dict[str, Any]]
+        self,
+        command: ApproveWithdrawal | RejectWithdrawal,
+        now: int,
+        rows: dict[int, dict[str, Any]],
     ) -> dict[str, Any]:
         pending = self.pending_withdrawals.get(command.withdrawal_id)
         if pending is None:
@@ -312,8 +331,14 @@ class Engine:
                 "withdrawal_not_found", f"withdrawal {command.withdrawal_id} is not pending"
             )
         ledger = self.core.ledger
+        if isinstance(command, ApproveWithdrawal) and not 0 < len(command.txid) <= MAX_TXID:
+            raise ExchangeError(
+                "invalid_argument", f"a transaction id has 1 to {MAX_TXID} characters"
+            )
         if isinstance(command, ApproveWithdrawal):
-            ledger.settle_hold(pending.user_id, pending.coin, pending.amount, pending.fee, pending.id)
+            ledger.settle_hold(
+                pending.user_id, pending.coin, pending.amount, pending.fee, pending.id
+            )
             status, txid, reason = "sent", command.txid, None
         else:
             ledger.release_hold(pending.user_id, pending.coin, pending.amount, pending.id)
@@ -339,7 +364,7 @@ class Engine:
 
     async def _poll_inbox(self) -> None:
         while True:
-            await asyncio.sleep(INBOX_POLL_SECONDS)
+            await asyncio.sleep(INBOX_POLL_MS / 1000)
             if not self._ready:
                 continue
             try:

@@ -86,7 +86,9 @@ class Accounts:
                         f"a code was sent less than a minute ago; ask again in {wait} s",
                         retry_after=wait,
                     )
-                await conn.execute(delete(verification_codes).where(verification_codes.c.email == email))
+                await conn.execute(
+                    delete(verification_codes).where(verification_codes.c.email == email)
+                )
                 await conn.execute(
                     insert(verification_codes).values(
                         email=email,
@@ -147,11 +149,35 @@ class Accounts:
                 ) from None
         return email
 
+    async def ensure_user(self, user: str, password: str) -> int:
+        """Create an account without an e-mail code (demo and operator accounts only).
+
+        The password rules still apply; an existing account is left as it is.
+        """
+        email = normalize_email(user)
+        check_password_rules(password, email)
+        existing = await self.user_id(email)
+        if existing is not None:
+            return existing
+        password_hash = await self._hashing.hash(password)
+        try:
+            async with self._db.begin() as conn:
+                await conn.execute(
+                    insert(users).values(email=email, password_hash=password_hash, created=self._clock())
+                )
+        except IntegrityError:
+            pass
+        found = await self.user_id(email)
+        assert found is not None
+        return found
+
     async def _check_code(self, email: str, code: str) -> str:
         now = self._clock()
         async with self._db.begin() as conn:
             row = (
-                await conn.execute(select(verification_codes).where(verification_codes.c.email == email))
+                await conn.execute(
+                    select(verification_codes).where(verification_codes.c.email == email)
+                )
             ).first()
             if row is None:
                 raise ExchangeError("invalid_code", "no code was sent to this address; ask for one")
@@ -186,13 +212,17 @@ class Accounts:
             since = now - LOCKOUT_WINDOW_MS
             async with self._db.connect() as conn:
                 times = (
-                    await conn.execute(
-                        select(login_failures.c.time)
-                        .where(login_failures.c.email == email, login_failures.c.time > since)
-                        .order_by(login_failures.c.time.desc())
-                        .limit(LOCKOUT_FAILURES)
+                    (
+                        await conn.execute(
+                            select(login_failures.c.time)
+                            .where(login_failures.c.email == email, login_failures.c.time > since)
+                            .order_by(login_failures.c.time.desc())
+                            .limit(LOCKOUT_FAILURES)
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
                 row = (
                     await conn.execute(
                         select(users.c.id, users.c.password_hash).where(users.c.email == email)

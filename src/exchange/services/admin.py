@@ -5,6 +5,12 @@ written to the ``engine_inbox`` table together with an audit row; the running
 server's engine picks it up and marks it done in the same transaction as its
 ledger entries (exactly once). When no server runs, the CLI takes the writer
 lock and runs the engine itself for just that command.
+
+The ``admin_audit`` table says who did what and when, and how it ended: a
+``requested`` row is written in the same transaction as the inbox command (so no
+command can run unaudited), then a ``done``/``failed``/``timeout`` row with the
+engine's answer; an attempt refused before it reaches the engine (unknown user,
+bad amount, a withdrawal that is no longer pending) is recorded as ``refused``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import getpass
 import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -28,6 +36,11 @@ from exchange.engine.engine import Engine
 from exchange.engine.writer_lock import WriterLock
 
 WAIT_SECONDS = 30.0
+#: Money columns are BIGINT: a credit beyond this could never be committed.
+MAX_UNITS = 2**63 - 1
+#: The ``withdrawals.txid`` column's width; longer would fail the engine's commit.
+MAX_TXID = 128
+WITHDRAWAL_STATUSES = ("pending", "sent", "rejected")
 
 
 def actor() -> str:
@@ -64,12 +77,37 @@ class Admin:
             raise ExchangeError("unknown_coin", f"{text!r} is not an asset here")
         return code
 
+    # -- the audit log --------------------------------------------------------
+
+    def audit(self, action: str, details: dict[str, Any]) -> None:
+        """Append one audit row (who, when, what) in its own transaction."""
+        with self._db.begin() as conn:
+            conn.execute(
+                insert(admin_audit).values(
+                    actor=actor(), action=action, details=json.dumps(details), time=now_ms()
+                )
+            )
+
+    @contextmanager
+    def _refusals_audited(self, action: str, details: dict[str, Any]) -> Iterator[None]:
+        try:
+            yield
+        except ExchangeError as error:
+            self.audit(action, {**details, "outcome": "refused", "error": error.description})
+            raise
+
+    # -- commands -------------------------------------------------------------
+
     def credit(self, email: str, coin: str, amount: str, note: str) -> dict[str, Any]:
-        user_id = self.user_id(email)
-        code = self.coin(coin)
-        units = to_units(parse_decimal(amount), self._assets[code].scale, "amount")
-        if units <= 0:
-            raise ExchangeError("invalid_argument", "amount must be greater than 0")
+        asked = {"email": email, "coin": coin, "amount": amount, "note": note}
+        with self._refusals_audited("credit", asked):
+            user_id = self.user_id(email)
+            code = self.coin(coin)
+            units = to_units(parse_decimal(amount), self._assets[code].scale, "amount")
+            if units <= 0:
+                raise ExchangeError("invalid_argument", "amount must be greater than 0")
+            if units > MAX_UNITS:
+                raise ExchangeError("invalid_argument", f"amount {amount} is too large")
         payload = {"user_id": user_id, "email": email, "asset": code, "amount": units, "note": note}
         return self.run("credit", payload)
 
@@ -83,22 +121,37 @@ class Admin:
         return str(row.status)
 
     def approve(self, withdrawal_id: int, txid: str) -> dict[str, Any]:
-        status = self.withdrawal_status(withdrawal_id)
-        if status != "pending":
-            raise ExchangeError("wrong_state", f"withdrawal {withdrawal_id} is {status}, not pending")
-        if not txid.strip():
-            raise ExchangeError("invalid_argument", "--txid is required")
+        asked = {"withdrawal_id": withdrawal_id, "txid": txid}
+        with self._refusals_audited("approve", asked):
+            status = self.withdrawal_status(withdrawal_id)
+            if status != "pending":
+                raise ExchangeError(
+                    "wrong_state", f"withdrawal {withdrawal_id} is {status}, not pending"
+                )
+            if not txid.strip():
+                raise ExchangeError("invalid_argument", "--txid is required")
+            if len(txid.strip()) > MAX_TXID:
+                raise ExchangeError("invalid_argument", f"--txid is longer than {MAX_TXID}")
         return self.run("approve", {"withdrawal_id": withdrawal_id, "txid": txid.strip()})
 
     def reject(self, withdrawal_id: int, reason: str) -> dict[str, Any]:
-        status = self.withdrawal_status(withdrawal_id)
-        if status != "pending":
-            raise ExchangeError("wrong_state", f"withdrawal {withdrawal_id} is {status}, not pending")
-        if not reason.strip():
-            raise ExchangeError("invalid_argument", "--reason is required")
+        asked = {"withdrawal_id": withdrawal_id, "reason": reason}
+        with self._refusals_audited("reject", asked):
+            status = self.withdrawal_status(withdrawal_id)
+            if status != "pending":
+                raise ExchangeError(
+                    "wrong_state", f"withdrawal {withdrawal_id} is {status}, not pending"
+                )
+            if not reason.strip():
+                raise ExchangeError("invalid_argument", "--reason is required")
         return self.run("reject", {"withdrawal_id": withdrawal_id, "reason": reason.strip()})
 
     def withdrawals(self, status: str | None) -> list[dict[str, Any]]:
+        if status and status not in WITHDRAWAL_STATUSES:
+            raise ExchangeError(
+                "invalid_argument",
+                f"--status must be one of {', '.join(WITHDRAWAL_STATUSES)}, not {status!r}",
+            )
         query = select(withdrawals, users.c.email).join(users, users.c.id == withdrawals.c.user_id)
         if status:
             query = query.where(withdrawals.c.status == status)
@@ -110,26 +163,39 @@ class Admin:
         """Queue the command with its audit row, have it applied, return its result."""
         now = now_ms()
         with self._db.begin() as conn:
-            inbox_id = conn.execute(
+            key = conn.execute(
                 insert(engine_inbox).values(
                     kind=kind, payload=json.dumps(payload), status="pending", created=now
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert key is not None
+            inbox_id = int(key[0])
             conn.execute(
                 insert(admin_audit).values(
                     actor=actor(),
                     action=kind,
-                    details=json.dumps({"inbox_id": inbox_id, **payload}),
+                    details=json.dumps({"inbox_id": inbox_id, **payload, "outcome": "requested"}),
                     time=now,
                 )
             )
+        outcome = {"inbox_id": inbox_id, **payload}
+        try:
+            result = self._wait(inbox_id)
+        except ExchangeError as error:
+            failed = "timeout" if error.code == "timeout" else "failed"
+            self.audit(kind, {**outcome, "outcome": failed, "error": error.description})
+            raise
+        self.audit(kind, {**outcome, "outcome": "done", "result": result})
+        return result
+
+    def _apply_if_no_writer(self) -> None:
+        """No server holds the writer lock: be the engine for the queued commands."""
         lock = WriterLock(self._url)
         if lock.acquire():
             try:
                 asyncio.run(self._apply_offline())
             finally:
                 lock.release()
-        return self._wait(int(inbox_id))
 
     async def _apply_offline(self) -> None:
         engine = Engine(self._markets, self._db, now_ms)
@@ -140,8 +206,18 @@ class Admin:
             await engine.stop()
 
     def _wait(self, inbox_id: int) -> dict[str, Any]:
+        """The command's result, applied by the server's engine or by this process.
+
+        The writer lock is retried while waiting: when another offline admin
+        command held it a moment ago (and read the inbox before this command was
+        queued), this one would otherwise wait the full timeout for nobody.
+        """
         deadline = time.monotonic() + WAIT_SECONDS
+        next_try = time.monotonic()
         while True:
+            if time.monotonic() >= next_try:
+                self._apply_if_no_writer()
+                next_try = time.monotonic() + 1.0
             with self._db.connect() as conn:
                 row = conn.execute(
                     select(engine_inbox.c.status, engine_inbox.c.result).where(

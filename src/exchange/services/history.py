@@ -49,7 +49,9 @@ class History:
                 return None
             trade_rows = await conn.execute(
                 select(trades)
-                .where(or_(trades.c.maker_order_id == order_id, trades.c.taker_order_id == order_id))
+                .where(
+                    or_(trades.c.maker_order_id == order_id, trades.c.taker_order_id == order_id)
+                )
                 .order_by(trades.c.id)
             )
             return order_from_row(row), [trade_from_row(t) for t in trade_rows]

@@ -182,3 +182,21 @@ withdrawals = Table(
     Index("ix_withdrawals_user_id", "user_id", "id"),
     Index("ix_withdrawals_status", "status", "id"),
 )
+
+# Candles are a cache derived from ``trades`` (the source of truth): market data
+# keeps them in memory and writes changed ones here in the background, so a
+# restart loads them instead of replaying every trade. ``trade_id`` is the last
+# trade folded into the candle; trades after the newest one are replayed.
+candles = Table(
+    "candles",
+    metadata,
+    Column("market", String(32), primary_key=True),
+    Column("period", String(8), primary_key=True),
+    Column("time", BigInteger, primary_key=True, autoincrement=False),
+    Column("open", BigInteger, nullable=False),
+    Column("high", BigInteger, nullable=False),
+    Column("low", BigInteger, nullable=False),
+    Column("close", BigInteger, nullable=False),
+    Column("volume", BigInteger, nullable=False),
+    Column("trade_id", BigInteger, nullable=False),
+)

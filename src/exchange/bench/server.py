@@ -1,9 +1,10 @@
-"""Start the real ``exchange serve`` process on a free port, for end-to-end tests."""
+"""The real ``exchange serve`` process on a free port, for benchmarks and end-to-end tests."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,12 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def exchange_env(database_url: str, smtp_port: int | None = None, **extra: str) -> dict[str, str]:
@@ -80,7 +87,9 @@ class Server:
 
 
 @contextmanager
-def running_server(port: int, env: dict[str, str], log: Path, command: str = "serve") -> Iterator[Server]:
+def running_server(
+    port: int, env: dict[str, str], log: Path, command: str = "serve"
+) -> Iterator[Server]:
     server = Server(port, env, log)
     server.start(command)
     try:

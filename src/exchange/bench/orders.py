@@ -1,0 +1,116 @@
+"""Durable order placement over HTTP against a real ``exchange serve`` process.
+
+Each acknowledged order was committed to the database before its answer (group
+commit), so orders/s here is the durable rate. Users are seeded directly in the
+database (registration by e-mail is not what is measured), then log in and are
+funded through the ordinary API and admin paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import psycopg
+from argon2 import PasswordHasher
+from sqlalchemy import insert
+
+from exchange.adapters.db.database import make_sync_engine, migrate
+from exchange.adapters.db.tables import users
+from exchange.bench.load import LoadResult, post, run_load
+from exchange.bench.server import exchange_env, free_port, running_server
+from exchange.clock import now_ms
+from exchange.config import Settings
+from exchange.domain.markets import default_assets, default_markets
+from exchange.services.admin import Admin
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PASSWORD = "bench-password-1"
+USERS = 64
+
+
+@contextmanager
+def database(kind: str, folder: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'bench.db'}"
+        return
+    name = f"exchange_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def seed_users(url: str, count: int) -> list[str]:
+    migrate(url)
+    hashed = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1).hash(PASSWORD)
+    emails = [f"bench{i}@example.com" for i in range(count)]
+    engine = make_sync_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(users),
+            [{"email": e, "password_hash": hashed, "created": now_ms()} for e in emails],
+        )
+    engine.dispose()
+    return emails
+
+
+def fund(url: str, emails: list[str]) -> None:
+    engine = make_sync_engine(url)
+    tool = Admin(engine, url, default_markets(default_assets()))
+    for email in emails:
+        tool.credit(email, "BTC", "100000", "bench")
+        tool.credit(email, "USDT", "10000000000", "bench")
+    engine.dispose()
+
+
+def order_requests(tokens: list[str], seed: int = 7) -> Any:
+    """Limit orders around 20000 on BTC/USDT; about half cross the spread."""
+    rng = random.Random(seed)
+
+    def make(connection: int, n: int) -> bytes:
+        side = "buy" if (connection + n) % 2 else "sell"
+        offset = rng.randint(-25, 25)
+        body = urlencode(
+            {"pair": "BTC/USDT", "amount": f"0.00{rng.randint(1, 9)}", "price": str(20000 + offset)}
+        ).encode()
+        token = tokens[connection % len(tokens)]
+        return post(f"/api/{side}", body, {"Authorization": f"Bearer {token}"})
+
+    return make
+
+
+def measure(kind: str, seconds: float, connections: int, rate: float | None = None) -> LoadResult:
+    with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
+        emails = seed_users(url, USERS)
+        port = free_port()
+        env = exchange_env(url, EXCHANGE_LOG_LEVEL="error")
+        Settings()  # fail early on a broken .env
+        with running_server(port, env, Path(tmp) / "server.log") as server:
+            fund(url, emails)
+            tokens = []
+            with httpx.Client(base_url=server.url) as client:
+                for email in emails:
+                    answer = client.post("/api/login", data={"user": email, "pass": PASSWORD})
+                    tokens.append(answer.json()["data"]["session"])
+                    client.cookies.clear()  # a login deletes the session it carries
+            return asyncio.run(
+                run_load(
+                    port,
+                    order_requests(tokens),
+                    connections=connections,
+                    seconds=seconds,
+                    rate=rate,
+                )
+            )

@@ -1,0 +1,63 @@
+"""``exchange bench``: figures as ``name value unit`` lines, plus ``--json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+Figure = tuple[str, float, str]
+
+
+def _print(figures: list[Figure], as_json: bool) -> None:
+    for name, value, unit in figures:
+        print(
+            f"{name} {value:.2f} {unit}" if isinstance(value, float) else f"{name} {value} {unit}"
+        )
+    if as_json:
+        summary = {
+            "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+            "figures": {name: {"value": value, "unit": unit} for name, value, unit in figures},
+        }
+        print(json.dumps(summary, indent=2))
+
+
+def engine_figures(orders: int) -> list[Figure]:
+    from exchange.bench import engine as bench_engine
+
+    result = bench_engine.run(orders)
+    return [("engine_orders_per_second", float(result["orders_per_second"]), "orders/s")]
+
+
+def order_figures(seconds: float, clients: int, database: str) -> list[Figure]:
+    from exchange.bench.orders import measure
+
+    figures: list[Figure] = []
+    kinds = ["sqlite", "postgres"] if database == "both" else [database]
+    for kind in kinds:
+        result = measure(kind, seconds, clients)
+        figures += [
+            (f"orders_{kind}_per_second", result.rate(), "orders/s"),
+            (f"orders_{kind}_p50", result.percentile_ms(0.50), "ms"),
+            (f"orders_{kind}_p99", result.percentile_ms(0.99), "ms"),
+            (f"orders_{kind}_refused", float(result.refused + result.errors), "requests"),
+        ]
+        paced = measure(kind, seconds, 32, rate=1000.0)
+        figures += [
+            (f"orders_{kind}_at_1000_per_second_p50", paced.percentile_ms(0.50), "ms"),
+            (f"orders_{kind}_at_1000_per_second_p99", paced.percentile_ms(0.99), "ms"),
+        ]
+    return figures
+
+
+def engine(orders: int, *, as_json: bool) -> None:
+    _print(engine_figures(orders), as_json)
+
+
+def orders(seconds: float, clients: int, database: str, *, as_json: bool) -> None:
+    _print(order_figures(seconds, clients, database), as_json)
+
+
+def run_all(*, as_json: bool) -> None:
+    figures = engine_figures(200_000) + order_figures(10.0, 64, "both")
+    _print(figures, as_json)

@@ -1,0 +1,205 @@
+"""``exchange admin …`` as a real subprocess on a SQLite file (SPEC §7, §9).
+
+Two modes are exercised: with a server running (the CLI queues its command in
+``engine_inbox`` and the server's engine applies it) and without one (the CLI
+takes the writer lock and is the engine for that one command). Every refusal
+exits non-zero with one line on stderr; every step keeps the books balanced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from exchange.adapters.db.database import make_sync_engine
+from exchange.adapters.db.tables import admin_audit, balances, ledger_entries
+from exchange.clock import ManualClock
+from exchange.domain.ledger import DEPOSIT_ACCOUNT, FEE_ACCOUNT, WITHDRAWAL_ACCOUNT
+from support import Mailbox, assert_envelope, login, make_settings, register, running_app
+
+EXCHANGE = Path(sys.executable).with_name("exchange")
+EMAIL = "cli@example.com"
+ADDRESS = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"
+
+
+async def cli(url: str, cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run the installed ``exchange`` script; the event loop keeps serving meanwhile."""
+    env = {
+        **os.environ,
+        "EXCHANGE_DATABASE_URL": url,
+        "EXCHANGE_SQLITE_SYNCHRONOUS": "NORMAL",
+        "EXCHANGE_LOG_LEVEL": "warning",
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(EXCHANGE),
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def succeeds(url: str, cwd: Path, *args: str) -> str:
+    code, out, err = await cli(url, cwd, *args)
+    assert code == 0, (args, code, out, err)
+    return out
+
+
+async def refused(url: str, cwd: Path, *args: str, says: str) -> None:
+    """Non-zero exit, nothing on stdout, exactly one line on stderr naming the reason."""
+    code, out, err = await cli(url, cwd, *args)
+    assert code != 0, (args, out, err)
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert says in lines[0], (says, lines[0])
+
+
+def check_engine(app: Any) -> None:
+    core = app.state.services.engine.core
+    core.check_invariants()
+    assert all(total == 0 for total in core.ledger.totals().values()), core.ledger.totals()
+
+
+def database_books(url: str) -> dict[tuple[int, str], tuple[int, int]]:
+    """Stored balances, after checking they equal the ledger entries and sum to zero."""
+    db = make_sync_engine(url)
+    try:
+        with db.connect() as conn:
+            stored = {
+                (r.user_id, r.asset): (int(r.available), int(r.frozen))
+                for r in conn.execute(select(balances))
+            }
+            summed = {
+                (r.user_id, r.asset): (int(r.a), int(r.f))
+                for r in conn.execute(
+                    select(
+                        ledger_entries.c.user_id,
+                        ledger_entries.c.asset,
+                        func.sum(ledger_entries.c.d_available).label("a"),
+                        func.sum(ledger_entries.c.d_frozen).label("f"),
+                    ).group_by(ledger_entries.c.user_id, ledger_entries.c.asset)
+                )
+            }
+            audit = [
+                (r.action, json.loads(r.details)["outcome"])
+                for r in conn.execute(select(admin_audit).order_by(admin_audit.c.id))
+            ]
+    finally:
+        db.dispose()
+    assert stored == summed
+    totals: dict[str, int] = {}
+    for (_user, asset), (available, frozen) in stored.items():
+        totals[asset] = totals.get(asset, 0) + available + frozen
+    assert all(total == 0 for total in totals.values()), totals
+    stored[(0, "audit")] = (len(audit), sum(outcome == "refused" for _a, outcome in audit))
+    return stored
+
+
+async def btc(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[str, str]:
+    data = assert_envelope(await client.post("/api/get_user_coin", headers=headers), 200)
+    return data["BTC"]["available"], data["BTC"]["frozen"]
+
+
+async def test_admin_cli_with_and_without_a_running_server(
+    tmp_path: Path, mail: tuple[Mailbox, int], clock: ManualClock
+) -> None:
+    assert EXCHANGE.exists(), EXCHANGE
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    settings = make_settings(url, mail[1], withdraw_address_cooldown=0)
+
+    # -- a server runs: the CLI's commands go through the inbox to its engine ------
+    async with running_app(settings, clock) as (app, client):
+        await register(client, mail[0], EMAIL)
+        user = {"Authorization": f"Bearer {await login(client, EMAIL)}"}
+        client.cookies.clear()
+        out = await succeeds(url, tmp_path, "admin", "credit", EMAIL, "btc", "1.25", "--note", "w")
+        assert out.strip() == f"credited 1.25 BTC to {EMAIL}"
+        assert await btc(client, user) == ("1.25000000", "0.00000000")
+        check_engine(app)
+
+        await client.post(
+            "/api/set_withdraw_address", data={"coin": "BTC", "address": ADDRESS}, headers=user
+        )
+        ids = []
+        for amount in ("0.5", "0.25"):
+            answer = await client.post(
+                "/api/withdraw", data={"coin": "BTC", "amount": amount}, headers=user
+            )
+            ids.append(assert_envelope(answer, 200)["withdrawal_id"])
+        first, second = ids
+        listed = await succeeds(url, tmp_path, "admin", "withdrawals", "--status", "pending")
+        rows = [line.split("\t") for line in listed.strip().splitlines()]
+        assert [(int(r[0]), r[1], r[2], r[4]) for r in rows] == [
+            (first, "pending", EMAIL, "0.50000000"),
+            (second, "pending", EMAIL, "0.25000000"),
+        ]
+
+        out = await succeeds(url, tmp_path, "admin", "approve", str(first), "--txid", "tx-1")
+        assert out.strip() == f"withdrawal {first} sent"
+        assert await btc(client, user) == ("0.50000000", "0.25000000")
+        check_engine(app)
+        await refused(
+            url,
+            tmp_path,
+            "admin",
+            "approve",
+            str(first),
+            "--txid",
+            "tx-2",
+            says="is sent, not pending",
+        )
+
+    # -- no server: the CLI takes the writer lock and applies the command itself ---
+    out = await succeeds(url, tmp_path, "admin", "reject", str(second), "--reason", "not today")
+    assert out.strip() == f"withdrawal {second} rejected"
+    for args, says in [
+        (("approve", str(second), "--txid", "tx-3"), "is rejected, not pending"),
+        (("reject", str(second), "--reason", "again"), "is rejected, not pending"),
+        (("reject", str(first), "--reason", "too late"), "is sent, not pending"),
+        (("approve", "999", "--txid", "tx-4"), "no withdrawal 999"),
+        (("credit", "nobody@example.com", "BTC", "1"), "no user"),
+        (("credit", EMAIL, "DOGE", "1"), "not an asset"),
+        (("credit", EMAIL, "BTC", "abc"), "not a valid number"),
+        (("credit", EMAIL, "BTC", "0"), "greater than 0"),
+        (("credit", EMAIL, "BTC", "0.000000001"), "more than 8 decimals"),
+        (("credit", EMAIL, "BTC", "1e12"), "too large"),
+        (("withdrawals", "--status", "pendng"), "--status must be one of"),
+    ]:
+        await refused(url, tmp_path, "admin", *args, says=says)
+    await succeeds(url, tmp_path, "admin", "credit", EMAIL, "BTC", "0.5")
+    everything = await succeeds(url, tmp_path, "admin", "withdrawals")
+    rows = [line.split("\t") for line in everything.strip().splitlines()]
+    assert [(int(r[0]), r[1], r[-1]) for r in rows] == [
+        (first, "sent", "tx-1"),
+        (second, "rejected", "not today"),
+    ]
+
+    books = await asyncio.to_thread(database_books, url)
+    assert books[(WITHDRAWAL_ACCOUNT, "BTC")] == (49_950_000, 0)
+    assert books[(FEE_ACCOUNT, "BTC")] == (50_000, 0)
+    assert books[(DEPOSIT_ACCOUNT, "BTC")] == (-175_000_000, 0)
+    # Credit x2, approve, reject (requested + outcome each) and 11 refusals (listing is
+    # a read, not audited).
+    assert books[(0, "audit")] == (8 + 11, 11)
+
+    # -- the server restarts on what the offline commands committed ----------------
+    async with running_app(settings, clock) as (app, client):
+        assert await btc(client, user) == ("1.25000000", "0.00000000")
+        check_engine(app)
+        history = assert_envelope(await client.post("/api/get_withdrawals", headers=user), 200)
+        assert [(w["withdrawal_id"], w["status"]) for w in history] == [
+            (second, "rejected"),
+            (first, "sent"),
+        ]
