@@ -15,7 +15,7 @@ PAIRS = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
 
 def test_demo_market_is_live_within_ten_seconds(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.db'}"
-    env = exchange_env(url)
+    env = exchange_env(url, EXCHANGE_LOG_LEVEL="info")
     log = tmp_path / "demo.log"
     with running_server(free_port(), env, log, command="demo") as server:
         started = time.monotonic()
