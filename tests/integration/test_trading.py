@@ -172,6 +172,8 @@ async def test_json_number_and_string_mean_the_same_exact_decimal(
         ("price", "0", "invalid_argument"),
         ("price", "-5", "invalid_argument"),
         ("price", "1e400", "invalid_argument"),
+        ("price", "10000000000000", "invalid_argument"),  # 10**15 cents: past BIGINT safety
+        ("amount", "10000000", "invalid_argument"),  # 10**15 satoshi
         ("price", "", "missing_argument"),
         ("type", "stop", "invalid_argument"),
         ("time_in_force", "GTX", "invalid_argument"),

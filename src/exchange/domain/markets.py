@@ -33,6 +33,12 @@ __all__ = [
 ]
 
 
+#: The largest price or amount in minor units. Every stored integer (BIGINT, < 2**63)
+#: stays in range: prices and amounts by this bound, balances and order holds by the
+#: deposits they come from. Without it one absurd order would fail its whole batch.
+MAX_UNITS = 10**15
+
+
 @dataclass(frozen=True, slots=True)
 class Asset:
     code: str
@@ -92,6 +98,8 @@ class Market:
         units = to_units(parse_decimal(value), self.price_scale, "price")
         if units <= 0:
             raise ExchangeError("invalid_argument", "price must be greater than 0")
+        if units >= MAX_UNITS:
+            raise ExchangeError("invalid_argument", "price is larger than this exchange accepts")
         if units % self.tick:
             raise ExchangeError(
                 "invalid_argument",
@@ -104,6 +112,8 @@ class Market:
         units = to_units(parse_decimal(value), self.base.scale, "amount")
         if units <= 0:
             raise ExchangeError("invalid_argument", "amount must be greater than 0")
+        if units >= MAX_UNITS:
+            raise ExchangeError("invalid_argument", "amount is larger than this exchange accepts")
         if units % self.step:
             raise ExchangeError(
                 "invalid_argument",

@@ -34,7 +34,7 @@ from exchange.domain.book import Level, OrderBook
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox, PlaceResult
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, Ledger
-from exchange.domain.markets import Asset, Market
+from exchange.domain.markets import MAX_UNITS, Asset, Market
 from exchange.domain.orders import (
     BUY,
     CANCELED,
@@ -179,6 +179,8 @@ class MatchingEngine:
             tif = "FOK" if tif == "FOK" else "IOC"
         else:
             raise _invalid(f"type must be limit or market, not {type[:20]!r}")
+        if price >= MAX_UNITS or amount >= MAX_UNITS:
+            raise _invalid("price or amount is larger than this exchange accepts")
         if price % m.tick:
             raise _invalid(f"price must be a multiple of {m.format_price(m.tick)} on {market}")
         if amount <= 0 or amount % m.step:

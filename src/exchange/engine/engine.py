@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine as SyncEngine
 
 from exchange.adapters.db.tables import engine_inbox
@@ -152,7 +152,14 @@ class Engine:
         self._ready = True
 
     def _load(self) -> State:
-        with self._db.connect() as conn:
+        with self._db.begin() as conn:
+            # Claims of a batch that never committed (or of a dead writer) go back to
+            # the queue: only one writer exists, so no claim here can be live.
+            conn.execute(
+                update(engine_inbox)
+                .where(engine_inbox.c.status == "claimed")
+                .values(status="pending")
+            )
             return load_state(conn)
 
     # -- submitting -----------------------------------------------------------
@@ -397,14 +404,27 @@ class Engine:
         return len(futures)
 
     def _pending_inbox(self) -> list[tuple[int, str, str]]:
-        with self._db.connect() as conn:
-            result = conn.execute(
-                select(engine_inbox.c.id, engine_inbox.c.kind, engine_inbox.c.payload)
-                .where(engine_inbox.c.status == "pending")
-                .order_by(engine_inbox.c.id)
-                .limit(500)
+        """Claim pending commands: a CLI that gives up may cancel only unclaimed ones."""
+        with self._db.begin() as conn:
+            ids = (
+                conn.execute(
+                    select(engine_inbox.c.id)
+                    .where(engine_inbox.c.status == "pending")
+                    .order_by(engine_inbox.c.id)
+                    .limit(500)
+                )
+                .scalars()
+                .all()
             )
-            return [(r.id, r.kind, r.payload) for r in result]
+            if not ids:
+                return []
+            claimed = conn.execute(
+                update(engine_inbox)
+                .where(engine_inbox.c.id.in_(ids), engine_inbox.c.status == "pending")
+                .values(status="claimed")
+                .returning(engine_inbox.c.id, engine_inbox.c.kind, engine_inbox.c.payload)
+            )
+            return sorted((r.id, r.kind, r.payload) for r in claimed)
 
     # -- reading (from memory: no database on the hot path) -------------------
 

@@ -36,6 +36,8 @@ from exchange.engine.engine import Engine
 from exchange.engine.writer_lock import WriterLock
 
 WAIT_SECONDS = 30.0
+#: Extra wait once the engine has claimed the command: it is being applied.
+CLAIMED_GRACE_SECONDS = 60.0
 #: Money columns are BIGINT: a credit beyond this could never be committed.
 MAX_UNITS = 2**63 - 1
 #: The ``withdrawals.txid`` column's width; longer would fail the engine's commit.
@@ -241,5 +243,10 @@ class Admin:
                     raise ExchangeError(
                         "timeout", "the server did not apply the command in 30 s; nothing changed"
                     )
-                continue
+                if time.monotonic() > deadline + CLAIMED_GRACE_SECONDS:
+                    raise ExchangeError(
+                        "timeout",
+                        f"the server took command {inbox_id} but has not finished it; "
+                        "see `exchange admin withdrawals` and the audit log before retrying",
+                    )
             time.sleep(0.1)
