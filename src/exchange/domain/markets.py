@@ -192,8 +192,8 @@ def default_assets() -> dict[str, Asset]:
     return {"BTC": Asset("BTC", 8), "ETH": Asset("ETH", 8), "USDT": Asset("USDT", 6)}
 
 
-def default_markets(assets: dict[str, Asset]) -> dict[str, Market]:
-    """SPEC §3's table of default markets (fees 0.2 % maker and taker)."""
+def default_markets(assets: dict[str, Asset], fee: str = "0.002") -> dict[str, Market]:
+    """SPEC §3's table of default markets (fees 0.2 % maker and taker unless given)."""
     rows = [
         ("BTC/USDT", "BTC", "USDT", "0.01", "0.00001", "0.00001", "5"),
         ("ETH/USDT", "ETH", "USDT", "0.01", "0.0001", "0.0001", "5"),
@@ -209,8 +209,8 @@ def default_markets(assets: dict[str, Asset]) -> dict[str, Market]:
             step,
             min_amount,
             min_notional,
-            "0.002",
-            "0.002",
+            fee,
+            fee,
         )
     return markets
 
