@@ -6,14 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from decimal import Decimal
 
 import orjson
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from exchange import __version__
 from exchange.adapters.db.database import make_async_engine, make_sync_engine, migrate
@@ -25,45 +25,44 @@ from exchange.api.limits import RateLimiter
 from exchange.api.methods import ALL_METHODS, METHODS
 from exchange.api.openapi import build_openapi
 from exchange.api.router import Dispatcher
+from exchange.api.ws import Stream
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings, get_settings
-from exchange.domain.markets import Market, build_market, default_assets, default_markets
+from exchange.domain.markets import Market, default_assets, default_markets
 from exchange.engine.engine import Engine
 from exchange.engine.writer_lock import WriterLock
 from exchange.services.accounts import Accounts
+from exchange.services.candle_store import CandleStore
 from exchange.services.history import History
+from exchange.services.marketdata import MarketData
 from exchange.services.sessions import Sessions
+from exchange.services.wallet import Wallet, withdraw_rules
 from exchange.web.pages import page_routes
 
 log = logging.getLogger("exchange")
-
-API_VERBS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
 class AnotherWriter(RuntimeError):
     """Another exchange process already writes to this database."""
 
 
+class ExchangeApp(FastAPI):
+    """FastAPI for pages, streams and docs; the API paths go straight to the dispatcher."""
+
+    dispatcher: Dispatcher
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/api/") or path == "/router" or path == "/router/":
+                await self.dispatcher(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def configured_markets(settings: Settings) -> dict[str, Market]:
     """The default markets of SPEC §3, with the configured fee rate."""
-    assets = default_assets()
-    markets = default_markets(assets)
-    if Decimal(settings.fee_rate) == markets["BTC/USDT"].taker_fee:
-        return markets
-    rebuilt = {}
-    for symbol, m in markets.items():
-        rebuilt[symbol] = build_market(
-            symbol,
-            m.base,
-            m.quote,
-            m.format_price(m.tick),
-            m.format_amount(m.step),
-            m.format_amount(m.min_amount),
-            m.format_quote(m.min_notional),
-            settings.fee_rate,
-            settings.fee_rate,
-        )
-    return rebuilt
+    return default_markets(default_assets(), settings.fee_rate)
 
 
 def _is_api(path: str) -> bool:
@@ -100,16 +99,35 @@ def create_app(
         markets, sync_db, clock, queue_size=settings.queue_size, batch_size=settings.batch_size
     )
     hashing = PasswordHashing(settings.password_hash_memory_kib, settings.password_hash_time_cost)
+    market = MarketData(markets, engine, clock, CandleStore(db))
     services = Services(
         settings=settings,
         db=db,
         clock=clock,
         accounts=Accounts(db, mailer or make_mailer(settings), hashing, clock),
-        sessions=Sessions(db, clock, lifetime=settings.session_lifetime, idle=settings.session_idle),
+        sessions=Sessions(
+            db, clock, lifetime=settings.session_lifetime, idle=settings.session_idle
+        ),
         engine=engine,
         history=History(db),
         markets=markets,
+        market=market,
+        wallet=Wallet(
+            db,
+            engine,
+            clock,
+            cooldown_seconds=settings.withdraw_address_cooldown,
+            rules=withdraw_rules(settings, engine.assets),
+        ),
     )
+    stream = Stream(
+        market,
+        services.sessions,
+        engine,
+        allowed_origins=(o.strip() for o in settings.allowed_origins.split(",") if o.strip()),
+    )
+    engine.subscribe(market.on_commit)  # market data first: the stream reads it
+    engine.subscribe(stream.on_commit)
     dispatcher = Dispatcher(services, METHODS, RateLimiter(settings))
     openapi_body = orjson.dumps(build_openapi(ALL_METHODS, version=__version__))
     lock = WriterLock(settings.database_url)
@@ -122,10 +140,14 @@ def create_app(
                 "another exchange process is already running on this database; stop it first"
             )
         try:
+            await market.load()  # before the engine: no trade can slip between
             await engine.start()
+            market.start()
             yield
         finally:
             await engine.stop()
+            await stream.stop()
+            await market.stop()  # the last candle flush, while the database is open
             await db.dispose()
             sync_db.dispose()
             lock.release()
@@ -136,7 +158,7 @@ def create_app(
     async def healthz(_: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    app = FastAPI(
+    app = ExchangeApp(
         title="Exchange",
         version=__version__,
         lifespan=lifespan,
@@ -149,12 +171,12 @@ def create_app(
         },
     )
     app.state.services = services
+    app.dispatcher = dispatcher
     app.router.routes.extend(
         [
-            Route("/router", dispatcher.router_endpoint, methods=API_VERBS),
-            Route("/api/{method}", dispatcher.api_endpoint, methods=API_VERBS),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            WebSocketRoute("/ws", stream.endpoint),
             *page_routes(pairs=list(markets)),
         ]
     )

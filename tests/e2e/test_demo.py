@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import httpx
-from support import check_database_ledger
 
 from exchange.bench.server import exchange_env, free_port, running_server
+from support import check_database_ledger
 
 PAIRS = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
 
@@ -22,7 +22,9 @@ def test_demo_market_is_live_within_ten_seconds(tmp_path: Path) -> None:
         live: set[str] = set()
         while time.monotonic() - started < 10 and live != set(PAIRS):
             for pair in PAIRS:
-                trades = httpx.get(f"{server.url}/api/get_deal_record", params={"pair": pair}).json()
+                trades = httpx.get(
+                    f"{server.url}/api/get_deal_record", params={"pair": pair}
+                ).json()
                 depth = httpx.get(f"{server.url}/api/get_depth", params={"pair": pair}).json()
                 if trades["data"] and depth["data"]["bids"] and depth["data"]["asks"]:
                     live.add(pair)

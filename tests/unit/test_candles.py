@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -146,3 +147,50 @@ def test_open_today_is_the_first_price_of_the_utc_day() -> None:
     ticker.add(DAY0 + 2 * HOUR, 90, 1)
     assert ticker.open_today(DAY0 + 3 * HOUR) == 120
     assert ticker.open_today(DAY0 + 25 * HOUR) == 90
+
+
+def naive_rows(trades: list[tuple[int, int, int]], width: int, now: int) -> list[list[Any]]:
+    """Every interval from the first trade's to now's, built the slow, obvious way."""
+    if not trades:
+        return []
+    rows: list[list[Any]] = []
+    close = 0
+    first = min(t for t, _p, _a in trades) // width * width
+    for start in range(first, max(now, max(t for t, _p, _a in trades)) // width * width + 1, width):
+        inside = [(p, a) for t, p, a in trades if start <= t < start + width]
+        if inside:
+            prices = [p for p, _a in inside]
+            close = prices[-1]
+            cells = [prices[0], max(prices), min(prices), close]
+            volume = sum(a for _p, a in inside)
+            rows.append([start, *(BTC.format_price(x) for x in cells), BTC.format_amount(volume)])
+        else:
+            text = BTC.format_price(close)
+            rows.append([start, text, text, text, text, "0"])
+    return rows
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 400 * MIN), st.integers(1, 10**7), st.integers(1, 10**6)),
+        max_size=40,
+    ),
+    st.sampled_from(sorted(INTERVALS)),
+    st.integers(0, 200 * MIN),
+    st.integers(1, 600),
+    st.one_of(st.none(), st.integers(0, 500 * MIN)),
+)
+def test_rows_match_a_naive_model(
+    trades: list[tuple[int, int, int]], interval: str, later: int, limit: int, since: int | None
+) -> None:
+    trades = sorted(trades, key=lambda trade: trade[0])
+    series = CandleSeries(BTC, interval)
+    for trade_id, (t, price, amount) in enumerate(trades, 1):
+        series.add_trade(DAY0 + t, price, amount, trade_id)
+    now = DAY0 + (trades[-1][0] if trades else 0) + later
+    expected = naive_rows([(DAY0 + t, p, a) for t, p, a in trades], INTERVALS[interval], now)
+    if since is None:
+        expected = expected[-limit:]
+    else:
+        expected = [row for row in expected if row[0] >= DAY0 + since][:limit]
+    assert series.rows(now, limit, None if since is None else DAY0 + since) == expected

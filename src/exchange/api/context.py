@@ -14,7 +14,9 @@ from exchange.domain.markets import Market
 from exchange.engine.engine import Engine
 from exchange.services.accounts import Accounts
 from exchange.services.history import History
+from exchange.services.marketdata import MarketData
 from exchange.services.sessions import Sessions
+from exchange.services.wallet import Wallet
 
 
 @dataclass(slots=True)
@@ -29,6 +31,8 @@ class Services:
     engine: Engine
     history: History
     markets: dict[str, Market]
+    wallet: Wallet
+    market: MarketData
 
 
 @dataclass(slots=True)

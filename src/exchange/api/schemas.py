@@ -78,3 +78,37 @@ class MyTrade(BaseModel):
     fee: str
     fee_coin: str
     time: int
+
+
+# -- wallet (SPEC §7) ---------------------------------------------------------
+
+_AMOUNT = r"^\d+\.\d+$"
+
+
+class WithdrawAddress(BaseModel):
+    coin: str
+    address: str | None = Field(description="canonical form; null if never set")
+    usable_from: int | None = Field(
+        description="ms since the epoch from which `withdraw` may use it; null if unset"
+    )
+
+
+class WithdrawAddressSet(BaseModel):
+    coin: str
+    address: str = Field(description="canonical form (EIP-55 for ETH/USDT, lower-case bech32)")
+    usable_from: int = Field(description="ms since the epoch from which `withdraw` may use it")
+
+
+class Withdrawal(BaseModel):
+    withdrawal_id: int
+    coin: str
+    amount: str = Field(pattern=_AMOUNT, description="what leaves the balance, fee included")
+    fee: str = Field(
+        pattern=_AMOUNT, description="kept by the exchange; the address receives amount - fee"
+    )
+    address: str
+    status: str = Field(pattern=r"^(pending|sent|rejected)$", description="pending/sent/rejected")
+    txid: str | None = Field(description="blockchain transaction id once sent")
+    reason: str | None = Field(description="why it was rejected")
+    created: int
+    updated: int

@@ -9,6 +9,7 @@ deposit account, topped up when they run low, so conservation holds as always.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -77,10 +78,8 @@ class Demo:
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
         self.tasks.clear()
 
     async def _fund(self, user_id: int, funds: dict[str, str], *, only_if_empty: bool) -> None:
@@ -155,9 +154,7 @@ class Demo:
                 limit = price + reach
                 limit -= limit % market.tick
                 amount = self._amount(market, limit, 12)
-                await self._submit(
-                    PlaceOrder(user, market.symbol, side, amount, limit, tif="IOC")
-                )
+                await self._submit(PlaceOrder(user, market.symbol, side, amount, limit, tif="IOC"))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -163,7 +163,9 @@ class Accounts:
         try:
             async with self._db.begin() as conn:
                 await conn.execute(
-                    insert(users).values(email=email, password_hash=password_hash, created=self._clock())
+                    insert(users).values(
+                        email=email, password_hash=password_hash, created=self._clock()
+                    )
                 )
         except IntegrityError:
             pass

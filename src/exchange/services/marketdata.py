@@ -1,0 +1,289 @@
+"""Market data served from memory: tickers, rank, recent trades, depth, candles.
+
+Where the data comes from: the engine calls ``on_commit`` right after each
+durable commit with the batch's trades and changed orders; nothing here
+queries the database per request. ``on_commit`` is synchronous and cheap (a
+few int updates per trade), so it adds microseconds to the writer and market
+data reflects a trade before its order's answer is even sent.
+
+Persistence: candles change in memory on every trade and are marked dirty; a
+background task writes the dirty ones every ``FLUSH_SECONDS`` in one
+transaction through the async database engine, off the writer's hot path (the
+journal never waits for candles). The trades table stays the source of truth:
+on start, persisted candles are loaded, then every trade newer than the last
+one folded into each series is replayed, so a crash between two flushes loses
+nothing and the history after a restart is identical. Tickers are rebuilt from
+the candles (1-minute volumes for the 24 h window, the 1-day candle for
+today's open) and the last 500 trades per market are read once.
+
+Caches: formatted answers are cached per market and invalidated by a version
+counter that ``on_commit`` bumps, and by the minute (the 24 h window and the
+UTC day move with the clock even without trades).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+from exchange.clock import Clock
+from exchange.domain.book import OrderBook
+from exchange.domain.events import Outbox
+from exchange.domain.markets import Market
+from exchange.domain.orders import Trade
+from exchange.engine.engine import Engine
+from exchange.services.candle_store import CandleRow, CandleStore
+from exchange.services.candles import INTERVALS, SIMPLE_POINTS, Candle, CandleSeries, format_volume
+from exchange.services.tickers import DAY, WINDOW, Ticker, change_percent
+
+__all__ = ["DEALS_KEPT", "FLUSH_SECONDS", "MarketData"]
+
+log = logging.getLogger("exchange.marketdata")
+
+DEALS_KEPT = 500
+FLUSH_SECONDS = 0.5  # float-ok: seconds between candle flushes
+MINUTE = 60_000
+_DEPTH_LIMITS_CACHED = 8
+
+Levels = tuple[list[list[str]], list[list[str]]]
+
+
+class _TickerView:
+    """A ticker's formatted figures, valid for one (minute, version)."""
+
+    __slots__ = ("change", "item", "key", "order")
+
+    def __init__(self, key: tuple[int, int], item: dict[str, Any], order: int) -> None:
+        self.key = key
+        self.item = item
+        self.change = item["change_percent"]
+        self.order = order  # hundredths of a percent, for the rank sort
+
+
+class MarketData:
+    def __init__(
+        self, markets: dict[str, Market], engine: Engine, clock: Clock, store: CandleStore
+    ) -> None:
+        self.markets = markets
+        self.clock = clock
+        self._engine = engine
+        self._store = store
+        self.series: dict[str, dict[str, CandleSeries]] = {
+            symbol: {name: CandleSeries(market, name) for name in INTERVALS}
+            for symbol, market in markets.items()
+        }
+        self.tickers: dict[str, Ticker] = {symbol: Ticker() for symbol in markets}
+        self.deals: dict[str, deque[dict[str, Any]]] = {
+            symbol: deque(maxlen=DEALS_KEPT) for symbol in markets
+        }
+        self._version: dict[str, int] = dict.fromkeys(markets, 0)
+        self._tickers: dict[str, _TickerView] = {}
+        self._depth: dict[str, tuple[OrderBook, int, dict[int, Levels]]] = {}
+        self._dirty: dict[tuple[str, str, int], Candle] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the engine listener (synchronous: never awaits, never blocks) ---------
+
+    def on_commit(self, outbox: Outbox, now: int) -> None:
+        version = self._version
+        for trade in outbox.trades:
+            if trade.market in version:
+                self._add_trade(trade)
+                version[trade.market] += 1
+        for order in outbox.orders:
+            if order.market in version:
+                version[order.market] += 1
+
+    def _add_trade(self, trade: Trade) -> None:
+        symbol = trade.market
+        self.tickers[symbol].add(trade.time, trade.price, trade.amount)
+        self._fold(trade)
+        self.deals[symbol].append(self.deal_row(trade))
+
+    def _fold(self, trade: Trade) -> None:
+        dirty = self._dirty
+        for name, series in self.series[trade.market].items():
+            if trade.id > series.last_trade_id:
+                candle = series.add_trade(trade.time, trade.price, trade.amount, trade.id)
+                dirty[(trade.market, name, candle.time)] = candle
+
+    # -- views (the REST items; the stream sends the same shapes) -------------
+
+    def deal_row(self, trade: Trade) -> dict[str, Any]:
+        market = self.markets[trade.market]
+        return {
+            "id": trade.id,
+            "price": market.format_price(trade.price),
+            "amount": market.format_amount(trade.amount),
+            "time": trade.time,
+            "side": trade.taker_side,
+        }
+
+    def _ticker(self, symbol: str, now: int) -> _TickerView:
+        key = (now - now % MINUTE, self._version[symbol])
+        view = self._tickers.get(symbol)
+        if view is not None and view.key == key:
+            return view
+        market = self.markets[symbol]
+        ticker = self.tickers[symbol]
+        price = ticker.last_price
+        opened = ticker.open_today(now)
+        change = change_percent(price, opened)
+        item = {
+            "pair": symbol,
+            "price": None if price is None else market.format_price(price),
+            "volume_24h": format_volume(market, ticker.volume(now)),
+            "change_percent": change,
+            "open_today": None if opened is None else market.format_price(opened),
+        }
+        view = _TickerView(key, item, int(change.replace(".", "")))
+        self._tickers[symbol] = view
+        return view
+
+    def coin(self, symbol: str, now: int) -> list[Any]:
+        """The seed's list: [pair, price, volume_24h, change_percent, open_today]."""
+        item = self._ticker(symbol, now).item
+        return [
+            symbol, item["price"], item["volume_24h"], item["change_percent"], item["open_today"]
+        ]
+
+    def rank(self, now: int) -> list[dict[str, Any]]:
+        """All markets, best 24 h change first (ties keep the configured order)."""
+        views = [self._ticker(symbol, now) for symbol in self.markets]
+        views.sort(key=lambda view: -view.order)
+        return [{"rank": index, **view.item} for index, view in enumerate(views, 1)]
+
+    def ticker_item(self, symbol: str, now: int) -> dict[str, Any]:
+        """One market as a ``get_rank`` item, with its current rank."""
+        for item in self.rank(now):
+            if item["pair"] == symbol:
+                return item
+        raise KeyError(symbol)
+
+    def deal_records(self, symbol: str, limit: int) -> list[dict[str, Any]]:
+        deals = self.deals[symbol]
+        count = min(limit, len(deals))
+        return [deals[-1 - index] for index in range(count)]
+
+    def depth(self, symbol: str, limit: int, now: int) -> dict[str, Any]:
+        core = self._engine.core
+        book = core.books[symbol]
+        version = self._version[symbol]
+        cached = self._depth.get(symbol)
+        if cached is None or cached[0] is not book or cached[1] != version:
+            cached = (book, version, {})
+            self._depth[symbol] = cached
+        levels = cached[2].get(limit)
+        if levels is None:
+            market = self.markets[symbol]
+            price, amount = market.format_price, market.format_amount
+            bids, asks = core.depth(symbol, limit)
+            levels = (
+                [[price(p), amount(a)] for p, a in bids],
+                [[price(p), amount(a)] for p, a in asks],
+            )
+            if len(cached[2]) >= _DEPTH_LIMITS_CACHED:
+                cached[2].clear()
+            cached[2][limit] = levels
+        return {"timetick": now, "bids": levels[0], "asks": levels[1]}
+
+    def klines(
+        self, symbol: str, interval: str, limit: int, since: int | None, now: int
+    ) -> list[list[Any]]:
+        return self.series[symbol][interval].rows(now, limit, since)
+
+    def simple_klines(self, symbol: str, now: int) -> list[list[Any]]:
+        return self.series[symbol]["30min"].closes(now, SIMPLE_POINTS)
+
+    def candle_rows(self, symbol: str, interval: str, trades: list[Trade]) -> list[list[Any]]:
+        """The current rows of the candles these trades touched, oldest first."""
+        series = self.series[symbol][interval]
+        starts = sorted({series.start_of(trade.time) for trade in trades})
+        rows = []
+        for start in starts:
+            candle = series.get(start)
+            if candle is not None:
+                rows.append(candle.row(series.market))
+        return rows
+
+    # -- life cycle: load, background flush, stop ------------------------------
+
+    async def load(self) -> None:
+        """Persisted candles, then a replay of newer trades, tickers and recent trades."""
+        for row in await self._store.load():
+            symbol, period, *values = row
+            series = self.series.get(symbol, {}).get(period)
+            if series is not None:
+                series.restore(Candle(*values))
+        now = self.clock()
+        for symbol, by_interval in self.series.items():
+            after = min(series.last_trade_id for series in by_interval.values())
+            replayed = 0
+            async for chunk in self._store.trades_after(symbol, after):
+                for trade in chunk:
+                    self._fold(trade)
+                replayed += len(chunk)
+            if replayed:
+                log.info("market data: replayed %d trades of %s into candles", replayed, symbol)
+            self._restore_ticker(symbol, now)
+            deals = self.deals[symbol]
+            deals.clear()
+            for trade in await self._store.recent_trades(symbol, DEALS_KEPT):
+                deals.append(self.deal_row(trade))
+            self._version[symbol] += 1
+
+    def _restore_ticker(self, symbol: str, now: int) -> None:
+        minutes = self.series[symbol]["1min"]
+        ticker = Ticker()
+        self.tickers[symbol] = ticker
+        if not len(minutes):
+            return
+        last = minutes.candles[-1]
+        day = self.series[symbol]["1d"].get(last.time - last.time % DAY)
+        ticker.restore(last.close, last.time, last.open if day is None else day.open)
+        oldest = now - now % MINUTE - WINDOW
+        for candle in reversed(minutes.candles):
+            if candle.time <= oldest:
+                break
+            ticker.add_volume(candle.time, candle.volume)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush_loop(), name="marketdata-flush")
+
+    async def stop(self) -> None:
+        """Stop the flush task, then write what is still dirty (call after the engine stops)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write the dirty candles in one transaction; on failure they stay dirty."""
+        if not self._dirty:
+            return 0
+        dirty, self._dirty = self._dirty, {}
+        # Snapshot synchronously: every trade folded so far is in these rows.
+        rows: list[CandleRow] = [
+            (symbol, period, *candle.values()) for (symbol, period, _), candle in dirty.items()
+        ]
+        try:
+            await self._store.save(rows)
+        except BaseException as error:  # cancelled too: a half-done flush must be redone
+            for key, candle in dirty.items():
+                self._dirty.setdefault(key, candle)
+            if not isinstance(error, Exception):
+                raise
+            log.warning("cannot persist %d candles (%s); retrying later", len(rows), error)
+            return 0
+        return len(rows)
