@@ -26,6 +26,13 @@ function render() {
   updated.textContent = `Updated ${fmtTime(Date.now())}`;
 }
 
+// The whole row opens the market (the pair's link still works with modifier keys).
+body.addEventListener('click', (ev) => {
+  const tr = ev.target.closest('tr.rank-row');
+  if (!tr || ev.target.closest('a') || ev.defaultPrevented) return;
+  location.href = `${ROOT}/trade/${slug(tr.dataset.pair)}`;
+});
+
 async function loadSparks() {
   const now = Date.now();
   await Promise.all(rows.map(async (m) => {

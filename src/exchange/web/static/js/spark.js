@@ -13,20 +13,32 @@ export function sparkline(points, tone = 'flat', { width = 120, height = 32 } = 
   const pts = (points || [])
     .map(([t, c], i) => [i, c === null || c === undefined ? NaN : Number(c)])
     .filter(([, c]) => Number.isFinite(c));
-  if (pts.length < 2) return svg;
+  if (!pts.length) return svg;
   const n = Math.max((points.length || 1) - 1, 1);
   const values = pts.map(([, c]) => c);
   const lo = Math.min(...values);
   const hi = Math.max(...values);
   const span = hi - lo || 1;
+  const xOf = (i) => (i / n) * (width - 2) + 1;
   const coords = pts.map(([i, c]) => {
-    const x = (i / n) * (width - 2) + 1;
     const y = hi === lo ? height / 2 : height - 2 - ((c - lo) / span) * (height - 4);
-    return `${x.toFixed(1)},${y.toFixed(1)}`;
+    return `${xOf(i).toFixed(1)},${y.toFixed(1)}`;
   });
+  // A market whose first trade is in the latest half hour has one point: draw its slot
+  // as a short flat line ending in a dot, rather than nothing.
+  if (pts.length === 1) coords.unshift(`${Math.max(1, xOf(pts[0][0] - 1)).toFixed(1)},${(height / 2).toFixed(1)}`);
   const line = document.createElementNS(SVG, 'polyline');
   line.setAttribute('points', coords.join(' '));
   line.setAttribute('class', tone);
   svg.append(line);
+  if (pts.length === 1) {
+    const dot = document.createElementNS(SVG, 'circle');
+    const [x, y] = coords[1].split(',');
+    dot.setAttribute('cx', Math.min(Number(x), width - 3).toFixed(1));  // not cut at the edge
+    dot.setAttribute('cy', y);
+    dot.setAttribute('r', '2.5');
+    dot.setAttribute('class', tone);
+    svg.append(dot);
+  }
   return svg;
 }

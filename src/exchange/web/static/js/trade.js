@@ -26,7 +26,8 @@ const chart = LWC.createChart(chartBox, {
   layout: { background: { color: 'transparent' }, textColor: '#9aa4b2', attributionLogo: false },
   grid: { vertLines: { color: '#1f2733' }, horzLines: { color: '#1f2733' } },
   rightPriceScale: { borderColor: '#2a3340' },
-  timeScale: { borderColor: '#2a3340', timeVisible: true, secondsVisible: false },
+  // rightOffset: the newest candle is not drawn half under the price axis.
+  timeScale: { borderColor: '#2a3340', timeVisible: true, secondsVisible: false, rightOffset: 4 },
   crosshair: { mode: LWC.CrosshairMode.Normal },
 });
 const candles = chart.addCandlestickSeries({
