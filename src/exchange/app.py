@@ -62,7 +62,7 @@ class ExchangeApp(FastAPI):
 
 def configured_markets(settings: Settings) -> dict[str, Market]:
     """The default markets of SPEC §3, with the configured fee rate."""
-    return default_markets(default_assets(), settings.fee_rate)
+    return default_markets(default_assets(), settings.fee_rate, settings.markets)
 
 
 def _is_api(path: str) -> bool:

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     password_hash_time_cost: int = Field(2, description="argon2id iterations")
 
     fee_rate: str = Field("0.002", description="default maker and taker fee of every market")
+    markets: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="JSON overrides per market, e.g. "
+        '{"BTC/USDT": {"tick": "0.1", "min_notional": "10", "taker_fee": "0.001"}}; '
+        "keys tick, step, min_amount, min_notional, maker_fee, taker_fee; a new pair of the "
+        "listed assets (BTC, ETH, USDT) adds a market",
+    )
     queue_size: int = Field(10_000, description="engine command queue; full = 503 overloaded")
     batch_size: int = Field(2_000, description="most commands committed in one transaction")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(

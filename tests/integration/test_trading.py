@@ -389,3 +389,29 @@ async def test_books_and_balances_survive_a_restart(database_url: str, mail: Any
         assert after == before
         check_books_and_ledger(app)
     check_database_ledger(database_url)
+
+
+async def test_full_queue_answers_503_and_loses_nothing_accepted(
+    sqlite_url: str, mail: Any
+) -> None:
+    mailbox, port = mail
+    settings = make_settings(sqlite_url, port, queue_size=4)
+    async with running_app(settings) as (app, client):
+        user = await new_trader(app, client, mailbox, "q@example.com", USDT="100000")
+        params = {"pair": "BTC/USDT", "amount": "0.001", "price": "10000"}
+        answers = await asyncio.gather(
+            *(client.post("/api/buy", data=params, headers=user) for _ in range(60))
+        )
+        accepted = [a.json()["data"]["order_id"] for a in answers if a.status_code == 200]
+        overloaded = [a for a in answers if a.status_code == 503]
+        assert accepted and overloaded and len(accepted) + len(overloaded) == 60
+        for answer in overloaded:
+            assert_envelope(answer, 503, "overloaded")
+        stored = assert_envelope(
+            await client.post("/api/get_orders", data={"limit": "500"}, headers=user), 200
+        )
+        assert sorted(o["order_id"] for o in stored) == sorted(accepted)
+        frozen = f"{len(accepted) * 10}.000000"
+        assert (await balances(client, user))["USDT"]["frozen"] == frozen
+        check_books_and_ledger(app)
+    check_database_ledger(sqlite_url)

@@ -74,6 +74,10 @@ class Market:
         for name in ("tick", "step", "min_amount"):
             if getattr(self, name) <= 0:
                 raise ExchangeError("invalid_argument", f"{self.symbol}: {name} must be > 0")
+        if self.min_amount % self.step:
+            raise ExchangeError(
+                "invalid_argument", f"{self.symbol}: min_amount must be a multiple of step"
+            )
         if self.min_notional < 0 or self.price_scale < 0:
             raise ExchangeError("invalid_argument", f"{self.symbol}: negative minimum or scale")
         for name in ("maker_fee", "taker_fee"):
@@ -192,25 +196,57 @@ def default_assets() -> dict[str, Asset]:
     return {"BTC": Asset("BTC", 8), "ETH": Asset("ETH", 8), "USDT": Asset("USDT", 6)}
 
 
-def default_markets(assets: dict[str, Asset], fee: str = "0.002") -> dict[str, Market]:
-    """SPEC §3's table of default markets (fees 0.2 % maker and taker unless given)."""
-    rows = [
-        ("BTC/USDT", "BTC", "USDT", "0.01", "0.00001", "0.00001", "5"),
-        ("ETH/USDT", "ETH", "USDT", "0.01", "0.0001", "0.0001", "5"),
-        ("ETH/BTC", "ETH", "BTC", "0.000001", "0.0001", "0.0001", "0.0001"),
-    ]
+#: SPEC §3's default markets: tick, step, minimum amount, minimum notional.
+DEFAULT_MARKETS: dict[str, dict[str, str]] = {
+    "BTC/USDT": {"tick": "0.01", "step": "0.00001", "min_amount": "0.00001", "min_notional": "5"},
+    "ETH/USDT": {"tick": "0.01", "step": "0.0001", "min_amount": "0.0001", "min_notional": "5"},
+    "ETH/BTC": {
+        "tick": "0.000001",
+        "step": "0.0001",
+        "min_amount": "0.0001",
+        "min_notional": "0.0001",
+    },
+}
+MARKET_KEYS = ("tick", "step", "min_amount", "min_notional", "maker_fee", "taker_fee")
+
+
+def default_markets(
+    assets: dict[str, Asset],
+    fee: str = "0.002",
+    overrides: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Market]:
+    """SPEC §3's markets, with the operator's overrides (and added pairs) applied.
+
+    A wrong override fails here, at start, with a sentence naming the market and key.
+    """
+    table = {symbol: dict(row) for symbol, row in DEFAULT_MARKETS.items()}
+    for raw_symbol, changes in (overrides or {}).items():
+        symbol = normalize_pair(raw_symbol)
+        unknown = set(changes) - set(MARKET_KEYS)
+        if unknown:
+            raise ExchangeError("invalid_argument", f"{symbol}: unknown keys {sorted(unknown)}")
+        row = table.setdefault(symbol, {})
+        row.update(changes)
+        missing = {"tick", "step", "min_amount", "min_notional"} - set(row)
+        if missing:
+            raise ExchangeError("invalid_argument", f"{symbol}: missing {sorted(missing)}")
     markets: dict[str, Market] = {}
-    for symbol, base, quote, tick, step, min_amount, min_notional in rows:
+    for symbol, row in table.items():
+        base, quote = symbol.split("/")
+        if base not in assets or quote not in assets or base == quote:
+            raise ExchangeError(
+                "invalid_argument", f"{symbol}: assets must be two of {sorted(assets)}"
+            )
         markets[symbol] = build_market(
             symbol,
             assets[base],
             assets[quote],
-            tick,
-            step,
-            min_amount,
-            min_notional,
-            fee,
-            fee,
+            row["tick"],
+            row["step"],
+            row["min_amount"],
+            row["min_notional"],
+            row.get("maker_fee", fee),
+            row.get("taker_fee", fee),
         )
     return markets
 
