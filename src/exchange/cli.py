@@ -191,6 +191,17 @@ def bench_engine(
     report.engine(orders, as_json=as_json)
 
 
+@bench.command("memory")
+def bench_memory(
+    orders: Annotated[int, typer.Option(help="resting orders to hold")] = 1_000_000,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """Resident memory with this many resting orders."""
+    from exchange.bench import report
+
+    report.memory(orders, as_json=as_json)
+
+
 @bench.command("orders")
 def bench_orders(
     seconds: Annotated[float, typer.Option(help="load duration per database")] = 10.0,

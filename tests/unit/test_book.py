@@ -51,7 +51,7 @@ def test_remove_keeps_totals_and_drops_empty_levels() -> None:
     book.remove(second)
     assert book.depth(5) == ([], [])
     assert 104 not in book.asks
-    assert book.orders == {}
+    assert list(book.resting()) == []
     assert book.best_ask() is None
 
 

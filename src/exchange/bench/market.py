@@ -18,9 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -101,9 +98,7 @@ def _throughput(
     """Requests/s summed over client processes, p99 latency (ms), failed requests."""
     _load(port, path, 8, 0.5)  # warm up: connections, caches
     with ProcessPoolExecutor(processes) as pool:
-        futures = [
-            pool.submit(_load, port, path, connections, seconds) for _ in range(processes)
-        ]
+        futures = [pool.submit(_load, port, path, connections, seconds) for _ in range(processes)]
         results = [future.result() for future in futures]
     rate = sum(result.rate() for result in results)
     p99 = max(result.percentile_ms(0.99) for result in results)
@@ -145,17 +140,6 @@ def run(
     return figures
 
 
-def print_figures(figures: list[Figure], as_json: bool) -> None:
-    for name, value, unit in figures:
-        print(f"{name} {value:.2f} {unit}")
-    if as_json:
-        summary = {
-            "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-            "figures": {name: {"value": value, "unit": unit} for name, value, unit in figures},
-        }
-        print(json.dumps(summary, indent=2))
-
-
 def main(
     *,
     seconds: float = 5.0,
@@ -164,6 +148,8 @@ def main(
     minutes: int = 720,
     as_json: bool = False,
 ) -> Any:
+    from exchange.bench.report import print_figures
+
     figures = run(seconds=seconds, processes=processes, connections=connections, minutes=minutes)
     print_figures(figures, as_json)
     return figures

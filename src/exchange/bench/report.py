@@ -9,7 +9,7 @@ import platform
 Figure = tuple[str, float, str]
 
 
-def _print(figures: list[Figure], as_json: bool) -> None:
+def print_figures(figures: list[Figure], as_json: bool) -> None:
     for name, value, unit in figures:
         print(
             f"{name} {value:.2f} {unit}" if isinstance(value, float) else f"{name} {value} {unit}"
@@ -50,14 +50,35 @@ def order_figures(seconds: float, clients: int, database: str) -> list[Figure]:
     return figures
 
 
+def memory_figures(orders: int) -> list[Figure]:
+    from exchange.bench import memory
+
+    result = memory.run(orders)
+    return [
+        ("memory_resting_orders", float(result["resting_orders"]), "orders"),
+        ("memory_rss", result["rss_bytes"] / 10**6, "MB"),
+    ]
+
+
+def memory(orders: int, *, as_json: bool) -> None:
+    print_figures(memory_figures(orders), as_json)
+
+
 def engine(orders: int, *, as_json: bool) -> None:
-    _print(engine_figures(orders), as_json)
+    print_figures(engine_figures(orders), as_json)
 
 
 def orders(seconds: float, clients: int, database: str, *, as_json: bool) -> None:
-    _print(order_figures(seconds, clients, database), as_json)
+    print_figures(order_figures(seconds, clients, database), as_json)
 
 
 def run_all(*, as_json: bool) -> None:
-    figures = engine_figures(200_000) + order_figures(10.0, 64, "both")
-    _print(figures, as_json)
+    from exchange.bench import market
+
+    figures = (
+        engine_figures(200_000)
+        + order_figures(10.0, 64, "both")
+        + market.run()
+        + memory_figures(1_000_000)
+    )
+    print_figures(figures, as_json)

@@ -9,6 +9,7 @@ structures directly in its hot loop; the methods here serve everything else
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from itertools import islice
 
 from sortedcontainers import SortedDict
@@ -32,13 +33,12 @@ class Level:
 class OrderBook:
     """Bids and asks of one market; both sorted ascending by price (best bid is last)."""
 
-    __slots__ = ("asks", "bids", "market", "orders")
+    __slots__ = ("asks", "bids", "market")
 
     def __init__(self, market: str) -> None:
         self.market = market
         self.bids: SortedDict = SortedDict()  # price -> Level
         self.asks: SortedDict = SortedDict()  # price -> Level
-        self.orders: dict[int, Order] = {}
 
     def add(self, order: Order) -> None:
         """Rest an order at the back of its price level's queue (it keeps time priority)."""
@@ -49,7 +49,6 @@ class OrderBook:
             side[order.price] = level
         level.orders.append(order)
         level.total += order.amount - order.filled
-        self.orders[order.id] = order
 
     def remove(self, order: Order) -> None:
         """Take an order out of the book; an emptied level goes with it."""
@@ -59,7 +58,12 @@ class OrderBook:
         level.total -= order.amount - order.filled
         if not level.orders:
             del side[order.price]
-        del self.orders[order.id]
+
+    def resting(self) -> Iterator[Order]:
+        """Every resting order (the engine's id index is the one map of open orders)."""
+        for side in (self.bids, self.asks):
+            for level in side.values():
+                yield from level.orders
 
     def best_bid(self) -> int | None:
         return self.bids.peekitem(-1)[0] if self.bids else None
@@ -79,7 +83,6 @@ class OrderBook:
     def problems(self) -> list[str]:
         """Everything that breaks the book's invariants, as sentences (empty = sound)."""
         found: list[str] = []
-        seen = 0
         for name, side, expected_side in (("bid", self.bids, BUY), ("ask", self.asks, "sell")):
             previous: int | None = None
             for price, level in side.items():
@@ -92,7 +95,6 @@ class OrderBook:
                     found.append(f"{self.market} empty {name} level left at {price}")
                 total = 0
                 for order in level.orders:
-                    seen += 1
                     remaining = order.amount - order.filled
                     total += remaining
                     if not order.is_open or remaining <= 0:
@@ -102,14 +104,10 @@ class OrderBook:
                         )
                     if order.side != expected_side or order.price != price:
                         found.append(f"{self.market} order {order.id} rests on the wrong level")
-                    if self.orders.get(order.id) is not order:
-                        found.append(f"{self.market} order {order.id} missing from the id map")
                 if total != level.total:
                     found.append(
                         f"{self.market} {name} level {price} total {level.total} != {total}"
                     )
-        if seen != len(self.orders):
-            found.append(f"{self.market} id map has {len(self.orders)} orders, levels {seen}")
         bid, ask = self.best_bid(), self.best_ask()
         if bid is not None and ask is not None and bid >= ask:
             found.append(f"{self.market} crossed book: best bid {bid} >= best ask {ask}")

@@ -271,9 +271,10 @@ class MatchingEngine:
             if level is None:
                 level = Level(price)
                 side_levels[price] = level
+            else:
+                order.price = level.price  # one int object per level: ~32 bytes an order
             level.orders.append(order)
             level.total += remaining
-            book.orders[order_id] = order
             self._open[order_id] = order
         else:
             order.status = FILLED if not remaining else CANCELED
@@ -315,7 +316,6 @@ class MatchingEngine:
         settle = self.ledger.settle_trade
         out_orders = self._out_orders
         open_orders = self._open
-        book_orders = book.orders
         while remaining and asks:
             price, level = asks.peekitem(0)
             if limit and price > limit:
@@ -327,7 +327,6 @@ class MatchingEngine:
                 if maker.user_id == user_id:
                     queue.popleft()
                     level.total -= maker_remaining
-                    del book_orders[maker.id]
                     self._end_resting(maker, now)
                     continue
                 fill = remaining if remaining < maker_remaining else maker_remaining
@@ -378,7 +377,6 @@ class MatchingEngine:
                 if fill == maker_remaining:
                     maker.status = FILLED
                     queue.popleft()
-                    del book_orders[maker.id]
                     del open_orders[maker.id]
                     if maker.client_order_id is not None:
                         self._forget(maker)
@@ -405,7 +403,6 @@ class MatchingEngine:
         settle = self.ledger.settle_trade
         out_orders = self._out_orders
         open_orders = self._open
-        book_orders = book.orders
         while remaining and bids:
             price, level = bids.peekitem(-1)
             if price < limit:
@@ -417,7 +414,6 @@ class MatchingEngine:
                 if maker.user_id == user_id:
                     queue.popleft()
                     level.total -= maker_remaining
-                    del book_orders[maker.id]
                     self._end_resting(maker, now)
                     continue
                 fill = remaining if remaining < maker_remaining else maker_remaining
@@ -474,7 +470,6 @@ class MatchingEngine:
                 if fill == maker_remaining:
                     maker.status = FILLED
                     queue.popleft()
-                    del book_orders[maker.id]
                     del open_orders[maker.id]
                     if maker.client_order_id is not None:
                         self._forget(maker)
@@ -632,10 +627,10 @@ class MatchingEngine:
         in_books = 0
         for book in self.books.values():
             problems.extend(book.problems())
-            in_books += len(book.orders)
-            for order_id, order in book.orders.items():
-                if self._open.get(order_id) is not order:
-                    problems.append(f"order {order_id} rests in a book but is not open")
+            for order in book.resting():
+                in_books += 1
+                if self._open.get(order.id) is not order:
+                    problems.append(f"order {order.id} rests in a book but is not open")
         if in_books != len(self._open):
             problems.append(f"{len(self._open)} open orders but {in_books} in the books")
         if problems:
