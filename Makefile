@@ -47,6 +47,10 @@ lint: $(DEV)
 	$(BIN)/mypy
 
 bench: $(RUNTIME)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing Debian's wrk (the benchmark's load generator)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) \
+	  || echo "wrk unavailable: the benchmark falls back to its Python load generator"; }
 	$(BIN)/exchange bench
 
 clean:

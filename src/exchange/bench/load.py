@@ -20,11 +20,15 @@ class LoadResult:
     errors: int = 0
     seconds: float = 0.0
     latencies_ns: list[int] = field(default_factory=list)
+    #: Percentiles reported by an external load generator (wrk), fraction -> ms.
+    reported_ms: dict[float, float] = field(default_factory=dict)
 
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
 
     def percentile_ms(self, fraction: float) -> float:
+        if fraction in self.reported_ms:
+            return self.reported_ms[fraction]
         if not self.latencies_ns:
             return 0.0
         ordered = sorted(self.latencies_ns)

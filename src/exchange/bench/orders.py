@@ -9,7 +9,11 @@ funded through the ordinary API and admin paths.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import re
+import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -91,6 +95,37 @@ def order_requests(tokens: list[str], seed: int = 7) -> Any:
     return make
 
 
+LUA = Path(__file__).with_name("orders.lua")
+
+
+def wrk_load(url: str, tokens: list[str], seconds: float, connections: int) -> LoadResult:
+    """Drive the server with wrk (C, little CPU) and orders.lua; figures from its report."""
+    done = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(LUA), url],
+        env={**os.environ, "TOKENS": ",".join(tokens)},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
+    found = re.search(
+        r"RESULT requests=(\d+) seconds=([\d.]+) p50=([\d.]+) p99=([\d.]+) "
+        r"non2xx=(\d+) errors=(\d+)",
+        done.stdout,
+    )
+    if found is None:
+        raise RuntimeError(f"unexpected wrk output: {done.stdout[-500:]} {done.stderr[-500:]}")
+    requests, elapsed, p50, p99, non2xx, errors = found.groups()
+    result = LoadResult(
+        ok=int(requests) - int(non2xx),
+        refused=int(non2xx),
+        errors=int(errors),
+        seconds=float(elapsed),
+    )
+    result.reported_ms = {0.50: float(p50), 0.99: float(p99)}
+    return result
+
+
 def measure(kind: str, seconds: float, connections: int, rate: float | None = None) -> LoadResult:
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
         emails = seed_users(url, USERS)
@@ -105,6 +140,8 @@ def measure(kind: str, seconds: float, connections: int, rate: float | None = No
                     answer = client.post("/api/login", data={"user": email, "pass": PASSWORD})
                     tokens.append(answer.json()["data"]["session"])
                     client.cookies.clear()  # a login deletes the session it carries
+            if rate is None and shutil.which("wrk"):
+                return wrk_load(server.url, tokens, seconds, connections)
             return asyncio.run(
                 run_load(
                     port,
