@@ -1,4 +1,4 @@
-"""Shared test helpers: a real SMTP server, fresh databases, a running app."""
+"""Shared test helpers: a real SMTP server, fresh databases, a running app, audits."""
 
 from __future__ import annotations
 
@@ -192,3 +192,157 @@ def check_database_ledger(database_url: str) -> dict[tuple[int, str], tuple[int,
         per_asset[asset] = per_asset.get(asset, 0) + available + frozen
     assert all(total == 0 for total in per_asset.values()), per_asset
     return stored
+
+
+def register_over_http(
+    base: str, mailbox: Mailbox, email: str, password: str = "correct-horse-42"
+) -> str:
+    """Register and log in through a real server (``/router``); returns the session token."""
+    with httpx.Client(base_url=base) as client:
+        assert client.post("/router?router=make_valid_code", data={"user": email}).json()["status"]
+        code = mailbox.code_for(email)
+        answer = client.post(
+            "/router?router=regeist_user",
+            data={"user": email, "pass": password, "valid_code": code},
+        )
+        assert answer.json()["status"], answer.text
+        answer = client.post("/router?router=login", data={"user": email, "pass": password})
+        token: str = answer.json()["data"]["session"]
+        return token
+
+
+def independent_balances(url: str, credits: dict[str, int] | None = None) -> None:
+    """Recompute every user's money from its credits, the trades and the withdrawals tables.
+
+    ``credits``: what every user was credited, per asset in minor units (default
+    10 BTC and 1,000,000 USDT). Pending withdrawals stay in the user's frozen
+    balance; sent ones have left it. Frozen = open orders' frozen + pending holds.
+    """
+    from sqlalchemy import select
+
+    from exchange.adapters.db.database import make_sync_engine
+    from exchange.adapters.db.tables import balances, orders, trades, users, withdrawals
+
+    credits = credits if credits is not None else {"BTC": 10 * 10**8, "USDT": 1_000_000 * 10**6}
+    engine = make_sync_engine(url)
+    try:
+        with engine.connect() as conn:
+            stored = {
+                (r.user_id, r.asset): (r.available, r.frozen)
+                for r in conn.execute(select(balances))
+            }
+            user_ids = [r.id for r in conn.execute(select(users.c.id))]
+            all_trades = list(conn.execute(select(trades)))
+            open_orders = list(
+                conn.execute(
+                    select(orders).where(orders.c.status.in_(("open", "partially_filled")))
+                )
+            )
+            all_withdrawals = list(conn.execute(select(withdrawals)))
+    finally:
+        engine.dispose()
+    for user in user_ids:
+        total = dict(credits)
+        frozen: dict[str, int] = {}
+        for t in all_trades:
+            base, quote = t.market.split("/")
+            buyer = t.taker_user_id if t.taker_side == "buy" else t.maker_user_id
+            seller = t.maker_user_id if t.taker_side == "buy" else t.taker_user_id
+            buyer_fee = t.taker_fee if t.taker_side == "buy" else t.maker_fee
+            seller_fee = t.maker_fee if t.taker_side == "buy" else t.taker_fee
+            if buyer == user:
+                total[base] = total.get(base, 0) + t.amount - buyer_fee
+                total[quote] = total.get(quote, 0) - t.quote
+            if seller == user:
+                total[base] = total.get(base, 0) - t.amount
+                total[quote] = total.get(quote, 0) + t.quote - seller_fee
+        for o in open_orders:
+            if o.user_id == user:
+                base, quote = o.market.split("/")
+                asset = quote if o.side == "buy" else base
+                frozen[asset] = frozen.get(asset, 0) + o.frozen
+        for w in all_withdrawals:
+            if w.user_id == user and w.status == "pending":
+                frozen[w.coin] = frozen.get(w.coin, 0) + w.amount
+            elif w.user_id == user and w.status == "sent":
+                total[w.coin] = total.get(w.coin, 0) - w.amount
+        for asset in set(total) | set(frozen):
+            available, held = stored.get((user, asset), (0, 0))
+            assert available + held == total.get(asset, 0), (user, asset)
+            assert held == frozen.get(asset, 0), (user, asset)
+
+
+def audit_orders_and_withdrawals(url: str) -> None:
+    """No half-applied command: every row has exactly the ledger entries it implies.
+
+    Per order: its frozen amount == its own freeze/release entries + what its
+    trades took from the frozen balance; filled == the sum of its trades; its
+    status agrees with its fill. Per pending withdrawal: a hold of its amount.
+    Every entry points at an existing order, trade, withdrawal or credit.
+    """
+    from collections import defaultdict
+
+    from sqlalchemy import select
+
+    from exchange.adapters.db.database import make_sync_engine
+    from exchange.adapters.db.tables import (
+        engine_inbox,
+        ledger_entries,
+        orders,
+        trades,
+        withdrawals,
+    )
+
+    engine = make_sync_engine(url)
+    try:
+        with engine.connect() as conn:
+            all_orders = {r.id: r for r in conn.execute(select(orders))}
+            all_trades = {r.id: r for r in conn.execute(select(trades))}
+            all_withdrawals = {r.id: r for r in conn.execute(select(withdrawals))}
+            entries = list(conn.execute(select(ledger_entries)))
+            inbox_ids = {r.id for r in conn.execute(select(engine_inbox.c.id))}
+    finally:
+        engine.dispose()
+    refs = {
+        "order": all_orders,
+        "order_release": all_orders,
+        "trade": all_trades,
+        "fee": all_trades,
+        "withdrawal": all_withdrawals,
+        "withdrawal_fee": all_withdrawals,
+        "withdrawal_rejected": all_withdrawals,
+    }
+    frozen_by: dict[tuple[int, str, str, int], int] = defaultdict(int)  # user, asset, kind, ref
+    for e in entries:
+        if e.reason == "deposit":
+            assert e.ref in inbox_ids or e.ref == 0, e
+        else:
+            assert e.ref in refs[e.reason], e  # an unknown reason fails here too
+        kind = "order" if e.reason in ("order", "order_release") else e.reason
+        frozen_by[(e.user_id, e.asset, kind, e.ref)] += e.d_frozen
+    trades_of: dict[int, list[Any]] = defaultdict(list)
+    for t in all_trades.values():
+        assert t.maker_order_id in all_orders and t.taker_order_id in all_orders, t
+        trades_of[t.maker_order_id].append(t)
+        trades_of[t.taker_order_id].append(t)
+    for o in all_orders.values():
+        base, quote = o.market.split("/")
+        asset = quote if o.side == "buy" else base
+        mine = trades_of[o.id]
+        expected = frozen_by.get((o.user_id, asset, "order", o.id), 0) + sum(
+            frozen_by.get((o.user_id, asset, "trade", t.id), 0) for t in mine
+        )
+        assert o.frozen == expected, (o, expected)
+        assert o.filled == sum(t.amount for t in mine), o
+        assert o.quote_filled == sum(t.quote for t in mine), o
+        if o.status in ("filled", "canceled", "rejected"):
+            assert o.frozen == 0, o
+        if o.status == "open":
+            assert o.filled == 0, o
+        elif o.status == "partially_filled":
+            assert 0 < o.filled < o.amount, o
+        elif o.status == "filled":
+            assert o.filled == o.amount, o
+    for w in all_withdrawals.values():
+        if w.status == "pending":
+            assert frozen_by.get((w.user_id, w.coin, "withdrawal", w.id), 0) == w.amount, w

@@ -20,7 +20,7 @@ from exchange.adapters.db.database import make_async_engine, make_sync_engine, m
 from exchange.adapters.mailer import Mailer, make_mailer
 from exchange.adapters.passwords import PasswordHashing
 from exchange.api.context import Services
-from exchange.api.envelope import error
+from exchange.api.envelope import error, error_response
 from exchange.api.limits import RateLimiter
 from exchange.api.methods import ALL_METHODS, METHODS
 from exchange.api.openapi import build_openapi
@@ -29,7 +29,7 @@ from exchange.api.ws import Stream
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings, get_settings
 from exchange.domain.markets import Market, default_assets, default_markets
-from exchange.engine.engine import Engine
+from exchange.engine.engine import Engine, database_unavailable, unavailable
 from exchange.engine.writer_lock import WriterLock
 from exchange.services.accounts import Accounts
 from exchange.services.candle_store import CandleStore
@@ -81,6 +81,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
+    if database_unavailable(exc):  # a page while the database is down: 503, not 500
+        log.warning("%s: the database is unavailable (%s)", request.url.path, exc)
+        return error_response(unavailable())
     log.error("unhandled error on %s: %r", request.url.path, exc)
     return error("internal_error", "something went wrong on our side; try again")
 
@@ -95,8 +98,14 @@ def create_app(
     markets = configured_markets(settings)
     db = make_async_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     sync_db = make_sync_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+    lock = WriterLock(settings.database_url)
     engine = Engine(
-        markets, sync_db, clock, queue_size=settings.queue_size, batch_size=settings.batch_size
+        markets,
+        sync_db,
+        clock,
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        lock=lock,
     )
     hashing = PasswordHashing(settings.password_hash_memory_kib, settings.password_hash_time_cost)
     market = MarketData(markets, engine, clock, CandleStore(db))
@@ -130,7 +139,6 @@ def create_app(
     engine.subscribe(stream.on_commit)
     dispatcher = Dispatcher(services, METHODS, RateLimiter(settings))
     openapi_body = orjson.dumps(build_openapi(ALL_METHODS, version=__version__))
-    lock = WriterLock(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

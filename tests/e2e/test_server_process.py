@@ -16,11 +16,16 @@ import pytest
 from sqlalchemy import select
 
 from exchange.adapters.db.database import make_sync_engine
-from exchange.adapters.db.tables import balances, orders, trades, users
+from exchange.adapters.db.tables import orders, trades
 from exchange.bench.server import admin, exchange_env, running_server
-from support import check_database_ledger, free_port, postgres_database, smtp_server
-
-PASSWORD = "correct-horse-42"
+from support import (
+    check_database_ledger,
+    free_port,
+    independent_balances,
+    postgres_database,
+    register_over_http,
+    smtp_server,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -32,26 +37,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             yield url
 
 
-def register(base: str, mailbox: Any, email: str) -> str:
-    with httpx.Client(base_url=base) as client:
-        assert client.post("/router?router=make_valid_code", data={"user": email}).json()["status"]
-        code = mailbox.code_for(email)
-        answer = client.post(
-            "/router?router=regeist_user",
-            data={"user": email, "pass": PASSWORD, "valid_code": code},
-        )
-        assert answer.json()["status"], answer.text
-        answer = client.post("/router?router=login", data={"user": email, "pass": PASSWORD})
-        token: str = answer.json()["data"]["session"]
-        return token
-
-
 def test_serve_registers_and_admin_credits_while_running(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'exchange.db'}"
     with smtp_server() as (mailbox, smtp_port):
         env = exchange_env(url, smtp_port)
         with running_server(free_port(), env, tmp_path / "server.log") as server:
-            token = register(server.url, mailbox, "alice@example.com")
+            token = register_over_http(server.url, mailbox, "alice@example.com")
             auth = {"Authorization": f"Bearer {token}"}
             coins = httpx.post(f"{server.url}/api/get_user_coin", headers=auth).json()
             assert coins["data"]["USDT"] == {"available": "0.000000", "frozen": "0.000000"}
@@ -134,53 +125,13 @@ async def _trade_until_killed(
     return acknowledged
 
 
-def _independent_balances(url: str) -> None:
-    """Recompute every user's BTC and USDT from credits and the trades table."""
-    engine = make_sync_engine(url)
-    try:
-        with engine.connect() as conn:
-            stored = {
-                (r.user_id, r.asset): (r.available, r.frozen)
-                for r in conn.execute(select(balances))
-            }
-            user_ids = [r.id for r in conn.execute(select(users.c.id))]
-            all_trades = list(conn.execute(select(trades)))
-            open_orders = list(
-                conn.execute(
-                    select(orders).where(orders.c.status.in_(("open", "partially_filled")))
-                )
-            )
-    finally:
-        engine.dispose()
-    for user in user_ids:
-        btc = 10 * 10**8
-        usdt = 1_000_000 * 10**6
-        for t in all_trades:
-            buyer = t.taker_user_id if t.taker_side == "buy" else t.maker_user_id
-            seller = t.maker_user_id if t.taker_side == "buy" else t.taker_user_id
-            buyer_fee = t.taker_fee if t.taker_side == "buy" else t.maker_fee
-            seller_fee = t.maker_fee if t.taker_side == "buy" else t.taker_fee
-            if buyer == user:
-                btc += t.amount - buyer_fee
-                usdt -= t.quote
-            if seller == user:
-                btc -= t.amount
-                usdt += t.quote - seller_fee
-        frozen_usdt = sum(o.frozen for o in open_orders if o.user_id == user and o.side == "buy")
-        frozen_btc = sum(o.frozen for o in open_orders if o.user_id == user and o.side == "sell")
-        assert sum(stored[(user, "BTC")]) == btc
-        assert sum(stored[(user, "USDT")]) == usdt
-        assert stored[(user, "BTC")][1] == frozen_btc
-        assert stored[(user, "USDT")][1] == frozen_usdt
-
-
 def test_kill_9_loses_nothing_acknowledged(db_url: str, tmp_path: Path) -> None:
     emails = [f"trader{i}@example.com" for i in range(4)]
     with smtp_server() as (mailbox, smtp_port):
         env = exchange_env(db_url, smtp_port)
         port = free_port()
         with running_server(port, env, tmp_path / "server.log") as server:
-            tokens = [register(server.url, mailbox, email) for email in emails]
+            tokens = [register_over_http(server.url, mailbox, email) for email in emails]
             for email in emails:
                 for coin, amount in (("BTC", "10"), ("USDT", "1000000")):
                     done = admin(env, "credit", email, coin, amount)
@@ -207,7 +158,7 @@ def test_kill_9_loses_nothing_acknowledged(db_url: str, tmp_path: Path) -> None:
             for trade in answer["trades"]:
                 assert trade["trade_id"] in trade_ids
         check_database_ledger(db_url)
-        _independent_balances(db_url)
+        independent_balances(db_url)
 
         # The restarted server rebuilds the same books and keeps trading.
         with running_server(free_port(), env, tmp_path / "server.log") as server:

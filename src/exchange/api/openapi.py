@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,21 +14,43 @@ from exchange.api.envelope import ERROR_STATUSES
 REF = "#/components/schemas/{model}"
 
 
+# What the parsers in params.py accept, spelled as JSON Schema so that schemathesis'
+# negative cases ("this violates the schema, so it must be refused") hold: ASCII
+# whitespace around a value is ignored, words are case-insensitive, empty = default.
+_SPACE = "[ \\t\\n\\r\\f\\v]*"
+_FLAG_WORDS = ("1", "0", "true", "false", "yes", "no", "on", "off")
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+def _words(words: Iterable[str]) -> dict[str, Any]:
+    alternatives = "|".join(_any_case(word) for word in words)
+    return {"type": "string", "pattern": f"^{_SPACE}(?:{alternatives})?{_SPACE}$"}
+
+
+_INTEGER_TEXT = {"type": "string", "pattern": f"^{_SPACE}(?:[+-]?[0-9]+)?{_SPACE}$"}
+
+
 def _param_schema(param: Param, *, json_body: bool) -> dict[str, Any]:
     schema: dict[str, Any]
-    if param.type == "decimal":
+    if param.enum:
+        schema = {"anyOf": [{"type": "string", "enum": list(param.enum)}, _words(param.enum)]}
+    elif param.type == "decimal":
         text = {"type": "string", "description": 'decimal number as text, e.g. "0.1"'}
         schema = {"anyOf": [text, {"type": "number"}]} if json_body else text
     elif param.type == "integer":
-        schema = {"type": "integer"} if json_body else {"type": "string", "pattern": r"^\d+$"}
+        schema = {"anyOf": [{"type": "integer"}, _INTEGER_TEXT]} if json_body else _INTEGER_TEXT
     elif param.type == "boolean":
-        schema = {"type": "boolean"} if json_body else {"type": "string", "enum": ["true", "false"]}
+        words = _words(_FLAG_WORDS)
+        schema = {"anyOf": [{"type": "boolean"}, {"enum": [0, 1]}, words]} if json_body else words
     else:
         schema = {"type": "string"}
         if param.max_length is not None:
             schema["maxLength"] = param.max_length
-    if param.enum:
-        schema = {"type": "string", "enum": list(param.enum)}
+        if json_body:  # a JSON number is taken as its text
+            schema = {"anyOf": [schema, {"type": "number"}]}
     if param.description:
         schema = {**schema, "description": param.description}
     return schema
@@ -40,6 +63,10 @@ def _body(params: Iterable[Param]) -> dict[str, Any]:
         ("application/json", True),
     ):
         props = {p.name: _param_schema(p, json_body=json_body) for p in params}
+        if json_body:  # an optional parameter sent as JSON null counts as not sent
+            for p in params:
+                if not p.required:
+                    props[p.name] = {"anyOf": [props[p.name], {"type": "null"}]}
         required = [p.name for p in params if p.required]
         schema: dict[str, Any] = {"type": "object", "properties": props}
         if required:

@@ -9,6 +9,7 @@ ever holds money. Values reach handlers as ``str``, ``int``, ``Decimal`` or
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,11 @@ from exchange.domain.errors import ExchangeError
 
 Params = dict[str, object]
 MAX_BODY = 64 * 1024
+
+# ASCII digits only: str.isdigit() also says yes to "²" (int() then raises) and "٣".
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+#: Whitespace ignored around integers, flags and choices (openapi.py documents it).
+SPACE = " \t\n\r\f\v"
 
 
 def _reject_constant(name: str) -> Any:
@@ -96,9 +102,14 @@ def integer(params: Mapping[str, object], name: str, default: int, *, low: int, 
         raise ExchangeError("invalid_argument", f"parameter '{name}' must be an integer")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value) < 20:
-        number = int(value.strip())
-    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+    elif isinstance(value, str) and len(value) < 24 and _INTEGER.fullmatch(value.strip(SPACE)):
+        number = int(value.strip(SPACE))
+    elif (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and value.adjusted() < 20  # int(Decimal("1e999999999")) would take minutes
+        and value == value.to_integral_value()
+    ):
         number = int(value)
     else:
         raise ExchangeError("invalid_argument", f"parameter '{name}' must be an integer")
@@ -115,7 +126,7 @@ def flag(params: Mapping[str, object], name: str) -> bool:
         return False
     if isinstance(value, bool):
         return value
-    lowered = str(value).strip().lower()
+    lowered = str(value).strip(SPACE).lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
     if lowered in ("0", "false", "no", "off"):
@@ -128,10 +139,12 @@ def choice(
 ) -> str:
     """An enumerated parameter; ``options`` maps accepted spellings to the canonical value."""
     value = optional_text(params, name, max_length=32)
-    if value is None or value.strip() == "":
+    key = "" if value is None else value.strip(SPACE)
+    if key == "":
         return default
-    key = value.strip()
-    found = options.get(key) or options.get(key.lower()) or options.get(key.upper())
+    found = None
+    if key.isascii():  # "ıoc".upper() is "IOC": a dotless i upper-cases to I
+        found = options.get(key) or options.get(key.lower()) or options.get(key.upper())
     if found is None:
         allowed = ", ".join(sorted(set(options.values())))
         raise ExchangeError("invalid_argument", f"parameter '{name}' must be one of {allowed}")

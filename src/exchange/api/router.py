@@ -22,6 +22,7 @@ from exchange.api.envelope import PAYLOAD_TOO_LARGE, STATUS_OF_CODE
 from exchange.api.limits import RateLimiter
 from exchange.api.params import MAX_BODY, parse_form, parse_json, parse_query
 from exchange.domain.errors import ExchangeError
+from exchange.engine.engine import database_unavailable, unavailable
 
 log = logging.getLogger("exchange.api")
 
@@ -91,9 +92,12 @@ class Incoming:
 
 async def read_body(incoming: Incoming, receive: Receive) -> bytes:
     if incoming.length is not None:
-        if not incoming.length.isdigit():
+        length = incoming.length.strip()
+        # isascii(): "²" (latin-1 0xB2) passes isdigit() but not int(); a 5000-digit
+        # length passes both checks and then int() refuses it.
+        if not (length.isascii() and length.isdigit()):
             raise ExchangeError("invalid_argument", "Content-Length is not a number")
-        if int(incoming.length) > MAX_BODY:
+        if len(length.lstrip("0")) > 12 or int(length) > MAX_BODY:
             raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -226,7 +230,11 @@ class Dispatcher:
             )
         except ExchangeError as refusal:
             await send_error(send, refusal)
-        except Exception:
+        except Exception as failure:
+            if database_unavailable(failure):  # e.g. a session check while the DB is down
+                log.warning("method %r: the database is unavailable (%s)", name, failure)
+                await send_error(send, unavailable())
+                return
             log.exception("internal error in method %r", name)
             await send_error(
                 send, ExchangeError("internal_error", "something went wrong on our side; try again")

@@ -56,6 +56,11 @@ class RejectWithdrawal:
     reason: str
 
 
+@dataclass(slots=True, frozen=True)
+class Resync:
+    """Wakes the writer to rebuild its state from the database (writer lock lost)."""
+
+
 Command = (
     PlaceOrder | CancelOrder | Credit | RequestWithdrawal | ApproveWithdrawal | RejectWithdrawal
 )

@@ -15,10 +15,13 @@ import contextlib
 import copy
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine as SyncEngine
 
@@ -38,16 +41,19 @@ from exchange.engine.commands import (
     PlaceOrder,
     RejectWithdrawal,
     RequestWithdrawal,
+    Resync,
 )
 from exchange.engine.journal import Batch, Journal
 from exchange.engine.recovery import PendingWithdrawal, State, load_state
+from exchange.engine.writer_lock import WriterLock
 
 log = logging.getLogger("exchange.engine")
 
 Listener = Callable[[Outbox, int], None]
-_Item = tuple[Command, "asyncio.Future[Any] | None", int]
+_Item = tuple["Command | Resync", "asyncio.Future[Any] | None", int]
 
 INBOX_POLL_MS = 250
+LOCK_CHECK_MS = 1000
 #: Money and id columns are BIGINT. A value beyond this cannot be committed, and a
 #: command whose batch can never commit would be retried (and fail every command
 #: batched with it) forever, so such commands are refused before they change state.
@@ -57,7 +63,24 @@ MAX_TXID = 128
 
 
 def unavailable() -> ExchangeError:
-    return ExchangeError("overloaded", "the exchange cannot write to its database now; try again")
+    return ExchangeError(
+        "overloaded", "the exchange cannot use its database now; try again", retry_after=1
+    )
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be used now (down, unreachable, full, locked).
+
+    Such a failure is the 503 ``overloaded`` of SPEC §2 (try again), not a 500: the
+    request changed nothing, and the pools reconnect once the database is back.
+    """
+    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error, (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+    )
 
 
 def command_from_inbox(kind: str, payload: dict[str, Any], inbox_id: int) -> Command:
@@ -81,6 +104,7 @@ class Engine:
         *,
         queue_size: int = 10_000,
         batch_size: int = 2_000,
+        lock: WriterLock | None = None,
     ) -> None:
         self.markets = markets
         self.core = MatchingEngine(markets)
@@ -93,6 +117,8 @@ class Engine:
         self._listeners: list[Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = False
+        self._lock = lock
+        self._resync = False
         self._inbox_seen: set[int] = set()
         self.pending_withdrawals: dict[int, PendingWithdrawal] = {}
         self.next_withdrawal_id = 1
@@ -154,6 +180,10 @@ class Engine:
         self._ready = True
 
     def _load(self) -> State:
+        # The writer lock first (taken again if a lost connection released it): with
+        # another writer about, this memory would be stale and its writes wrong.
+        if self._lock is not None and not self._lock.ensure():
+            raise RuntimeError("another process holds the writer lock")
         with self._db.begin() as conn:
             # Claims of a batch that never committed (or of a dead writer) go back to
             # the queue: only one writer exists, so no claim here can be live.
@@ -196,6 +226,11 @@ class Engine:
                     queue.task_done()
 
     async def _process(self, items: list[_Item]) -> None:
+        if self._resync:
+            self._resync = False
+            log.error("the writer lock was lost: answering 503 and reloading")
+            await self._fail(items, unavailable())
+            return
         now = self._clock()
         batch = Batch(now)
         withdrawal_rows: dict[int, dict[str, Any]] = {}
@@ -251,12 +286,26 @@ class Engine:
 
     async def _fail(self, items: list[_Item], error: ExchangeError) -> None:
         self.core.drain()
-        for _command, future, _inbox in items:
-            if future is not None and not future.done():
-                future.set_exception(error)
+        self._ready = False  # refuse new commands from now on, not after the reload
+        # Commands queued behind the failed batch were not applied: refuse them now
+        # rather than park their callers until the database is back (maybe minutes).
+        queued: list[_Item] = []
+        while True:
+            try:
+                queued.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        for group, refusal in ((items, error), (queued, unavailable())):
+            for _command, future, _inbox in group:
+                if future is not None and not future.done():
+                    future.set_exception(refusal)
+        for _ in queued:
+            self._queue.task_done()
         await self._reload()
 
-    def _apply(self, command: Command, now: int, rows: dict[int, dict[str, Any]]) -> Any:
+    def _apply(self, command: Command | Resync, now: int, rows: dict[int, dict[str, Any]]) -> Any:
+        if isinstance(command, Resync):
+            return None  # its batch found the flag already handled
         if isinstance(command, PlaceOrder):
             result: PlaceResult = self.core.place(
                 command.user_id,
@@ -374,14 +423,27 @@ class Engine:
     # -- operator commands from other processes -------------------------------
 
     async def _poll_inbox(self) -> None:
+        checked_ns = 0
         while True:
             await asyncio.sleep(INBOX_POLL_MS / 1000)
             if not self._ready:
                 continue
+            now_ns = time.monotonic_ns()
+            if self._lock is not None and now_ns - checked_ns > LOCK_CHECK_MS * 1_000_000:
+                checked_ns = now_ns
+                if not await asyncio.to_thread(self._lock.held):
+                    await self._lost_lock()
+                    continue
             try:
                 await self.run_inbox()
             except Exception as error:
                 log.warning("cannot read the command inbox (%s)", error)
+
+    async def _lost_lock(self) -> None:
+        """Refuse commands until the writer has taken the lock again and reloaded."""
+        self._ready = False
+        self._resync = True
+        await self._queue.put((Resync(), None, 0))
 
     async def run_inbox(self) -> int:
         """Queue pending operator commands; each is marked done in its batch's commit."""

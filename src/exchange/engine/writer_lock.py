@@ -3,12 +3,20 @@
 Two engines on one database would each believe their in-memory balances, so the
 second must never start. The lock dies with its process (kernel file lock,
 PostgreSQL session advisory lock), so a kill -9 never leaves it stuck.
+
+A PostgreSQL session lock also dies with its *connection*: after a network cut or
+a database restart the server no longer holds it, and an admin command would
+then believe no server runs and apply its command itself, behind the server's
+back. So the engine checks ``held()`` now and then and takes the lock again with
+``ensure()`` (reloading its state) before it writes anything more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,7 @@ import psycopg
 from exchange.adapters.db.database import is_sqlite, sqlite_path
 
 ADVISORY_KEY = 0x45584348  # "EXCH"
+CONNECT_TIMEOUT_S = 5
 
 
 class WriterLock:
@@ -24,12 +33,41 @@ class WriterLock:
         self._url = database_url
         self._fd: int | None = None
         self._conn: Any = None
+        self._held = False
+        self._guard = threading.Lock()  # the engine checks from worker threads
 
     def acquire(self) -> bool:
         """True when this process is now the writer; never blocks."""
+        with self._guard:
+            return self._acquire()
+
+    def held(self) -> bool:
+        """Whether this process still holds the lock (False once its connection died)."""
+        with self._guard:
+            return self._still_held()
+
+    def ensure(self) -> bool:
+        """Hold the lock, taking it again if it was lost; False if another process has it."""
+        with self._guard:
+            return self._still_held() or self._acquire()
+
+    def _still_held(self) -> bool:
+        if is_sqlite(self._url):
+            return self._held  # a file lock lasts as long as this process
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            self._drop_connection()
+            return False
+
+    def _acquire(self) -> bool:
         if is_sqlite(self._url):
             path = sqlite_path(self._url)
             if path is None:
+                self._held = True
                 return True
             lock_path = Path(f"{path}.writer.lock")
             lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,11 +78,16 @@ class WriterLock:
                 os.close(fd)
                 return False
             self._fd = fd
+            self._held = True
             return True
         from sqlalchemy.engine import make_url
 
         url = make_url(self._url).set(drivername="postgresql")
-        conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        conn = psycopg.connect(
+            url.render_as_string(hide_password=False),
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT_S,
+        )
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_KEY,)).fetchone()
         if not got or not got[0]:
             conn.close()
@@ -52,11 +95,17 @@ class WriterLock:
         self._conn = conn
         return True
 
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._guard:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
+            self._drop_connection()
+            self._held = False
