@@ -179,8 +179,9 @@ SCRIPT_CANDLES = sum(len({at // width for at, _p, _a in SCRIPT}) for width in WI
 SCRIPT_NOW = DAY0 + 4 * HOUR + 12 * MIN
 
 
-async def play_script(app: Any, client: httpx.AsyncClient, mailbox: Mailbox, clock: ManualClock
-                      ) -> None:
+async def play_script(
+    app: Any, client: httpx.AsyncClient, mailbox: Mailbox, clock: ManualClock
+) -> None:
     clock.now = DAY0 - HOUR
     maker, taker = await two_traders(app, client, mailbox)
     for index, trade in enumerate(SCRIPT):
@@ -245,15 +246,20 @@ async def test_kline_arguments(client: httpx.AsyncClient) -> None:
         answer = await client.get("/api/get_coin_k_line", params=params)
         assert_envelope(answer, status, code)
     assert_envelope(
-        await client.get("/router", params={"router": "get_coin_k_line", "pair": "BTC-USDT",
-                                            "limit": "1500"}),
+        await client.get(
+            "/router", params={"router": "get_coin_k_line", "pair": "BTC-USDT", "limit": "1500"}
+        ),
         200,
     )
     for method in ("get_coin", "get_depth", "get_deal_record", "get_simple_k_line"):
-        assert_envelope(await client.get(f"/api/{method}", params={"pair": "X/Y"}), 404,
-                        "unknown_pair")
-        assert_envelope(await client.post(f"/api/{method}", data={"pair": "BTC/USDT"}), 405,
-                        "method_not_allowed")
+        assert_envelope(
+            await client.get(f"/api/{method}", params={"pair": "X/Y"}), 404, "unknown_pair"
+        )
+        assert_envelope(
+            await client.post(f"/api/{method}", data={"pair": "BTC/USDT"}),
+            405,
+            "method_not_allowed",
+        )
     for method, limit in (("get_depth", 501), ("get_deal_record", 501)):
         answer = await client.get(f"/api/{method}", params={"pair": "BTC/USDT", "limit": limit})
         assert_envelope(answer, 400, "invalid_argument")
@@ -302,40 +308,80 @@ async def test_coin_and_rank_for_a_scripted_day(
     eth_change = expected_change("2050.00", "2000.00")
     assert (btc_change, eth_change) == ("-1.98", "+2.50")
     assert await get(client, "get_coin", pair="btc-usdt") == [
-        "BTC/USDT", "99.00", "0.87500000", btc_change, "101.00"
+        "BTC/USDT",
+        "99.00",
+        "0.87500000",
+        btc_change,
+        "101.00",
     ]
     assert await get(client, "get_coin", pair="ETH/USDT") == [
-        "ETH/USDT", "2050.00", "2.00000000", eth_change, "2000.00"
+        "ETH/USDT",
+        "2050.00",
+        "2.00000000",
+        eth_change,
+        "2000.00",
     ]
     assert await get(client, "get_coin", pair="ETH/BTC") == ["ETH/BTC", None, "0", "0.00", None]
     assert await get(client, "get_rank") == [
-        {"rank": 1, "pair": "ETH/USDT", "price": "2050.00", "volume_24h": "2.00000000",
-         "change_percent": "+2.50", "open_today": "2000.00"},
-        {"rank": 2, "pair": "ETH/BTC", "price": None, "volume_24h": "0",
-         "change_percent": "0.00", "open_today": None},
-        {"rank": 3, "pair": "BTC/USDT", "price": "99.00", "volume_24h": "0.87500000",
-         "change_percent": "-1.98", "open_today": "101.00"},
+        {
+            "rank": 1,
+            "pair": "ETH/USDT",
+            "price": "2050.00",
+            "volume_24h": "2.00000000",
+            "change_percent": "+2.50",
+            "open_today": "2000.00",
+        },
+        {
+            "rank": 2,
+            "pair": "ETH/BTC",
+            "price": None,
+            "volume_24h": "0",
+            "change_percent": "0.00",
+            "open_today": None,
+        },
+        {
+            "rank": 3,
+            "pair": "BTC/USDT",
+            "price": "99.00",
+            "volume_24h": "0.87500000",
+            "change_percent": "-1.98",
+            "open_today": "101.00",
+        },
     ]
 
     # The next UTC day, no trades: today's open is the last price, change 0.
     clock.now = DAY0 + DAY + HOUR  # the window now starts at DAY0 + 1 h + 1 min
     assert await get(client, "get_coin", pair="BTC/USDT") == [
-        "BTC/USDT", "99.00", "0.12500000", "0.00", "99.00"
+        "BTC/USDT",
+        "99.00",
+        "0.12500000",
+        "0.00",
+        "99.00",
     ]
     assert await get(client, "get_coin", pair="ETH/USDT") == [
-        "ETH/USDT", "2050.00", "0.50000000", "0.00", "2050.00"
+        "ETH/USDT",
+        "2050.00",
+        "0.50000000",
+        "0.00",
+        "2050.00",
     ]
     # A trade today moves the change against the new open.
     await cross(clock, maker, taker, (DAY0 + DAY + HOUR, "99.50", "0.1"))
     assert await get(client, "get_coin", pair="BTC/USDT") == [
-        "BTC/USDT", "99.50", "0.22500000", expected_change("99.50", "99.50"), "99.50"
+        "BTC/USDT",
+        "99.50",
+        "0.22500000",
+        expected_change("99.50", "99.50"),
+        "99.50",
     ]
     await cross(clock, maker, taker, (DAY0 + DAY + 2 * HOUR, "101.49", "0.1"))
     coin = await get(client, "get_coin", pair="BTC/USDT")
     assert coin[3] == expected_change("101.49", "99.50") == "+2.00"
     ranked = await get(client, "get_rank")
     assert [(r["rank"], r["pair"]) for r in ranked] == [
-        (1, "BTC/USDT"), (2, "ETH/USDT"), (3, "ETH/BTC")
+        (1, "BTC/USDT"),
+        (2, "ETH/USDT"),
+        (3, "ETH/BTC"),
     ]
 
 

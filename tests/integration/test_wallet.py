@@ -211,9 +211,7 @@ async def test_lifecycle_credit_address_cooldown_withdraw_approve(
     )
 
     # Bech32 is case-insensitive as a whole: stored in its canonical lower case.
-    saved = await ok(
-        client, "set_withdraw_address", alice, coin="Btc", address=BTC_BECH32.upper()
-    )
+    saved = await ok(client, "set_withdraw_address", alice, coin="Btc", address=BTC_BECH32.upper())
     assert saved == {"coin": "BTC", "address": BTC_BECH32, "usable_from": clock.now + HOUR_MS}
     exact_shape(saved, schemas.WithdrawAddressSet)
     assert await ok(client, "get_withdraw_address", alice, coin="BTC") == saved
@@ -599,14 +597,18 @@ async def test_minimums_exact_amounts_and_json_numbers(
     assert saved["usable_from"] == clock.now
     await ok(client, "set_withdraw_address", user, coin="ETH", address=ETH_EIP55)
     await ok(client, "set_withdraw_address", user, coin="USDT", address=ETH_EIP55)
-    expected = {"BTC": ("0.00100000", "0.00050000"), "ETH": ("0.01000000", "0.00500000"),
-                "USDT": ("10.000000", "1.000000")}
+    expected = {
+        "BTC": ("0.00100000", "0.00050000"),
+        "ETH": ("0.01000000", "0.00500000"),
+        "USDT": ("10.000000", "1.000000"),
+    }
     for coin, (minimum, fee) in expected.items():
         made = await ok(client, "withdraw", user, coin=coin, amount=minimum)
         assert (made["amount"], made["fee"]) == (minimum, fee)
     # A JSON number is parsed as an exact decimal, never through a float.
     answer = await client.post(
-        "/api/withdraw", content=b'{"coin": "eth", "amount": 0.1}',
+        "/api/withdraw",
+        content=b'{"coin": "eth", "amount": 0.1}',
         headers={**user, "Content-Type": "application/json"},
     )
     assert assert_envelope(answer, 200)["amount"] == "0.10000000"
@@ -618,8 +620,11 @@ async def test_fees_and_minimums_are_configurable(
     database_url: str, mail: tuple[Mailbox, int], clock: ManualClock
 ) -> None:
     settings = make_settings(
-        database_url, mail[1], withdraw_address_cooldown=0,
-        withdraw_fee_usdt="2.5", withdraw_min_usdt="20",
+        database_url,
+        mail[1],
+        withdraw_address_cooldown=0,
+        withdraw_fee_usdt="2.5",
+        withdraw_min_usdt="20",
     )
     async with running_app(settings, clock) as (app, client):
         user = await new_user(client, mail[0], "cfg@example.com")
@@ -684,15 +689,21 @@ async def test_openapi_documents_the_wallet(wallet_app: Pair) -> None:
     for method in WALLET_METHODS:
         operation = document["paths"][f"/api/{method}"]["post"]
         assert operation["security"] and operation["tags"] == ["wallet"]
-    data = (
-        document["paths"]["/api/get_withdrawals"]["post"]["responses"]["200"]["content"][
-            "application/json"
-        ]["schema"]["properties"]["data"]
-    )
+    data = document["paths"]["/api/get_withdrawals"]["post"]["responses"]["200"]["content"][
+        "application/json"
+    ]["schema"]["properties"]["data"]
     assert data == {"type": "array", "items": {"$ref": "#/components/schemas/Withdrawal"}}
     assert set(components["Withdrawal"]["properties"]) == {
-        "withdrawal_id", "coin", "amount", "fee", "address", "status", "txid", "reason",
-        "created", "updated",
+        "withdrawal_id",
+        "coin",
+        "amount",
+        "fee",
+        "address",
+        "status",
+        "txid",
+        "reason",
+        "created",
+        "updated",
     }
     body = document["paths"]["/api/withdraw"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["required"] == ["coin"]

@@ -33,8 +33,9 @@ WAIT = 5.0
 
 
 @asynccontextmanager
-async def serving(database_url: str, smtp_port: int, clock: ManualClock
-                  ) -> AsyncIterator[tuple[Any, str]]:
+async def serving(
+    database_url: str, smtp_port: int, clock: ManualClock
+) -> AsyncIterator[tuple[Any, str]]:
     settings = make_settings(database_url, smtp_port)
     app = create_app(settings, clock=clock)
     port = free_port()
@@ -55,8 +56,9 @@ async def serving(database_url: str, smtp_port: int, clock: ManualClock
         await asyncio.wait_for(task, 20)
 
 
-async def next_message(ws: ClientConnection, wanted: Callable[[dict[str, Any]], bool]
-                       ) -> dict[str, Any]:
+async def next_message(
+    ws: ClientConnection, wanted: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
     """The next message that ``wanted`` accepts (others are skipped)."""
     while True:
         message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
@@ -77,8 +79,7 @@ async def send(ws: ClientConnection, **message: Any) -> None:
     await ws.send(json.dumps(message))
 
 
-async def user(app: Any, http: httpx.AsyncClient, mailbox: Mailbox, email: str
-               ) -> tuple[str, int]:
+async def user(app: Any, http: httpx.AsyncClient, mailbox: Mailbox, email: str) -> tuple[str, int]:
     await register(http, mailbox, email)
     token = await login(http, email)
     http.cookies.clear()
@@ -89,8 +90,9 @@ async def user(app: Any, http: httpx.AsyncClient, mailbox: Mailbox, email: str
     return token, user_id
 
 
-async def place(http: httpx.AsyncClient, token: str, side: str, price: str, amount: str
-                ) -> dict[str, Any]:
+async def place(
+    http: httpx.AsyncClient, token: str, side: str, price: str, amount: str
+) -> dict[str, Any]:
     answer = await http.post(
         f"/api/{side}",
         data={"pair": "BTC/USDT", "price": price, "amount": amount},
@@ -104,28 +106,38 @@ async def test_stream_of_a_crossing_order(
     database_url: str, mail: tuple[Mailbox, int], clock: ManualClock
 ) -> None:
     mailbox, port = mail
-    async with serving(database_url, port, clock) as (app, host), httpx.AsyncClient(
-        base_url=f"http://{host}"
-    ) as http:
+    async with (
+        serving(database_url, port, clock) as (app, host),
+        httpx.AsyncClient(base_url=f"http://{host}") as http,
+    ):
         seller, seller_id = await user(app, http, mailbox, "seller@example.com")
         buyer, _buyer_id = await user(app, http, mailbox, "buyer@example.com")
         url = f"ws://{host}/ws"
-        async with websockets.connect(url) as public, websockets.connect(
-            url, additional_headers={"Cookie": f"session={seller}"}
-        ) as mine, websockets.connect(url) as other:
+        async with (
+            websockets.connect(url) as public,
+            websockets.connect(url, additional_headers={"Cookie": f"session={seller}"}) as mine,
+            websockets.connect(url) as other,
+        ):
             for channel in ("trades", "depth", "ticker"):
                 await send(public, op="subscribe", channel=channel, pair="btc_usdt")
                 assert json.loads(await public.recv()) == {
-                    "op": "subscribed", "channel": channel, "pair": "BTC/USDT"
+                    "op": "subscribed",
+                    "channel": channel,
+                    "pair": "BTC/USDT",
                 }
             await send(public, op="subscribe", channel="kline", pair="BTC/USDT", interval="5m")
             assert json.loads(await public.recv()) == {
-                "op": "subscribed", "channel": "kline", "pair": "BTC/USDT", "interval": "5min"
+                "op": "subscribed",
+                "channel": "kline",
+                "pair": "BTC/USDT",
+                "interval": "5min",
             }
             for channel in ("orders", "balances"):
                 await send(mine, op="subscribe", channel=channel)
                 assert json.loads(await mine.recv()) == {
-                    "op": "subscribed", "channel": channel, "pair": None
+                    "op": "subscribed",
+                    "channel": channel,
+                    "pair": None,
                 }
             # Without a session, private channels are refused.
             await send(other, op="subscribe", channel="orders")
@@ -160,7 +172,12 @@ async def test_stream_of_a_crossing_order(
             )
             assert got["kline"]["data"] == candles.json()["data"][-1]
             assert got["kline"]["data"] == [
-                DAY0, "30000.00", "30000.00", "30000.00", "30000.00", "0.00400000"
+                DAY0,
+                "30000.00",
+                "30000.00",
+                "30000.00",
+                "30000.00",
+                "0.00400000",
             ]
             assert got["kline"]["interval"] == "5min" and got["kline"]["seq"] == 1
             rank = (await http.get("/api/get_rank")).json()["data"]
@@ -202,21 +219,32 @@ async def test_stream_of_a_crossing_order(
 async def test_bad_messages_get_errors(
     sqlite_url: str, mail: tuple[Mailbox, int], clock: ManualClock
 ) -> None:
-    async with serving(sqlite_url, mail[1], clock) as (_app, host), websockets.connect(
-        f"ws://{host}/ws", additional_headers={"Cookie": "session=forged"}
-    ) as ws:
+    async with (
+        serving(sqlite_url, mail[1], clock) as (_app, host),
+        websockets.connect(
+            f"ws://{host}/ws", additional_headers={"Cookie": "session=forged"}
+        ) as ws,
+    ):
         for message, code in [
             ("not json", "invalid_argument"),
             ("[1, 2]", "invalid_argument"),
             (json.dumps({"op": "dance"}), "invalid_argument"),
             (json.dumps({"op": "subscribe"}), "missing_argument"),
-            (json.dumps({"op": "subscribe", "channel": "news", "pair": "BTC/USDT"}),
-             "invalid_argument"),
+            (
+                json.dumps({"op": "subscribe", "channel": "news", "pair": "BTC/USDT"}),
+                "invalid_argument",
+            ),
             (json.dumps({"op": "subscribe", "channel": "trades"}), "missing_argument"),
-            (json.dumps({"op": "subscribe", "channel": "trades", "pair": "DOGE/USDT"}),
-             "unknown_pair"),
-            (json.dumps({"op": "subscribe", "channel": "kline", "pair": "BTC/USDT",
-                         "interval": "7min"}), "invalid_argument"),
+            (
+                json.dumps({"op": "subscribe", "channel": "trades", "pair": "DOGE/USDT"}),
+                "unknown_pair",
+            ),
+            (
+                json.dumps(
+                    {"op": "subscribe", "channel": "kline", "pair": "BTC/USDT", "interval": "7min"}
+                ),
+                "invalid_argument",
+            ),
             (json.dumps({"op": "subscribe", "channel": "balances"}), "not_logged_in"),
         ]:
             await ws.send(message)
@@ -224,7 +252,10 @@ async def test_bad_messages_get_errors(
             assert answer["op"] == "error" and answer["description"].startswith(code + ": ")
         await ws.send(json.dumps({"op": "subscribe", "channel": "kline:1d", "pair": "ETH-BTC"}))
         assert json.loads(await ws.recv()) == {
-            "op": "subscribed", "channel": "kline", "pair": "ETH/BTC", "interval": "1d"
+            "op": "subscribed",
+            "channel": "kline",
+            "pair": "ETH/BTC",
+            "interval": "1d",
         }
         await ws.send(json.dumps({"op": "ping"}))
         assert json.loads(await ws.recv()) == {"op": "pong"}
@@ -234,9 +265,10 @@ async def test_a_cookie_from_another_origin_is_ignored(
     sqlite_url: str, mail: tuple[Mailbox, int], clock: ManualClock
 ) -> None:
     mailbox, port = mail
-    async with serving(sqlite_url, port, clock) as (app, host), httpx.AsyncClient(
-        base_url=f"http://{host}"
-    ) as http:
+    async with (
+        serving(sqlite_url, port, clock) as (app, host),
+        httpx.AsyncClient(base_url=f"http://{host}") as http,
+    ):
         token, _ = await user(app, http, mailbox, "victim@example.com")
         cookie = {"Cookie": f"session={token}"}
         async with websockets.connect(
@@ -285,8 +317,7 @@ class FakeSocket:
 
 
 def trade(trade_id: int) -> Trade:
-    return Trade(trade_id, "BTC/USDT", 3_000_000, 1_000, 30_000_000, "buy", 1, 2, 1, 2, 0, 0,
-                 DAY0)
+    return Trade(trade_id, "BTC/USDT", 3_000_000, 1_000, 30_000_000, "buy", 1, 2, 1, 2, 0, 0, DAY0)
 
 
 async def test_a_slow_client_is_dropped_and_the_engine_never_waits() -> None:

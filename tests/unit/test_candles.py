@@ -100,7 +100,9 @@ def test_daily_and_four_hour_candles_align_to_utc() -> None:
         series.add_trade(DAY0 + 5 * HOUR, 300, 1, 3)
     assert [row[0] for row in daily.rows(DAY0 + 5 * HOUR, 10)] == [DAY0 - 24 * HOUR, DAY0]
     assert [row[0] for row in four.rows(DAY0 + 5 * HOUR, 10)] == [
-        DAY0 - 4 * HOUR, DAY0, DAY0 + 4 * HOUR
+        DAY0 - 4 * HOUR,
+        DAY0,
+        DAY0 + 4 * HOUR,
     ]
     assert daily.rows(DAY0 + 5 * HOUR, 10)[1][1:] == ["2.00", "3.00", "2.00", "3.00", "0.00000002"]
 

@@ -22,8 +22,8 @@ class RankItem(BaseModel):
     rank: int
     pair: str
     price: str | None = Field(description="last trade price; null before the first trade")
-    volume_24h: str = Field(description="base amount traded in the last 24 h; \"0\" if none")
-    change_percent: str = Field(description="signed, 2 decimals, against open_today: \"+1.25\"")
+    volume_24h: str = Field(description='base amount traded in the last 24 h; "0" if none')
+    change_percent: str = Field(description='signed, 2 decimals, against open_today: "+1.25"')
     open_today: str | None = Field(description="first price of the UTC day, else the last price")
 
 
@@ -85,32 +85,53 @@ async def get_coin_k_line(call: Call) -> object:
 
 METHODS = (
     Method(
-        "get_rank", "GET", get_rank, "Every market, best 24 h change first.", list[RankItem],
+        "get_rank",
+        "GET",
+        get_rank,
+        "Every market, best 24 h change first.",
+        list[RankItem],
         tag="market",
     ),
     Method(
-        "get_coin", "GET", get_coin,
+        "get_coin",
+        "GET",
+        get_coin,
         "One market's ticker: [pair, price, volume_24h, change_percent, open_today].",
-        list[str | None], (PAIR,), tag="market",
-    ),
-    Method(
-        "get_deal_record", "GET", get_deal_record, "The market's trades, newest first.",
-        list[Deal], (PAIR, Param("limit", "integer", description="1-500, default 60")),
+        list[str | None],
+        (PAIR,),
         tag="market",
     ),
     Method(
-        "get_depth", "GET", get_depth, "The order book, aggregated by price, best first.", Depth,
+        "get_deal_record",
+        "GET",
+        get_deal_record,
+        "The market's trades, newest first.",
+        list[Deal],
+        (PAIR, Param("limit", "integer", description="1-500, default 60")),
+        tag="market",
+    ),
+    Method(
+        "get_depth",
+        "GET",
+        get_depth,
+        "The order book, aggregated by price, best first.",
+        Depth,
         (PAIR, Param("limit", "integer", description="levels per side, 1-500, default 50")),
         tag="market",
     ),
     Method(
-        "get_simple_k_line", "GET", get_simple_k_line,
-        "48 half-hourly [time, close] points of the last 24 h (close null before the first "
-        "trade).",
-        list[tuple[int, str | None]], (PAIR,), tag="market",
+        "get_simple_k_line",
+        "GET",
+        get_simple_k_line,
+        "48 half-hourly [time, close] points of the last 24 h (close null before the first trade).",
+        list[tuple[int, str | None]],
+        (PAIR,),
+        tag="market",
     ),
     Method(
-        "get_coin_k_line", "GET", get_coin_k_line,
+        "get_coin_k_line",
+        "GET",
+        get_coin_k_line,
         "Candles [time, open, high, low, close, volume], oldest first, UTC-aligned, no gaps.",
         list[tuple[int, str, str, str, str, str]],
         (

@@ -74,45 +74,65 @@ COIN = Param("coin", required=True, description="BTC, ETH or USDT (any case)", m
 
 METHODS = (
     Method(
-        "get_withdraw_address", "POST", get_withdraw_address,
+        "get_withdraw_address",
+        "POST",
+        get_withdraw_address,
         "Your withdrawal address for a coin (null if unset) and when it becomes usable.",
-        schemas.WithdrawAddress, (COIN,), auth=True, tag="wallet",
+        schemas.WithdrawAddress,
+        (COIN,),
+        auth=True,
+        tag="wallet",
     ),
     Method(
-        "set_withdraw_address", "POST", set_withdraw_address,
+        "set_withdraw_address",
+        "POST",
+        set_withdraw_address,
         "Set or change a withdrawal address; a new or changed address is usable only after "
         "the cooldown (EXCHANGE_WITHDRAW_ADDRESS_COOLDOWN).",
         schemas.WithdrawAddressSet,
         (
             COIN,
             Param(
-                "address", required=True, max_length=128,
+                "address",
+                required=True,
+                max_length=128,
                 description="BTC: 1…, 3… or bc1…; ETH/USDT: 0x + 40 hex (EIP-55 if mixed case)",
             ),
         ),
-        auth=True, tag="wallet", limit="orders",
+        auth=True,
+        tag="wallet",
+        limit="orders",
     ),
     Method(
-        "withdraw", "POST", withdraw,
+        "withdraw",
+        "POST",
+        withdraw,
         "Request a withdrawal to your address: the amount is frozen and the withdrawal is "
         "pending until an operator sends or rejects it. The fixed fee is taken from the amount.",
         schemas.Withdrawal,
         (
             COIN,
             Param(
-                "amount", "decimal",
+                "amount",
+                "decimal",
                 description="what leaves your balance, fee included; omitted = all available",
             ),
         ),
-        auth=True, tag="wallet", limit="orders",
+        auth=True,
+        tag="wallet",
+        limit="orders",
     ),
     Method(
-        "get_withdrawals", "POST", get_withdrawals, "Your withdrawals, newest first.",
+        "get_withdrawals",
+        "POST",
+        get_withdrawals,
+        "Your withdrawals, newest first.",
         list[schemas.Withdrawal],
         (
             Param("coin", description="only this coin", max_length=16),
             Param("limit", "integer", description="1-500, default 100"),
         ),
-        auth=True, tag="wallet",
+        auth=True,
+        tag="wallet",
     ),
 )

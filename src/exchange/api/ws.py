@@ -325,7 +325,9 @@ class Stream:
         else:
             self._unsubscribe(connection, topic)
         ack: dict[str, Any] = {
-            "op": "subscribed" if on else "unsubscribed", "channel": channel, "pair": pair
+            "op": "subscribed" if on else "unsubscribed",
+            "channel": channel,
+            "pair": pair,
         }
         if interval:
             ack["interval"] = interval
@@ -377,10 +379,7 @@ class Stream:
         for connection in connections:
             connection.closing = True
             self._forget(connection)
-        await asyncio.gather(
-            *(self._close(c, 1001, "server shutting down") for c in connections)
-        )
+        await asyncio.gather(*(self._close(c, 1001, "server shutting down") for c in connections))
         for task in list(self._closers):
             with contextlib.suppress(Exception):
                 await task
-

@@ -28,9 +28,19 @@ _VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "trade_id")
 
 def _trade(row: Any) -> Trade:
     return Trade(
-        row.id, row.market, row.price, row.amount, row.quote, row.taker_side,
-        row.maker_order_id, row.taker_order_id, row.maker_user_id, row.taker_user_id,
-        row.maker_fee, row.taker_fee, row.time,
+        row.id,
+        row.market,
+        row.price,
+        row.amount,
+        row.quote,
+        row.taker_side,
+        row.maker_order_id,
+        row.taker_order_id,
+        row.maker_user_id,
+        row.taker_user_id,
+        row.maker_fee,
+        row.taker_fee,
+        row.time,
     )
 
 

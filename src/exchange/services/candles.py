@@ -105,9 +105,7 @@ class Candle:
         return row
 
     def values(self) -> tuple[int, int, int, int, int, int, int]:
-        return (
-            self.time, self.open, self.high, self.low, self.close, self.volume, self.trade_id
-        )
+        return (self.time, self.open, self.high, self.low, self.close, self.volume, self.trade_id)
 
 
 class CandleSeries:

@@ -147,7 +147,11 @@ class MarketData:
         """The seed's list: [pair, price, volume_24h, change_percent, open_today]."""
         item = self._ticker(symbol, now).item
         return [
-            symbol, item["price"], item["volume_24h"], item["change_percent"], item["open_today"]
+            symbol,
+            item["price"],
+            item["volume_24h"],
+            item["change_percent"],
+            item["open_today"],
         ]
 
     def rank(self, now: int) -> list[dict[str, Any]]:

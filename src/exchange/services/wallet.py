@@ -226,9 +226,7 @@ class Wallet:
     async def _usable_address(self, user_id: int, asset: Asset) -> str:
         found = await self.address(user_id, asset.code)
         if found.address is None or found.usable_from is None:
-            raise ExchangeError(
-                "address_not_set", f"set a {asset.code} withdrawal address first"
-            )
+            raise ExchangeError("address_not_set", f"set a {asset.code} withdrawal address first")
         now = self._clock()
         if now < found.usable_from:
             wait = -(-(found.usable_from - now) // 1000)
