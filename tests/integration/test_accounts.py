@@ -400,3 +400,38 @@ async def test_rate_limits_answer_429_with_retry_after(sqlite_url: str, mail: An
         answer = await client.post("/api/check_exist_name", data={"user": EMAIL})
         assert_envelope(answer, 429, "rate_limited")
         assert int(answer.headers["retry-after"]) >= 1
+
+
+async def test_login_rate_limits_per_address_and_per_email(sqlite_url: str, mail: Any) -> None:
+    settings = make_settings(
+        sqlite_url, mail[1], rate_limits="on", rate_limit_login="4/60", rate_limit_login_user="2/60"
+    )
+    async with running_app(settings) as (_app, client):
+        data = {"user": EMAIL, "pass": "wrong-password-1"}
+        for _ in range(2):
+            assert_envelope(await client.post("/api/login", data=data), 401, "invalid_credentials")
+        limited = await client.post("/api/login", data=data)
+        assert_envelope(limited, 429, "rate_limited")  # this e-mail address, from anywhere
+        assert int(limited.headers["retry-after"]) >= 1
+        other = {"user": "bob@example.com", "pass": "wrong-password-1"}
+        assert_envelope(await client.post("/api/login", data=other), 401, "invalid_credentials")
+        # The fifth login from this client address within the minute is refused.
+        assert_envelope(await client.post("/api/login", data=other), 429, "rate_limited")
+
+
+async def test_code_requests_are_rate_limited_per_client_address(
+    sqlite_url: str, mail: Any
+) -> None:
+    mailbox, port = mail
+    settings = make_settings(sqlite_url, port, rate_limits="on", rate_limit_code="2/60")
+    async with running_app(settings) as (_app, client):
+        for n in range(2):
+            answer = await client.post("/api/make_valid_code", data={"user": f"u{n}@example.com"})
+            assert_envelope(answer, 200)
+        answer = await client.post("/api/make_valid_code", data={"user": "u9@example.com"})
+        assert_envelope(answer, 429, "rate_limited")
+        assert int(answer.headers["retry-after"]) >= 1
+        assert [to for to, _subject, _body in mailbox.messages] == [
+            "u0@example.com",
+            "u1@example.com",
+        ]

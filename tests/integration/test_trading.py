@@ -415,3 +415,21 @@ async def test_full_queue_answers_503_and_loses_nothing_accepted(
         assert (await balances(client, user))["USDT"]["frozen"] == frozen
         check_books_and_ledger(app)
     check_database_ledger(sqlite_url)
+
+
+async def test_order_rate_limit_is_per_user_with_retry_after(sqlite_url: str, mail: Any) -> None:
+    mailbox, port = mail
+    settings = make_settings(sqlite_url, port, rate_limits="on", rate_limit_orders="5/60")
+    async with running_app(settings) as (app, client):
+        busy = await new_trader(app, client, mailbox, "busy@example.com", USDT="10000")
+        other = await new_trader(app, client, mailbox, "calm@example.com", USDT="10000")
+        params = {"pair": "BTC/USDT", "amount": "0.001", "price": "10000"}
+        for _ in range(5):
+            assert_envelope(await client.post("/api/buy", data=params, headers=busy), 200)
+        limited = await client.post("/api/buy", data=params, headers=busy)
+        assert_envelope(limited, 429, "rate_limited")
+        assert int(limited.headers["retry-after"]) >= 1
+        # Refused before the engine: nothing was frozen for it.
+        assert (await balances(client, busy))["USDT"]["frozen"] == "50.000000"
+        # Another user is not affected by the first one's limit.
+        assert_envelope(await client.post("/api/buy", data=params, headers=other), 200)
