@@ -151,6 +151,7 @@ def create_app(
             await market.load()  # before the engine: no trade can slip between
             await engine.start()
             market.start()
+            stream.start()
             yield
         finally:
             await engine.stop()

@@ -283,6 +283,31 @@ async def test_a_cookie_from_another_origin_is_ignored(
             assert json.loads(await ws.recv())["op"] == "subscribed"
 
 
+async def test_logout_ends_the_private_stream(
+    sqlite_url: str, mail: tuple[Mailbox, int], clock: ManualClock
+) -> None:
+    mailbox, port = mail
+    async with (
+        serving(sqlite_url, port, clock) as (app, host),
+        httpx.AsyncClient(base_url=f"http://{host}") as http,
+    ):
+        token, user_id = await user(app, http, mailbox, "leaver@example.com")
+        async with websockets.connect(f"ws://{host}/ws") as ws:
+            await send(ws, op="auth", session=token)
+            assert json.loads(await ws.recv())["op"] == "authenticated"
+            await send(ws, op="subscribe", channel="balances")
+            assert json.loads(await ws.recv())["op"] == "subscribed"
+            answer = await http.post("/api/logout", headers={"Authorization": f"Bearer {token}"})
+            assert_envelope(answer, 200)
+            ended = await next_message(ws, lambda m: m.get("op") == "error")
+            assert ended["description"].startswith("not_logged_in: ")
+            # Balance changes of that user no longer reach this socket.
+            await app.state.services.engine.submit(Credit(user_id, "BTC", 10**8, 0))
+            await nothing_more(ws, 0.5)
+            await send(ws, op="subscribe", channel="orders")
+            assert json.loads(await ws.recv())["description"].startswith("not_logged_in: ")
+
+
 # -- slow clients (no server: a socket that never drains) --------------------------
 
 

@@ -55,6 +55,8 @@ PRIVATE = frozenset(("orders", "balances"))
 QUEUE_SIZE = 1_000
 MAX_SUBSCRIPTIONS = 64
 MAX_MESSAGE = 4_096
+#: How often private streams check that their session still lives (logout, expiry).
+REVALIDATE_MS = 2_000
 DEPTH_LEVELS = 50
 TOO_SLOW = 1008
 CLOSE_SECONDS = 2.0  # float-ok: seconds to wait for a close handshake
@@ -81,7 +83,7 @@ def _seq_key(topic: Topic) -> tuple[str, str | None]:
 class Connection:
     """One client: its subscriptions, sequence counters and bounded outgoing queue."""
 
-    __slots__ = ("closing", "queue", "seqs", "socket", "topics", "user_id")
+    __slots__ = ("closing", "queue", "seqs", "socket", "token", "topics", "user_id")
 
     def __init__(self, socket: Any, queue_size: int = QUEUE_SIZE) -> None:
         self.socket = socket
@@ -89,6 +91,7 @@ class Connection:
         self.topics: set[Topic] = set()
         self.seqs: dict[tuple[str, str | None], int] = {}
         self.user_id: int | None = None
+        self.token: str | None = None  # the session behind user_id, checked again and again
         self.closing = False
 
     def push(self, text: str) -> bool:
@@ -127,6 +130,7 @@ class Stream:
         self.subscribers: dict[Topic, set[Connection]] = defaultdict(set)
         self.dropped = 0
         self._closers: set[asyncio.Task[None]] = set()
+        self._revalidator: asyncio.Task[None] | None = None
 
     # -- fan-out (the engine listener: synchronous, never blocks) -------------
 
@@ -218,6 +222,7 @@ class Stream:
         token = websocket.cookies.get("session")
         if token and self._same_origin(websocket):
             connection.user_id = await self._resolve(token)
+            connection.token = token if connection.user_id is not None else None
         self.connections.add(connection)
         sender = asyncio.create_task(self._send_loop(connection), name="ws-sender")
         try:
@@ -293,6 +298,7 @@ class Stream:
                     for topic in [t for t in connection.topics if t[1].startswith("#")]:
                         self._unsubscribe(connection, topic)
                 connection.user_id = user_id
+                connection.token = str(message.get("session"))
                 self._reply(connection, '{"op":"authenticated"}')
             elif op == "ping":
                 self._reply(connection, '{"op":"pong"}')
@@ -373,8 +379,33 @@ class Stream:
             interval = ALIASES[wanted.strip().lower()]
         return channel, symbol, interval
 
+    def start(self) -> None:
+        self._revalidator = asyncio.create_task(self._revalidate_loop(), name="ws-sessions")
+
+    async def _revalidate_loop(self) -> None:
+        """End private streams whose session ended (logout, expiry) within a few seconds."""
+        while True:
+            await asyncio.sleep(REVALIDATE_MS / 1000)
+            for connection in [c for c in self.connections if c.user_id is not None]:
+                try:
+                    user_id = await self.sessions.resolve(connection.token)
+                except Exception as error:  # the database is down: decide next time
+                    log.debug("cannot check a websocket session (%s)", error)
+                    continue
+                if user_id == connection.user_id or connection.closing:
+                    continue
+                for topic in [t for t in connection.topics if t[1].startswith("#")]:
+                    self._unsubscribe(connection, topic)
+                connection.user_id = None
+                connection.token = None
+                self._reply(connection, _error("not_logged_in", "the session ended; log in again"))
+
     async def stop(self) -> None:
         """Close every client (server shutdown)."""
+        if self._revalidator is not None:
+            self._revalidator.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._revalidator
         connections = list(self.connections)
         for connection in connections:
             connection.closing = True

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
-from exchange.adapters.db.database import is_sqlite, sqlite_path
+from exchange.adapters.db.database import POSTGRES_CONNECT_ARGS, is_sqlite, sqlite_path
 
 ADVISORY_KEY = 0x45584348  # "EXCH"
 CONNECT_TIMEOUT_S = 5
@@ -83,11 +84,14 @@ class WriterLock:
         from sqlalchemy.engine import make_url
 
         url = make_url(self._url).set(drivername="postgresql")
-        conn = psycopg.connect(
-            url.render_as_string(hide_password=False),
-            autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT_S,
-        )
+        options = {**POSTGRES_CONNECT_ARGS, "connect_timeout": CONNECT_TIMEOUT_S}
+        conninfo = make_conninfo(url.render_as_string(hide_password=False), **options)
+        conn = psycopg.connect(conninfo, autocommit=True)
+        # The server side too: a lock holder whose network vanished is dropped (and its
+        # lock freed for the next writer) in ~25 s, not after the kernel's two hours.
+        conn.execute("SET tcp_keepalives_idle = 10")
+        conn.execute("SET tcp_keepalives_interval = 5")
+        conn.execute("SET tcp_keepalives_count = 3")
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_KEY,)).fetchone()
         if not got or not got[0]:
             conn.close()

@@ -57,6 +57,18 @@ def _sqlite_pragmas(synchronous: str) -> Any:
     return on_connect
 
 
+#: libpq connection options: give up connecting after 5 s, and let the kernel notice a
+#: silently dropped connection (no RST, e.g. a dead network path) within ~25 s instead of
+#: the system default of hours, so the engine answers 503 and reconnects.
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
 def make_async_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
     if is_sqlite(url):
         engine = create_async_engine(
@@ -69,7 +81,11 @@ def make_async_engine(url: str, *, synchronous: str = "FULL") -> AsyncEngine:
         _sqlite_begin_immediate(engine.sync_engine)
         return engine
     return create_async_engine(
-        _driver_url(url, asynchronous=True), pool_size=10, max_overflow=5, pool_pre_ping=True
+        _driver_url(url, asynchronous=True),
+        pool_size=10,
+        max_overflow=5,
+        pool_pre_ping=True,
+        connect_args=POSTGRES_CONNECT_ARGS,
     )
 
 
@@ -82,7 +98,11 @@ def make_sync_engine(url: str, *, synchronous: str = "FULL") -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas(synchronous))
         _sqlite_begin_immediate(engine)
         return engine
-    return create_engine(_driver_url(url, asynchronous=False), pool_pre_ping=True)
+    return create_engine(
+        _driver_url(url, asynchronous=False),
+        pool_pre_ping=True,
+        connect_args=POSTGRES_CONNECT_ARGS,
+    )
 
 
 def _sqlite_begin_immediate(engine: Engine) -> None:
