@@ -155,17 +155,21 @@ def check_books_and_ledger(app: Any) -> None:
     """The engine's invariants: conservation per asset, frozen == open orders, sane books."""
     core = app.state.services.engine.core
     core.check_invariants()
-    assert all(total == 0 for total in core.ledger.totals().values()), core.ledger.totals()
+    totals = core.ledger.totals()
+    assert totals and all(total == 0 for total in totals.values()), totals
 
 
-def check_database_ledger(database_url: str) -> dict[tuple[int, str], tuple[int, int]]:
-    """balances == the sum of ledger entries per account, and every asset sums to zero."""
+def check_database_ledger(database: str | Any) -> dict[tuple[int, str], tuple[int, int]]:
+    """balances == the sum of ledger entries per account, and every asset sums to zero.
+
+    ``database`` is a URL or an open SQLAlchemy engine (left open).
+    """
     from sqlalchemy import func, select
 
     from exchange.adapters.db.database import make_sync_engine
     from exchange.adapters.db.tables import balances, ledger_entries
 
-    engine = make_sync_engine(database_url)
+    engine = make_sync_engine(database) if isinstance(database, str) else database
     try:
         with engine.connect() as conn:
             stored = {
@@ -184,7 +188,8 @@ def check_database_ledger(database_url: str) -> dict[tuple[int, str], tuple[int,
                 )
             }
     finally:
-        engine.dispose()
+        if isinstance(database, str):
+            engine.dispose()
     assert stored == summed
     per_asset: dict[str, int] = {}
     for (_user, asset), (available, frozen) in stored.items():

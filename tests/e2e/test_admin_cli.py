@@ -13,16 +13,24 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from exchange.adapters.db.database import make_sync_engine
-from exchange.adapters.db.tables import admin_audit, balances, ledger_entries
+from exchange.adapters.db.tables import admin_audit
 from exchange.clock import ManualClock
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, FEE_ACCOUNT, WITHDRAWAL_ACCOUNT
-from support import Mailbox, assert_envelope, login, make_settings, register, running_app
+from support import (
+    Mailbox,
+    assert_envelope,
+    check_books_and_ledger,
+    check_database_ledger,
+    login,
+    make_settings,
+    register,
+    running_app,
+)
 
 EXCHANGE = Path(sys.executable).with_name("exchange")
 EMAIL = "cli@example.com"
@@ -66,43 +74,18 @@ async def refused(url: str, cwd: Path, *args: str, says: str) -> None:
     assert says in lines[0], (says, lines[0])
 
 
-def check_engine(app: Any) -> None:
-    core = app.state.services.engine.core
-    core.check_invariants()
-    assert all(total == 0 for total in core.ledger.totals().values()), core.ledger.totals()
-
-
 def database_books(url: str) -> dict[tuple[int, str], tuple[int, int]]:
-    """Stored balances, after checking they equal the ledger entries and sum to zero."""
+    """Stored balances (checked against the ledger), plus the audit log's counts."""
+    stored = check_database_ledger(url)
     db = make_sync_engine(url)
     try:
         with db.connect() as conn:
-            stored = {
-                (r.user_id, r.asset): (int(r.available), int(r.frozen))
-                for r in conn.execute(select(balances))
-            }
-            summed = {
-                (r.user_id, r.asset): (int(r.a), int(r.f))
-                for r in conn.execute(
-                    select(
-                        ledger_entries.c.user_id,
-                        ledger_entries.c.asset,
-                        func.sum(ledger_entries.c.d_available).label("a"),
-                        func.sum(ledger_entries.c.d_frozen).label("f"),
-                    ).group_by(ledger_entries.c.user_id, ledger_entries.c.asset)
-                )
-            }
             audit = [
                 (r.action, json.loads(r.details)["outcome"])
                 for r in conn.execute(select(admin_audit).order_by(admin_audit.c.id))
             ]
     finally:
         db.dispose()
-    assert stored == summed
-    totals: dict[str, int] = {}
-    for (_user, asset), (available, frozen) in stored.items():
-        totals[asset] = totals.get(asset, 0) + available + frozen
-    assert all(total == 0 for total in totals.values()), totals
     stored[(0, "audit")] = (len(audit), sum(outcome == "refused" for _a, outcome in audit))
     return stored
 
@@ -127,7 +110,7 @@ async def test_admin_cli_with_and_without_a_running_server(
         out = await succeeds(url, tmp_path, "admin", "credit", EMAIL, "btc", "1.25", "--note", "w")
         assert out.strip() == f"credited 1.25 BTC to {EMAIL}"
         assert await btc(client, user) == ("1.25000000", "0.00000000")
-        check_engine(app)
+        check_books_and_ledger(app)
 
         await client.post(
             "/api/set_withdraw_address", data={"coin": "BTC", "address": ADDRESS}, headers=user
@@ -149,7 +132,7 @@ async def test_admin_cli_with_and_without_a_running_server(
         out = await succeeds(url, tmp_path, "admin", "approve", str(first), "--txid", "tx-1")
         assert out.strip() == f"withdrawal {first} sent"
         assert await btc(client, user) == ("0.50000000", "0.25000000")
-        check_engine(app)
+        check_books_and_ledger(app)
         await refused(
             url,
             tmp_path,
@@ -197,7 +180,7 @@ async def test_admin_cli_with_and_without_a_running_server(
     # -- the server restarts on what the offline commands committed ----------------
     async with running_app(settings, clock) as (app, client):
         assert await btc(client, user) == ("1.25000000", "0.00000000")
-        check_engine(app)
+        check_books_and_ledger(app)
         history = assert_envelope(await client.post("/api/get_withdrawals", headers=user), 200)
         assert [(w["withdrawal_id"], w["status"]) for w in history] == [
             (second, "rejected"),

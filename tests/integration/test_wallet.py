@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine as SyncEngine
 
 from exchange.adapters.db.database import make_sync_engine
-from exchange.adapters.db.tables import admin_audit, balances, ledger_entries
+from exchange.adapters.db.tables import admin_audit, ledger_entries
 from exchange.api import schemas
 from exchange.clock import ManualClock
 from exchange.config import Settings
@@ -31,7 +31,16 @@ from exchange.domain.money import parse_decimal, to_units
 from exchange.engine.commands import Credit
 from exchange.services.admin import Admin
 from exchange.services.wallet import WithdrawRule, withdraw_rules
-from support import Mailbox, assert_envelope, login, make_settings, register, running_app
+from support import (
+    Mailbox,
+    assert_envelope,
+    check_books_and_ledger,
+    check_database_ledger,
+    login,
+    make_settings,
+    register,
+    running_app,
+)
 
 Pair = tuple[Any, httpx.AsyncClient]
 Headers = dict[str, str]
@@ -120,43 +129,9 @@ async def ready_address(
     clock.now = max(clock.now, saved["usable_from"])
 
 
-def check_engine(app: Any) -> None:
-    """Conservation per asset over every account, and the engine's own invariants."""
-    core = app.state.services.engine.core
-    core.check_invariants()
-    totals = core.ledger.totals()
-    assert totals and all(total == 0 for total in totals.values()), totals
-
-
-def check_database(db: SyncEngine) -> dict[tuple[int, str], tuple[int, int]]:
-    """Stored balances == sum of ledger entries per (user, asset); each asset sums to 0."""
-    with db.connect() as conn:
-        stored = {
-            (r.user_id, r.asset): (int(r.available), int(r.frozen))
-            for r in conn.execute(select(balances))
-        }
-        summed = {
-            (r.user_id, r.asset): (int(r.a), int(r.f))
-            for r in conn.execute(
-                select(
-                    ledger_entries.c.user_id,
-                    ledger_entries.c.asset,
-                    func.sum(ledger_entries.c.d_available).label("a"),
-                    func.sum(ledger_entries.c.d_frozen).label("f"),
-                ).group_by(ledger_entries.c.user_id, ledger_entries.c.asset)
-            )
-        }
-    assert stored == summed
-    per_asset: dict[str, int] = {}
-    for (_user, asset), (available, frozen) in stored.items():
-        per_asset[asset] = per_asset.get(asset, 0) + available + frozen
-    assert all(total == 0 for total in per_asset.values()), per_asset
-    return stored
-
-
 async def check_all(app: Any, db: SyncEngine) -> dict[tuple[int, str], tuple[int, int]]:
-    check_engine(app)
-    return await asyncio.to_thread(check_database, db)
+    check_books_and_ledger(app)
+    return await asyncio.to_thread(check_database_ledger, db)
 
 
 def entries_of(db: SyncEngine, withdrawal_id: int) -> list[tuple[int, str, int, int, str]]:
@@ -581,7 +556,7 @@ async def test_bad_amounts_change_nothing(
     available, frozen = await coin_balance(client, user, coin)
     assert parse_decimal(available) == 2 and parse_decimal(frozen) == 0
     assert await ok(client, "get_withdrawals", user) == []
-    check_engine(app)
+    check_books_and_ledger(app)
 
 
 @pytest.mark.parametrize("cooldown", [0])
@@ -671,7 +646,7 @@ async def test_a_pending_withdrawal_survives_a_restart(
     try:
         async with running_app(settings, clock) as (app, client):
             assert await coin_balance(client, user, "BTC") == ("0.70000000", "0.30000000")
-            check_engine(app)  # the hold was rebuilt as a withdrawal hold, not an order's
+            check_books_and_ledger(app)  # the hold was rebuilt as a withdrawal hold, not an order's
             second = await ok(client, "withdraw", user, coin="BTC", amount="0.2")
             assert second["withdrawal_id"] == first["withdrawal_id"] + 1
             operator = Admin(db, database_url, app.state.services.markets)
