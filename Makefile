@@ -40,6 +40,8 @@ test: $(DEV) chromium
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+	@echo "the integration suite again, through an HTTP worker (exchange serve --workers N)"
+	EXCHANGE_TEST_THROUGH_WORKER=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration
 
 lint: $(DEV)
 	$(BIN)/ruff check src tests

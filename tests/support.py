@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,6 +22,7 @@ from exchange.app import create_app
 from exchange.bench.server import free_port
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings
+from exchange.engine.hub import WriterHub
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 BASE_URL = "http://127.0.0.1:8088"
@@ -83,15 +87,44 @@ def make_settings(database_url: str, smtp_port: int | None = None, **extra: Any)
     return Settings(**values)
 
 
+#: ``EXCHANGE_TEST_THROUGH_WORKER=1`` (``make test`` sets it for a second run of the
+#: integration suite on SQLite) puts an HTTP worker between the tests and the writer.
+THROUGH_WORKER = os.environ.get("EXCHANGE_TEST_THROUGH_WORKER") == "1"
+
+
 @asynccontextmanager
 async def running_app(
-    settings: Settings, clock: Clock = now_ms
+    settings: Settings, clock: Clock = now_ms, *, through_worker: bool | None = None
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The app and a client of it; ``through_worker``: the client talks to a worker app.
+
+    A worker is what ``exchange serve --workers N`` runs in each HTTP process: the
+    same methods with the engine behind a Unix socket. The first element is always
+    the writer's app, so tests can still read the engine's books and ledger.
+    """
     app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
-            yield app, client
+        if not (THROUGH_WORKER if through_worker is None else through_worker):
+            async with _client(app) as client:
+                yield app, client
+            return
+        directory = tempfile.mkdtemp(prefix="xw-")  # short: Unix socket paths are <= 107 bytes
+        hub = WriterHub(app.state.services.engine, os.path.join(directory, "writer.sock"))
+        await hub.start()
+        try:
+            worker = create_app(settings, clock=clock, writer_socket=hub.path)
+            async with worker.router.lifespan_context(worker), _client(worker) as client:
+                yield app, client
+        finally:
+            await hub.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@asynccontextmanager
+async def _client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        yield client
 
 
 async def register(

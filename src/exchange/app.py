@@ -29,7 +29,9 @@ from exchange.api.ws import Stream
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings, get_settings
 from exchange.domain.markets import Market, default_assets, default_markets
+from exchange.engine.client import EngineClient
 from exchange.engine.engine import Engine, database_unavailable, unavailable
+from exchange.engine.port import EnginePort
 from exchange.engine.writer_lock import WriterLock
 from exchange.services.accounts import Accounts
 from exchange.services.candle_store import CandleStore
@@ -93,55 +95,68 @@ def create_app(
     *,
     clock: Clock = now_ms,
     mailer: Mailer | None = None,
+    writer_socket: str | None = None,
 ) -> FastAPI:
+    """The whole exchange in one process, or (``writer_socket`` set) one HTTP worker.
+
+    A worker has no engine of its own: commands and balances go to the writer
+    process over ``writer_socket``, and market data is a replica fed by the
+    writer's committed batches (``exchange serve --workers N``, docs/scaling.md).
+    """
     settings = settings or get_settings()
     markets = configured_markets(settings)
     db = make_async_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
-    sync_db = make_sync_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
-    lock = WriterLock(settings.database_url)
-    engine = Engine(
-        markets,
-        sync_db,
-        clock,
-        queue_size=settings.queue_size,
-        batch_size=settings.batch_size,
-        lock=lock,
-    )
+    engine: Engine | None = None
+    client: EngineClient | None = None
+    port: EnginePort
+    if writer_socket is None:
+        sync_db = make_sync_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+        lock = WriterLock(settings.database_url)
+        port = engine = Engine(
+            markets,
+            sync_db,
+            clock,
+            queue_size=settings.queue_size,
+            batch_size=settings.batch_size,
+            lock=lock,
+        )
+    else:
+        port = client = EngineClient(writer_socket, markets)
     hashing = PasswordHashing(settings.password_hash_memory_kib, settings.password_hash_time_cost)
-    market = MarketData(markets, engine, clock, CandleStore(db))
+    market = MarketData(markets, port, clock, CandleStore(db), persist=engine is not None)
+    sessions = Sessions(db, clock, lifetime=settings.session_lifetime, idle=settings.session_idle)
     services = Services(
         settings=settings,
         db=db,
         clock=clock,
         accounts=Accounts(db, mailer or make_mailer(settings), hashing, clock),
-        sessions=Sessions(
-            db, clock, lifetime=settings.session_lifetime, idle=settings.session_idle
-        ),
-        engine=engine,
+        sessions=sessions,
+        engine=port,
         history=History(db),
         markets=markets,
         market=market,
         wallet=Wallet(
             db,
-            engine,
+            port,
             clock,
             cooldown_seconds=settings.withdraw_address_cooldown,
-            rules=withdraw_rules(settings, engine.assets),
+            rules=withdraw_rules(settings, port.assets),
         ),
     )
     stream = Stream(
         market,
-        services.sessions,
-        engine,
+        sessions,
+        port,
         allowed_origins=(o.strip() for o in settings.allowed_origins.split(",") if o.strip()),
     )
-    engine.subscribe(market.on_commit)  # market data first: the stream reads it
-    engine.subscribe(stream.on_commit)
+    port.subscribe(market.on_commit)  # market data first: the stream reads it
+    port.subscribe(stream.on_commit)
     dispatcher = Dispatcher(services, METHODS, RateLimiter(settings))
     openapi_body = orjson.dumps(build_openapi(ALL_METHODS, version=__version__))
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def writer_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert engine is not None
         await asyncio.to_thread(migrate, settings.database_url)
         if not await asyncio.to_thread(lock.acquire):
             raise AnotherWriter(
@@ -161,6 +176,23 @@ def create_app(
             sync_db.dispose()
             lock.release()
 
+    @asynccontextmanager
+    async def worker_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert client is not None
+        client.on_resync = market.reload
+        client.on_revoke = sessions.forget
+        sessions.on_end = client.revoke
+        try:
+            await client.start()  # the depth snapshot; batches are held from here on
+            await market.load()
+            client.release()  # the held batches, minus trades the load already had
+            stream.start()
+            yield
+        finally:
+            await stream.stop()
+            await client.stop()
+            await db.dispose()
+
     async def openapi(_: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
 
@@ -170,7 +202,7 @@ def create_app(
     app = ExchangeApp(
         title="Exchange",
         version=__version__,
-        lifespan=lifespan,
+        lifespan=writer_lifespan if engine is not None else worker_lifespan,
         openapi_url=None,
         docs_url=None,
         redoc_url=None,

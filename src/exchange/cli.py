@@ -37,7 +37,7 @@ app.add_typer(bench, name="bench")
 JSON_OPTION = typer.Option("--json", help="print a JSON summary too")
 
 
-def _logging(settings: Settings) -> None:
+def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -49,7 +49,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, demo: bool
 
     from exchange.app import create_app
 
-    _logging(settings)
+    configure_logging(settings)
     application: Any = create_app(settings)
     host = host or settings.host
     port = port or settings.port
@@ -78,9 +78,28 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, demo: bool
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address [EXCHANGE_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="port [EXCHANGE_PORT]")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="HTTP worker processes in front of the one writer process; 1 = a single "
+            "process [EXCHANGE_WORKERS]",
+        ),
+    ] = None,
 ) -> None:
     """Run the exchange server."""
-    _serve(get_settings(), host, port, demo=False)
+    settings = get_settings()
+    count = workers or settings.workers
+    if count > 1:
+        from exchange.workers import run_workers
+
+        configure_logging(settings)
+        code = run_workers(settings, host or settings.host, port or settings.port, count)
+        if code:
+            raise SystemExit(code)
+        return
+    _serve(settings, host, port, demo=False)
 
 
 @app.command()

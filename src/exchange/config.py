@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address `exchange serve` binds to")
     port: int = Field(8088, description="port `exchange serve` listens on")
+    workers: int = Field(
+        1, ge=1, le=64, description="HTTP worker processes of `exchange serve` (1 = one process)"
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
 
     smtp_host: str = Field("", description="SMTP server; empty = codes go to the log")

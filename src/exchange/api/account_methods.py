@@ -49,7 +49,7 @@ async def logout(call: Call) -> object:
 
 
 async def get_user_coin(call: Call) -> object:
-    return call.services.engine.balances(call.user_id)
+    return await call.services.engine.read_balances(call.user_id)
 
 
 METHODS = (

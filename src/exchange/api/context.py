@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.clock import Clock
 from exchange.config import Settings
 from exchange.domain.markets import Market
-from exchange.engine.engine import Engine
+from exchange.engine.port import EnginePort
 from exchange.services.accounts import Accounts
 from exchange.services.history import History
 from exchange.services.marketdata import MarketData
@@ -28,7 +28,7 @@ class Services:
     clock: Clock
     accounts: Accounts
     sessions: Sessions
-    engine: Engine
+    engine: EnginePort
     history: History
     markets: dict[str, Market]
     wallet: Wallet

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import orjson
@@ -41,7 +41,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox
 from exchange.domain.markets import normalize_pair
 from exchange.domain.orders import Trade
-from exchange.engine.engine import Engine
+from exchange.engine.port import EnginePort
 from exchange.services.candles import ALIASES, INTERVALS
 from exchange.services.marketdata import MarketData
 from exchange.services.sessions import Sessions
@@ -116,7 +116,7 @@ class Stream:
         self,
         market: MarketData,
         sessions: Sessions,
-        engine: Engine,
+        engine: EnginePort,
         *,
         allowed_origins: Iterable[str] = (),
         queue_size: int = QUEUE_SIZE,
@@ -170,7 +170,25 @@ class Stream:
         for user in {user for user, _asset in outbox.accounts}:
             listeners = subscribers.get(_private("balances", user))
             if listeners:
-                self._publish(listeners, "balances", None, self.engine.balances(user))
+                balances = self.engine.balances_now(user)
+                if balances is None:  # a worker: the writer holds them, one round trip away
+                    self._spawn(self._publish_balances(user))
+                else:
+                    self._publish(listeners, "balances", None, balances)
+
+    async def _publish_balances(self, user: int) -> None:
+        try:
+            balances = await self.engine.read_balances(user)
+        except ExchangeError:
+            return  # the writer is unreachable; the next batch sends them again
+        listeners = self.subscribers.get(_private("balances", user))
+        if listeners:
+            self._publish(listeners, "balances", None, balances)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
 
     def _publish(
         self,
@@ -195,10 +213,7 @@ class Stream:
         connection.closing = True
         self.dropped += 1
         self._forget(connection)
-        closing = self._close(connection, TOO_SLOW, "too slow")
-        task = asyncio.get_running_loop().create_task(closing)
-        self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
+        self._spawn(self._close(connection, TOO_SLOW, "too slow"))
 
     async def _close(self, connection: Connection, code: int, reason: str) -> None:
         with contextlib.suppress(Exception, asyncio.TimeoutError):

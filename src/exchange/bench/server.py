@@ -39,10 +39,13 @@ def exchange_env(database_url: str, smtp_port: int | None = None, **extra: str) 
 
 
 class Server:
-    def __init__(self, port: int, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, port: int, env: dict[str, str], log: Path, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port
         self.env = env
         self.log = log
+        self.args = args  # more options, e.g. ("--workers", "2")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,7 +55,7 @@ class Server:
     def start(self, command: str = "serve", timeout: float = 30.0) -> None:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            [str(BIN / "exchange"), command, "--port", str(self.port)],
+            [str(BIN / "exchange"), command, "--port", str(self.port), *self.args],
             env=self.env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -88,9 +91,9 @@ class Server:
 
 @contextmanager
 def running_server(
-    port: int, env: dict[str, str], log: Path, command: str = "serve"
+    port: int, env: dict[str, str], log: Path, command: str = "serve", args: tuple[str, ...] = ()
 ) -> Iterator[Server]:
-    server = Server(port, env, log)
+    server = Server(port, env, log, args)
     server.start(command)
     try:
         yield server

@@ -22,6 +22,7 @@ from exchange.config import Settings
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Market
 from exchange.engine.commands import CancelOrder, Credit, PlaceOrder
+from exchange.engine.engine import Engine
 
 log = logging.getLogger("exchange.demo")
 
@@ -82,8 +83,15 @@ class Demo:
                 await task
         self.tasks.clear()
 
-    async def _fund(self, user_id: int, funds: dict[str, str], *, only_if_empty: bool) -> None:
+    def _engine(self) -> Engine:
+        """The in-process engine: bots read books and balances that only the writer holds."""
         engine = self.services.engine
+        if not isinstance(engine, Engine):
+            raise RuntimeError("the demo bots run where the engine runs, not in a worker")
+        return engine
+
+    async def _fund(self, user_id: int, funds: dict[str, str], *, only_if_empty: bool) -> None:
+        engine = self._engine()
         for code, amount in funds.items():
             asset = engine.assets[code]
             units = int(amount) * 10**asset.scale
@@ -121,7 +129,7 @@ class Demo:
     async def _make(self, market: Market) -> None:
         """Keep a ladder of bids and asks around the moving reference price."""
         user = self.makers[market.symbol]
-        engine = self.services.engine
+        engine = self._engine()
         while True:
             try:
                 price = self._walk(market)

@@ -197,6 +197,10 @@ class Engine:
     # -- submitting -----------------------------------------------------------
 
     async def submit(self, command: Command) -> Any:
+        return await self.enqueue(command)
+
+    def enqueue(self, command: Command) -> asyncio.Future[Any]:
+        """Queue a command; the future resolves after its batch's commit (or fails)."""
         if not self._ready:
             raise unavailable()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -204,7 +208,21 @@ class Engine:
             self._queue.put_nowait((command, future, 0))
         except asyncio.QueueFull:
             raise ExchangeError("overloaded", "too many orders in flight; try again") from None
-        return await future
+        return future
+
+    async def read_balances(self, user_id: int) -> dict[str, dict[str, str]]:
+        return self.balances(user_id)
+
+    def balances_now(self, user_id: int) -> dict[str, dict[str, str]] | None:
+        """Balances without waiting (the stream's fan-out cannot await)."""
+        return self.balances(user_id)
+
+    def depth_key(self, symbol: str) -> object:
+        """Changes when the book is rebuilt, so cached depth is never served across a reload."""
+        return self.core.books[symbol]
+
+    def depth(self, symbol: str, limit: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        return self.core.depth(symbol, limit)
 
     # -- the writer -----------------------------------------------------------
 

@@ -30,11 +30,10 @@ from collections import deque
 from typing import Any
 
 from exchange.clock import Clock
-from exchange.domain.book import OrderBook
 from exchange.domain.events import Outbox
 from exchange.domain.markets import Market
 from exchange.domain.orders import Trade
-from exchange.engine.engine import Engine
+from exchange.engine.port import EnginePort
 from exchange.services.candle_store import CandleRow, CandleStore
 from exchange.services.candles import INTERVALS, SIMPLE_POINTS, Candle, CandleSeries, format_volume
 from exchange.services.tickers import DAY, WINDOW, Ticker, change_percent
@@ -65,12 +64,25 @@ class _TickerView:
 
 class MarketData:
     def __init__(
-        self, markets: dict[str, Market], engine: Engine, clock: Clock, store: CandleStore
+        self,
+        markets: dict[str, Market],
+        engine: EnginePort,
+        clock: Clock,
+        store: CandleStore,
+        *,
+        persist: bool = True,
     ) -> None:
         self.markets = markets
         self.clock = clock
         self._engine = engine
         self._store = store
+        #: Only the writer writes candles; a worker's copy is rebuilt from the trades.
+        self.persist = persist
+        self._reset()
+        self._task: asyncio.Task[None] | None = None
+
+    def _reset(self) -> None:
+        markets = self.markets
         self.series: dict[str, dict[str, CandleSeries]] = {
             symbol: {name: CandleSeries(market, name) for name in INTERVALS}
             for symbol, market in markets.items()
@@ -81,16 +93,20 @@ class MarketData:
         }
         self._version: dict[str, int] = dict.fromkeys(markets, 0)
         self._tickers: dict[str, _TickerView] = {}
-        self._depth: dict[str, tuple[OrderBook, int, dict[int, Levels]]] = {}
+        self._depth: dict[str, tuple[object, int, dict[int, Levels]]] = {}
         self._dirty: dict[tuple[str, str, int], Candle] = {}
-        self._task: asyncio.Task[None] | None = None
+        #: The newest trade folded in per market: a batch that overlaps a load (a
+        #: worker loads while batches arrive) must not count its trades twice.
+        self._through: dict[str, int] = dict.fromkeys(markets, 0)
 
     # -- the engine listener (synchronous: never awaits, never blocks) ---------
 
     def on_commit(self, outbox: Outbox, now: int) -> None:
         version = self._version
+        through = self._through
         for trade in outbox.trades:
-            if trade.market in version:
+            if trade.market in version and trade.id > through[trade.market]:
+                through[trade.market] = trade.id
                 self._add_trade(trade)
                 version[trade.market] += 1
         for order in outbox.orders:
@@ -108,7 +124,8 @@ class MarketData:
         for name, series in self.series[trade.market].items():
             if trade.id > series.last_trade_id:
                 candle = series.add_trade(trade.time, trade.price, trade.amount, trade.id)
-                dirty[(trade.market, name, candle.time)] = candle
+                if self.persist:
+                    dirty[(trade.market, name, candle.time)] = candle
 
     # -- views (the REST items; the stream sends the same shapes) -------------
 
@@ -173,8 +190,8 @@ class MarketData:
         return [deals[-1 - index] for index in range(count)]
 
     def depth(self, symbol: str, limit: int, now: int) -> dict[str, Any]:
-        core = self._engine.core
-        book = core.books[symbol]
+        engine = self._engine
+        book = engine.depth_key(symbol)
         version = self._version[symbol]
         cached = self._depth.get(symbol)
         if cached is None or cached[0] is not book or cached[1] != version:
@@ -184,7 +201,7 @@ class MarketData:
         if levels is None:
             market = self.markets[symbol]
             price, amount = market.format_price, market.format_amount
-            bids, asks = core.depth(symbol, limit)
+            bids, asks = engine.depth(symbol, limit)
             levels = (
                 [[price(p), amount(a)] for p, a in bids],
                 [[price(p), amount(a)] for p, a in asks],
@@ -237,7 +254,13 @@ class MarketData:
             deals.clear()
             for trade in await self._store.recent_trades(symbol, DEALS_KEPT):
                 deals.append(self.deal_row(trade))
+            self._through[symbol] = max(series.last_trade_id for series in by_interval.values())
             self._version[symbol] += 1
+
+    async def reload(self) -> None:
+        """Start again from the database (a worker that missed batches)."""
+        self._reset()
+        await self.load()
 
     def _restore_ticker(self, symbol: str, now: int) -> None:
         minutes = self.series[symbol]["1min"]
@@ -255,7 +278,7 @@ class MarketData:
             ticker.add_volume(candle.time, candle.volume)
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and self.persist:
             self._task = asyncio.create_task(self._flush_loop(), name="marketdata-flush")
 
     async def stop(self) -> None:

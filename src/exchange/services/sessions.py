@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select, update
@@ -41,6 +42,13 @@ class Sessions:
         self._lifetime_ms = lifetime * 1000
         self._idle_ms = idle * 1000
         self._cache: dict[str, _Cached] = {}
+        #: Called with the hash of every ended session: with several workers, each
+        #: caches sessions, and all of them must forget one at once, not in 5 s.
+        self.on_end: Callable[[str], None] | None = None
+
+    def forget(self, key: str) -> None:
+        """Drop a cached session (another worker ended it)."""
+        self._cache.pop(key, None)
 
     async def create(self, user_id: int) -> str:
         token = secrets.token_urlsafe(32)
@@ -54,10 +62,7 @@ class Sessions:
         return token
 
     async def delete(self, token: str) -> None:
-        key = token_hash(token)
-        self._cache.pop(key, None)
-        async with self._db.begin() as conn:
-            await conn.execute(delete(sessions).where(sessions.c.token_hash == key))
+        await self.delete_hash(token_hash(token))
 
     async def resolve(self, token: str | None) -> int | None:
         """The user id of a live session, or None; extends the idle window."""
@@ -86,6 +91,8 @@ class Sessions:
         self._cache.pop(key, None)
         async with self._db.begin() as conn:
             await conn.execute(delete(sessions).where(sessions.c.token_hash == key))
+        if self.on_end is not None:
+            self.on_end(key)
 
     async def _load(self, key: str, now: int) -> _Cached | None:
         async with self._db.connect() as conn:

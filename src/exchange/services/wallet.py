@@ -38,7 +38,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Asset
 from exchange.domain.money import format_units, parse_decimal, to_units
 from exchange.engine.commands import RequestWithdrawal
-from exchange.engine.engine import Engine
+from exchange.engine.port import EnginePort
 
 __all__ = [
     "Wallet",
@@ -136,7 +136,7 @@ class Wallet:
     def __init__(
         self,
         db: AsyncEngine,
-        engine: Engine,
+        engine: EnginePort,
         clock: Clock,
         *,
         cooldown_seconds: int,

@@ -1,0 +1,280 @@
+"""An HTTP worker's engine: the writer process, reached over its Unix socket.
+
+Commands go to the writer and are answered after the writer's group commit, so
+durability and single-writer matching are exactly those of one process. What
+a worker reads from memory it keeps locally, fed by the writer's stream of
+committed batches: the depth of every book (aggregated levels, updated from the
+new totals of the levels each batch touched) and, through the same listener
+interface as ``Engine``, market data and the WebSocket fan-out. Balances are
+asked of the writer (one round trip on the socket, no database).
+
+If the connection drops, commands in flight get ``internal_error`` with a
+sentence saying the outcome is unknown (the writer may have committed them; a
+``client_order_id`` makes the retry safe), new commands get 503 until the
+client has reconnected, and ``on_resync`` (market data's reload) runs before
+events flow again, since batches were missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from itertools import islice
+from typing import Any
+
+from sortedcontainers import SortedDict
+
+from exchange.domain.errors import ExchangeError
+from exchange.domain.events import Outbox
+from exchange.domain.markets import Asset, Market
+from exchange.domain.orders import BUY
+from exchange.engine.commands import Command
+from exchange.engine.port import Levels, Listener
+from exchange.engine.wire import (
+    decode_error,
+    decode_outbox,
+    decode_result,
+    encode_command,
+    frame,
+    read_frame,
+)
+
+__all__ = ["EngineClient", "LevelBook"]
+
+log = logging.getLogger("exchange.client")
+
+RECONNECT_SECONDS = 0.2  # float-ok: seconds between reconnection attempts
+
+
+def _unknown_outcome() -> ExchangeError:
+    return ExchangeError(
+        "internal_error",
+        "the connection to the matching engine was lost while this was in flight; it may "
+        "or may not have been applied: check get_orders or get_withdrawals before retrying",
+    )
+
+
+def _not_connected() -> ExchangeError:
+    return ExchangeError(
+        "overloaded", "the matching engine is not reachable now; try again", retry_after=1
+    )
+
+
+class LevelBook:
+    """One market's aggregated depth: price -> total remaining, per side."""
+
+    __slots__ = ("asks", "bids")
+
+    def __init__(self, levels: list[list[list[int]]]) -> None:
+        bids, asks = levels
+        self.bids: SortedDict = SortedDict({price: total for price, total in bids})
+        self.asks: SortedDict = SortedDict({price: total for price, total in asks})
+
+    def set(self, side: str, price: int, total: int) -> None:
+        levels = self.bids if side == BUY else self.asks
+        if total > 0:
+            levels[price] = total
+        else:
+            levels.pop(price, None)
+
+    def depth(self, limit: int) -> Levels:
+        bids, asks = self.bids, self.asks
+        return (
+            [(price, bids[price]) for price in islice(reversed(bids), limit)],
+            [(price, asks[price]) for price in islice(asks, limit)],
+        )
+
+
+class EngineClient:
+    def __init__(self, path: str, markets: dict[str, Market]) -> None:
+        self.path = path
+        self.markets = markets
+        self._assets: dict[str, Asset] = {}
+        for market in markets.values():
+            self._assets[market.base.code] = market.base
+            self._assets[market.quote.code] = market.quote
+        self.books: dict[str, LevelBook] = {symbol: LevelBook([[], []]) for symbol in markets}
+        self.seq = 0
+        #: Runs after a reconnection, before missed batches could be misread as current.
+        self.on_resync: Callable[[], Awaitable[None]] | None = None
+        #: Runs when any worker ends a session (forget the cached copy).
+        self.on_revoke: Callable[[str], None] | None = None
+        self._listeners: list[Listener] = []
+        self._pending: dict[int, tuple[asyncio.Future[Any], bool]] = {}
+        self._next_id = 0
+        self._writer: asyncio.StreamWriter | None = None
+        self._held: list[tuple[Outbox, int]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    @property
+    def assets(self) -> dict[str, Asset]:
+        return self._assets
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # -- life cycle -----------------------------------------------------------
+
+    async def start(self, timeout: float = 10.0) -> None:  # float-ok: seconds
+        """Connect and take the writer's snapshot; batches are held until ``release``.
+
+        Holding lets the caller load market data from the database after the
+        snapshot: the held batches are then folded in, and market data skips the
+        trades its load already contained.
+        """
+        self._held = []
+        self._task = asyncio.create_task(self._run(), name="engine-client")
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        for outbox, now in held or ():
+            self._publish(outbox, now)
+
+    async def stop(self) -> None:
+        for task in (self._task, self._resync):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._resync = None
+        self._drop_connection()
+
+    async def _run(self) -> None:
+        first = True
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+            except OSError as error:
+                if first:
+                    log.debug("writer socket not ready (%s)", error)
+                await asyncio.sleep(RECONNECT_SECONDS)
+                continue
+            try:
+                self._hello(await read_frame(reader))
+                if not first and self.on_resync is not None:
+                    self._held = []  # batches wait until market data has reloaded
+                    self._resync = asyncio.create_task(self._run_resync(self.on_resync))
+                self._writer = writer
+                self._connected.set()
+                first = False
+                while True:
+                    self._handle(await read_frame(reader))
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as error:
+                log.error("lost the connection to the writer (%r); reconnecting", error)
+            finally:
+                self._connected.clear()
+                self._drop_connection()
+                writer.close()
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _run_resync(self, resync: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await resync()
+        except Exception:
+            log.exception("market data could not be reloaded after a reconnection")
+        finally:
+            self.release()
+
+    def _drop_connection(self) -> None:
+        self._writer = None
+        pending, self._pending = self._pending, {}
+        for future, is_command in pending.values():
+            if not future.done():
+                future.set_exception(_unknown_outcome() if is_command else _not_connected())
+
+    # -- frames from the writer ------------------------------------------------
+
+    def _hello(self, message: dict[str, Any]) -> None:
+        if message.get("t") != "hello":
+            raise ValueError("the writer did not start with a snapshot")
+        self.seq = int(message["seq"])
+        books = message["books"]
+        self.books = {symbol: LevelBook(books.get(symbol, [[], []])) for symbol in self.markets}
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "events":
+            self._events(message)
+        elif kind == "ok" or kind == "err":
+            entry = self._pending.pop(int(message["id"]), None)
+            if entry is None or entry[0].done():
+                return
+            if kind == "ok":
+                entry[0].set_result(decode_result(message))
+            else:
+                entry[0].set_exception(decode_error(message))
+        elif kind == "revoke" and self.on_revoke is not None:
+            self.on_revoke(str(message["key"]))
+
+    def _events(self, message: dict[str, Any]) -> None:
+        seq = int(message["seq"])
+        if seq <= self.seq:
+            return  # already in the snapshot
+        self.seq = seq
+        books = self.books
+        for symbol, levels in message["books"].items():
+            if symbol in books:
+                books[symbol] = LevelBook(levels)
+        for market, side, price, total in message["levels"]:
+            book = books.get(market)
+            if book is not None:
+                book.set(side, price, total)
+        outbox = decode_outbox(message)
+        now = int(message["now"])
+        if self._held is not None:
+            self._held.append((outbox, now))
+        else:
+            self._publish(outbox, now)
+
+    def _publish(self, outbox: Outbox, now: int) -> None:
+        for listener in self._listeners:
+            try:
+                listener(outbox, now)
+            except Exception:
+                log.exception("engine listener failed")
+
+    # -- requests --------------------------------------------------------------
+
+    def _request(self, data_for: Callable[[int], bytes], is_command: bool) -> asyncio.Future[Any]:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise _not_connected()
+        self._next_id += 1
+        request_id = self._next_id
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (future, is_command)
+        writer.write(data_for(request_id))
+        return future
+
+    async def submit(self, command: Command) -> Any:
+        return await self._request(lambda rid: encode_command(rid, command), True)
+
+    async def read_balances(self, user_id: int) -> dict[str, dict[str, str]]:
+        result: dict[str, dict[str, str]] = await self._request(
+            lambda rid: frame({"t": "bal", "id": rid, "u": user_id}), False
+        )
+        return result
+
+    def balances_now(self, user_id: int) -> dict[str, dict[str, str]] | None:
+        return None  # a round trip away: the stream asks with read_balances
+
+    def revoke(self, key: str) -> None:
+        """Tell every worker (this one too) that a session ended."""
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            writer.write(frame({"t": "revoke", "key": key}))
+
+    def depth_key(self, symbol: str) -> object:
+        return self.books[symbol]
+
+    def depth(self, symbol: str, limit: int) -> Levels:
+        return self.books[symbol].depth(limit)

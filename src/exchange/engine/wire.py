@@ -1,0 +1,165 @@
+"""What crosses the Unix socket between the writer and its HTTP workers.
+
+Frames are a 4-byte big-endian length and an orjson object with a type tag
+``t``. JSON and not pickle: a frame is data, never code, so a confused or
+hostile peer on the socket can at worst send a wrong command, never run one.
+Orders, trades and commands are slotted dataclasses, which orjson writes as
+objects and the reader rebuilds with ``Cls(**fields)``.
+
+Worker → writer: ``cmd`` (a command to apply), ``bal`` (a user's balances),
+``revoke`` (a session ended: every worker must forget its cached copy).
+Writer → worker: ``hello`` (the full depth of every book), ``events`` (one
+committed batch: trades, changed orders, touched accounts and the new totals of
+the touched price levels), ``ok`` / ``err`` (the answer to a ``cmd``/``bal``),
+``revoke``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from exchange.domain.errors import ExchangeError
+from exchange.domain.events import Outbox, PlaceResult
+from exchange.domain.orders import Order, Trade
+from exchange.engine.commands import CancelOrder, Command, PlaceOrder, RequestWithdrawal
+
+__all__ = [
+    "MAX_FRAME",
+    "decode_command",
+    "decode_error",
+    "decode_outbox",
+    "decode_result",
+    "encode_command",
+    "encode_error",
+    "encode_result",
+    "frame",
+    "read_frame",
+]
+
+_LENGTH = struct.Struct(">I")
+#: Big enough for a full depth snapshot of busy books; a longer frame is a broken peer.
+MAX_FRAME = 256 * 1024 * 1024
+
+#: The commands a worker may send. Deposits and withdrawal reviews are operator
+#: actions: they go through the audited inbox table, never through a worker.
+COMMANDS: dict[str, type[PlaceOrder | CancelOrder | RequestWithdrawal]] = {
+    "PlaceOrder": PlaceOrder,
+    "CancelOrder": CancelOrder,
+    "RequestWithdrawal": RequestWithdrawal,
+}
+
+#: A price level's new total: (market, side, price, total); total 0 = the level is gone.
+LevelTotal = tuple[str, str, int, int]
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    body = orjson.dumps(message)
+    return _LENGTH.pack(len(body)) + body
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """The next frame; ``asyncio.IncompleteReadError`` when the peer is gone."""
+    (length,) = _LENGTH.unpack(await reader.readexactly(4))
+    if length > MAX_FRAME:
+        raise ValueError(f"a {length}-byte frame is too long")
+    message = orjson.loads(await reader.readexactly(length))
+    if not isinstance(message, dict):
+        raise ValueError("a frame must be an object")
+    return message
+
+
+# -- commands and their answers ------------------------------------------------
+
+
+def encode_command(request_id: int, command: Command) -> bytes:
+    kind = type(command).__name__
+    if kind not in COMMANDS:
+        raise ValueError(f"{kind} is not sent by workers")
+    return frame({"t": "cmd", "id": request_id, "k": kind, "c": command})
+
+
+def decode_command(message: dict[str, Any]) -> Command:
+    kind = COMMANDS.get(str(message.get("k")))
+    fields = message.get("c")
+    if kind is None or not isinstance(fields, dict):
+        raise ValueError("not a command frame")
+    return kind(**fields)
+
+
+def encode_result(request_id: int, result: Any) -> bytes:
+    if isinstance(result, PlaceResult):
+        return frame({"t": "ok", "id": request_id, "k": "place", "v": result})
+    if isinstance(result, Order):
+        return frame({"t": "ok", "id": request_id, "k": "order", "v": result})
+    return frame({"t": "ok", "id": request_id, "k": "data", "v": result})
+
+
+def decode_result(message: dict[str, Any]) -> Any:
+    kind, value = message["k"], message["v"]
+    if kind == "place":
+        order = value["order"]
+        return PlaceResult(
+            None if order is None else Order(**order),
+            [Trade(**trade) for trade in value["trades"]],
+            value["duplicate"],
+            value["order_id"],
+        )
+    if kind == "order":
+        return Order(**value)
+    return value
+
+
+def encode_error(request_id: int, error: BaseException) -> bytes:
+    if not isinstance(error, ExchangeError):
+        error = ExchangeError("internal_error", "something went wrong on our side; try again")
+    return frame(
+        {
+            "t": "err",
+            "id": request_id,
+            "e": [error.code, error.message, error.retry_after],
+        }
+    )
+
+
+def decode_error(message: dict[str, Any]) -> ExchangeError:
+    code, text, retry_after = message["e"]
+    return ExchangeError(str(code), str(text), retry_after=retry_after)
+
+
+# -- committed batches -----------------------------------------------------------
+
+
+def encode_events(
+    seq: int,
+    now: int,
+    outbox: Outbox,
+    levels: Iterable[LevelTotal],
+    books: dict[str, list[list[list[int]]]],
+) -> bytes:
+    """``levels``: new totals of touched levels; ``books``: whole books rebuilt by a reload."""
+    return frame(
+        {
+            "t": "events",
+            "seq": seq,
+            "now": now,
+            "trades": outbox.trades,
+            "orders": outbox.orders,
+            "accounts": sorted(outbox.accounts),
+            "levels": list(levels),
+            "books": books,
+        }
+    )
+
+
+def decode_outbox(message: dict[str, Any]) -> Outbox:
+    return Outbox(
+        [Order(**order) for order in message["orders"]],
+        [Trade(**trade) for trade in message["trades"]],
+        [],
+        {(int(user), str(asset)) for user, asset in message["accounts"]},
+    )

@@ -1,0 +1,206 @@
+"""``exchange serve --workers N``: one writer process, N HTTP worker processes.
+
+The parent process is the writer: it runs the whole one-process app's life
+cycle (migrations, writer lock, engine, market data and candle persistence,
+the admin inbox) but serves no HTTP. It binds the listening port once and
+hands the socket to N worker processes (spawned, not forked: the parent runs
+threads and an event loop), which accept connections from it — the kernel
+spreads them — and run uvicorn on an app built with ``writer_socket``. Workers
+reach the writer over a Unix socket in a private 0700 directory.
+
+Supervision: a worker that dies (kill -9, a crash) is started again; one that
+keeps dying within seconds of its start stops the whole server, since that is
+a configuration error, not bad luck. A worker whose parent is gone shuts down
+by itself, so a killed writer never leaves workers holding the port. SIGINT or
+SIGTERM stops the workers first (each finishes its requests in flight, whose
+commands the writer still answers), then the writer, which drains its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+from exchange.config import Settings
+
+__all__ = ["run_workers"]
+
+log = logging.getLogger("exchange.workers")
+
+QUICK_DEATH_SECONDS = 5.0  # float-ok: seconds; a worker dying sooner counts as a failed start
+QUICK_DEATHS_ALLOWED = 3
+STOP_SECONDS = 10.0  # float-ok: seconds a worker has to finish before it is killed
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts from."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker_main(settings: Settings, sock: socket.socket, path: str, parent: int) -> None:
+    """A worker process: uvicorn on the shared socket, the engine behind ``path``."""
+    import uvicorn
+
+    from exchange.app import create_app
+    from exchange.cli import configure_logging
+
+    configure_logging(settings)
+    app: Any = create_app(settings, writer_socket=path)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            proxy_headers=False,
+            loop="uvloop",
+            http="httptools",
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
+
+    def watch_parent() -> None:
+        while not server.should_exit:
+            if os.getppid() != parent:
+                log.error("the writer process is gone: this worker stops")
+                server.should_exit = True
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
+    server.run(sockets=[sock])
+    if not server.started:
+        raise SystemExit(3)
+
+
+@dataclass
+class _Workers:
+    settings: Settings
+    sock: socket.socket
+    path: str
+    count: int
+    processes: list[SpawnProcess] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)
+    quick_deaths: int = 0
+
+    def spawn(self, index: int) -> SpawnProcess:
+        context = multiprocessing.get_context("spawn")
+        process = context.Process(
+            target=_worker_main,
+            args=(self.settings, self.sock, self.path, os.getpid()),
+            name=f"exchange-worker-{index}",
+        )
+        process.start()
+        return process
+
+    def start(self) -> None:
+        for index in range(self.count):
+            self.processes.append(self.spawn(index))
+            self.started.append(time.monotonic())
+
+    def check(self) -> bool:
+        """Restart dead workers; False when they keep dying at start."""
+        for index, process in enumerate(self.processes):
+            if process.is_alive():
+                continue
+            process.join()
+            lived = time.monotonic() - self.started[index]
+            log.error(
+                "worker %d (pid %s) ended with %s after %.1f s; starting another",
+                index,
+                process.pid,
+                process.exitcode,
+                lived,
+            )
+            self.quick_deaths = self.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+            if self.quick_deaths > QUICK_DEATHS_ALLOWED:
+                return False
+            self.processes[index] = self.spawn(index)
+            self.started[index] = time.monotonic()
+        return True
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+async def _writer(settings: Settings, workers: _Workers) -> int:
+    from exchange.app import create_app
+    from exchange.engine.engine import Engine
+    from exchange.engine.hub import WriterHub
+
+    app = create_app(settings)
+    engine = app.state.services.engine
+    assert isinstance(engine, Engine)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    async with app.router.lifespan_context(app):
+        hub = WriterHub(engine, workers.path)
+        await hub.start()
+        try:
+            await asyncio.to_thread(workers.start)
+            log.warning(
+                "exchange: writer pid %d, %d HTTP workers on %s",
+                os.getpid(),
+                workers.count,
+                workers.sock.getsockname(),
+            )
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), 0.5)
+                if not await asyncio.to_thread(workers.check):
+                    log.error("workers keep failing at start; stopping")
+                    return 3
+            return 0
+        finally:
+            await asyncio.to_thread(workers.stop)
+            await hub.stop()
+
+
+def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
+    """Serve with ``count`` HTTP workers; the exit status (3: could not start)."""
+    import uvloop
+
+    from exchange.app import AnotherWriter
+
+    sock = bind(host, port)
+    directory = tempfile.mkdtemp(prefix="exchange-")  # 0700: only this user reaches the socket
+    workers = _Workers(settings, sock, os.path.join(directory, "writer.sock"), count)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_writer(settings, workers))
+    except AnotherWriter as error:
+        log.error("%s", error)
+        return 3
+    finally:
+        sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
