@@ -435,3 +435,55 @@ async def test_code_requests_are_rate_limited_per_client_address(
             "u0@example.com",
             "u1@example.com",
         ]
+
+
+async def test_guess_limits_hold_across_worker_processes(
+    app_client: Any, mailbox: Any, database_url: str, mail: Any
+) -> None:
+    """Each worker process has its own Accounts (and per-process locks): parallel guesses
+    through three of them still get exactly 5 code tries and 5 password checks per window."""
+    import asyncio
+
+    from exchange.adapters.db.database import make_async_engine
+    from exchange.adapters.mailer import make_mailer
+    from exchange.adapters.passwords import PasswordHashing
+    from exchange.domain.errors import ExchangeError
+    from exchange.services.accounts import Accounts
+
+    _app, client = app_client
+    settings = make_settings(database_url, mail[1])
+    engines = [make_async_engine(database_url) for _ in range(3)]
+    workers = [
+        Accounts(db, make_mailer(settings), PasswordHashing(), ManualClock()) for db in engines
+    ]
+    try:
+        await workers[0].send_code(EMAIL)
+        code = mailbox.code_for(EMAIL)
+        wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+
+        async def outcome(call: Any) -> str:
+            try:
+                await call
+            except ExchangeError as refusal:
+                return refusal.code
+            return "ok"
+
+        guesses = [
+            outcome(worker.register(EMAIL, PASSWORD, wrong)) for worker in workers for _ in range(4)
+        ]
+        codes = await asyncio.gather(*guesses)
+        assert sorted(codes) == ["invalid_code"] * 5 + ["too_many_attempts"] * 7, codes
+        assert await outcome(workers[1].register(EMAIL, PASSWORD, code)) == "too_many_attempts"
+
+        await register(client, mailbox, "bob@example.com")
+        tries = [
+            outcome(worker.login("bob@example.com", "wrong-password-1"))
+            for worker in workers
+            for _ in range(4)
+        ]
+        codes = await asyncio.gather(*tries)
+        assert sorted(codes) == ["invalid_credentials"] * 5 + ["too_many_attempts"] * 7, codes
+        assert await outcome(workers[2].login("bob@example.com", PASSWORD)) == "too_many_attempts"
+    finally:
+        for db in engines:
+            await db.dispose()

@@ -174,8 +174,22 @@ class Accounts:
         return found
 
     async def _check_code(self, email: str, code: str) -> str:
+        """The code's hash if ``code`` is right; every wrong try is counted, even in parallel.
+
+        A try is reserved (the counter raised, only while below the limit) in the
+        same transaction that compares: the row stays locked until the commit, so
+        parallel guesses from several worker processes can never exceed the limit.
+        """
         now = self._clock()
         async with self._db.begin() as conn:
+            reserved = await conn.execute(
+                update(verification_codes)
+                .where(
+                    verification_codes.c.email == email,
+                    verification_codes.c.attempts < CODE_MAX_TRIES,
+                )
+                .values(attempts=verification_codes.c.attempts + 1)
+            )
             row = (
                 await conn.execute(
                     select(verification_codes).where(verification_codes.c.email == email)
@@ -183,7 +197,7 @@ class Accounts:
             ).first()
             if row is None:
                 raise ExchangeError("invalid_code", "no code was sent to this address; ask for one")
-            if row.attempts >= CODE_MAX_TRIES:
+            if reserved.rowcount != 1:
                 raise ExchangeError(
                     "too_many_attempts",
                     "this code was entered wrongly 5 times and no longer works; ask for a new one",
@@ -198,12 +212,7 @@ class Accounts:
                 return expected
             # The failed try must be committed before refusing: raising inside this
             # block would roll the counter back and allow unlimited guesses.
-            await conn.execute(
-                update(verification_codes)
-                .where(verification_codes.c.email == email)
-                .values(attempts=verification_codes.c.attempts + 1)
-            )
-        left = CODE_MAX_TRIES - row.attempts - 1
+        left = CODE_MAX_TRIES - row.attempts  # the row was read after the reservation
         raise ExchangeError("invalid_code", f"wrong code; {left} tries left")
 
     async def login(self, user: str, password: str) -> tuple[int, str]:
@@ -212,6 +221,17 @@ class Accounts:
         async with self._locks[email]:
             now = self._clock()
             since = now - LOCKOUT_WINDOW_MS
+            # Count this try as a failure BEFORE looking: of parallel tries (several
+            # worker processes), each sees every try committed before its own count,
+            # so no more than LOCKOUT_FAILURES passwords are ever checked per window.
+            async with self._db.begin() as conn:
+                attempt = (
+                    await conn.execute(
+                        insert(login_failures)
+                        .values(email=email, time=now)
+                        .returning(login_failures.c.id)
+                    )
+                ).scalar_one()
             async with self._db.connect() as conn:
                 times = (
                     (
@@ -219,7 +239,7 @@ class Accounts:
                             select(login_failures.c.time)
                             .where(login_failures.c.email == email, login_failures.c.time > since)
                             .order_by(login_failures.c.time.desc())
-                            .limit(LOCKOUT_FAILURES)
+                            .limit(LOCKOUT_FAILURES + 1)
                         )
                     )
                     .scalars()
@@ -230,7 +250,9 @@ class Accounts:
                         select(users.c.id, users.c.password_hash).where(users.c.email == email)
                     )
                 ).first()
-            if len(times) >= LOCKOUT_FAILURES:
+            if len(times) > LOCKOUT_FAILURES:  # this try is one of them
+                async with self._db.begin() as conn:  # a refused try is not a failure
+                    await conn.execute(delete(login_failures).where(login_failures.c.id == attempt))
                 wait = _seconds(times[-1] + LOCKOUT_WINDOW_MS - now)
                 raise ExchangeError(
                     "too_many_attempts",
@@ -239,8 +261,6 @@ class Accounts:
                 )
             stored = None if row is None else str(row.password_hash)
             if not await self._hashing.verify(stored, password) or row is None:
-                async with self._db.begin() as conn:
-                    await conn.execute(insert(login_failures).values(email=email, time=now))
                 raise ExchangeError("invalid_credentials", "wrong e-mail address or password")
             async with self._db.begin() as conn:
                 await conn.execute(delete(login_failures).where(login_failures.c.email == email))
