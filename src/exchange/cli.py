@@ -35,6 +35,7 @@ bench = typer.Typer(
 app.add_typer(bench, name="bench")
 
 JSON_OPTION = typer.Option("--json", help="print a JSON summary too")
+WORKERS_OPTION = typer.Option(min=1, max=64, help="the server's HTTP workers (serve --workers)")
 
 
 def configure_logging(settings: Settings) -> None:
@@ -226,12 +227,13 @@ def bench_orders(
     seconds: Annotated[float, typer.Option(help="load duration per database")] = 10.0,
     clients: Annotated[int, typer.Option(help="concurrent HTTP connections")] = 64,
     database: Annotated[str, typer.Option(help="sqlite, postgres or both")] = "both",
+    workers: Annotated[int, WORKERS_OPTION] = 1,
     as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Durable HTTP order placement against a real server: orders/s, p50/p99."""
     from exchange.bench import report
 
-    report.orders(seconds, clients, database, as_json=as_json)
+    report.orders(seconds, clients, database, workers, as_json=as_json)
 
 
 @bench.command("market")
@@ -240,6 +242,7 @@ def bench_market(
     processes: Annotated[int, typer.Option(help="client processes")] = 1,
     connections: Annotated[int, typer.Option(help="connections per client process")] = 64,
     minutes: Annotated[int, typer.Option(help="minutes of seeded trades (1 per minute)")] = 720,
+    workers: Annotated[int, WORKERS_OPTION] = 1,
     as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Public market data: get_depth and get_coin req/s, 500-candle k-line server time."""
@@ -250,6 +253,7 @@ def bench_market(
         processes=processes,
         connections=connections,
         minutes=minutes,
+        workers=workers,
         as_json=as_json,
     )
 

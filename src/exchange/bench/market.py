@@ -111,8 +111,15 @@ def _ms(nanoseconds: float) -> float:
 
 
 def run(
-    *, seconds: float = 5.0, processes: int = 1, connections: int = 64, minutes: int = 720
+    *,
+    seconds: float = 5.0,
+    processes: int = 1,
+    connections: int = 64,
+    minutes: int = 720,
+    workers: int = 1,
 ) -> list[Figure]:
+    from exchange.bench.report import label
+
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'market.db'}"
@@ -124,16 +131,17 @@ def run(
         ]
         port = free_port()
         env = exchange_env(url, EXCHANGE_LOG_LEVEL="error")
-        with running_server(port, env, Path(tmp) / "server.log"):
+        args = ("--workers", str(workers)) if workers > 1 else ()
+        with running_server(port, env, Path(tmp) / "server.log", args=args):
             for name, path in (
                 ("get_depth", f"/router?router=get_depth&pair={PAIR}"),
                 ("get_coin", f"/router?router=get_coin&pair={PAIR}"),
             ):
                 rate, p99, failed = _throughput(port, path, processes, connections, seconds)
                 figures += [
-                    (f"{name}_per_second", rate, "req/s"),
-                    (f"{name}_p99", p99, "ms"),
-                    (f"{name}_failed", float(failed), "requests"),
+                    (f"{label(name, workers)}_per_second", rate, "req/s"),
+                    (f"{label(name, workers)}_p99", p99, "ms"),
+                    (f"{label(name, workers)}_failed", float(failed), "requests"),
                 ]
             kline = _load(port, f"/router?router=get_coin_k_line&pair={PAIR}&limit=500", 1, 2.0)
             figures.append(("get_coin_k_line_500_http_p50", kline.percentile_ms(0.5), "ms"))
@@ -146,10 +154,17 @@ def main(
     processes: int = 1,
     connections: int = 64,
     minutes: int = 720,
+    workers: int = 1,
     as_json: bool = False,
 ) -> Any:
     from exchange.bench.report import print_figures
 
-    figures = run(seconds=seconds, processes=processes, connections=connections, minutes=minutes)
+    figures = run(
+        seconds=seconds,
+        processes=processes,
+        connections=connections,
+        minutes=minutes,
+        workers=workers,
+    )
     print_figures(figures, as_json)
     return figures

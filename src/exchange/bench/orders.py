@@ -126,13 +126,20 @@ def wrk_load(url: str, tokens: list[str], seconds: float, connections: int) -> L
     return result
 
 
-def measure(kind: str, seconds: float, connections: int, rate: float | None = None) -> LoadResult:
+def measure(
+    kind: str,
+    seconds: float,
+    connections: int,
+    rate: float | None = None,
+    workers: int = 1,
+) -> LoadResult:
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
         emails = seed_users(url, USERS)
         port = free_port()
         env = exchange_env(url, EXCHANGE_LOG_LEVEL="error")
         Settings()  # fail early on a broken .env
-        with running_server(port, env, Path(tmp) / "server.log") as server:
+        args = ("--workers", str(workers)) if workers > 1 else ()
+        with running_server(port, env, Path(tmp) / "server.log", args=args) as server:
             fund(url, emails)
             tokens = []
             with httpx.Client(base_url=server.url) as client:

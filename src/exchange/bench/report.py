@@ -29,20 +29,26 @@ def engine_figures(orders: int) -> list[Figure]:
     return [("engine_orders_per_second", float(result["orders_per_second"]), "orders/s")]
 
 
-def order_figures(seconds: float, clients: int, database: str) -> list[Figure]:
+def label(name: str, workers: int) -> str:
+    """``orders_sqlite`` with one process, ``orders_sqlite_2w`` behind 2 HTTP workers."""
+    return name if workers == 1 else f"{name}_{workers}w"
+
+
+def order_figures(seconds: float, clients: int, database: str, workers: int = 1) -> list[Figure]:
     from exchange.bench.orders import measure
 
     figures: list[Figure] = []
     kinds = ["sqlite", "postgres"] if database == "both" else [database]
-    for kind in kinds:
-        result = measure(kind, seconds, clients)
+    for database_kind in kinds:
+        kind = label(database_kind, workers)
+        result = measure(database_kind, seconds, clients, workers=workers)
         figures += [
             (f"orders_{kind}_per_second", result.rate(), "orders/s"),
             (f"orders_{kind}_p50", result.percentile_ms(0.50), "ms"),
             (f"orders_{kind}_p99", result.percentile_ms(0.99), "ms"),
             (f"orders_{kind}_refused", float(result.refused + result.errors), "requests"),
         ]
-        paced = measure(kind, seconds, 32, rate=1000.0)
+        paced = measure(database_kind, seconds, 32, rate=1000.0, workers=workers)
         figures += [
             (f"orders_{kind}_at_1000_per_second_p50", paced.percentile_ms(0.50), "ms"),
             (f"orders_{kind}_at_1000_per_second_p99", paced.percentile_ms(0.99), "ms"),
@@ -68,8 +74,8 @@ def engine(orders: int, *, as_json: bool) -> None:
     print_figures(engine_figures(orders), as_json)
 
 
-def orders(seconds: float, clients: int, database: str, *, as_json: bool) -> None:
-    print_figures(order_figures(seconds, clients, database), as_json)
+def orders(seconds: float, clients: int, database: str, workers: int, *, as_json: bool) -> None:
+    print_figures(order_figures(seconds, clients, database, workers), as_json)
 
 
 def run_all(*, as_json: bool) -> None:
