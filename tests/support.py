@@ -111,8 +111,10 @@ async def running_app(
         directory = tempfile.mkdtemp(prefix="xw-")  # short: Unix socket paths are <= 107 bytes
         hub = WriterHub(app.state.services.engine, os.path.join(directory, "writer.sock"))
         await hub.start()
+        app.state.hub = hub
         try:
             worker = create_app(settings, clock=clock, writer_socket=hub.path)
+            app.state.worker = worker
             async with worker.router.lifespan_context(worker), _client(worker) as client:
                 yield app, client
         finally:

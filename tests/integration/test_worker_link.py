@@ -1,0 +1,165 @@
+"""The worker ↔ writer link under stress: a writer reload, a dropped connection, frames.
+
+Runs with the client talking to a worker app (``through_worker=True``) on both
+databases, whatever ``EXCHANGE_TEST_THROUGH_WORKER`` says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from exchange.engine.commands import Credit, PlaceOrder
+from exchange.engine.wire import decode_command, encode_command, frame, read_frame
+from support import (
+    Mailbox,
+    assert_envelope,
+    check_books_and_ledger,
+    check_database_ledger,
+    make_settings,
+    new_trader,
+    running_app,
+)
+
+PAIR = "BTC/USDT"
+
+
+@pytest.fixture
+async def linked(
+    database_url: str, mail: tuple[Mailbox, int]
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    async with running_app(make_settings(database_url, mail[1]), through_worker=True) as pair:
+        yield pair
+
+
+async def depth(client: httpx.AsyncClient) -> Any:
+    answer = await client.get("/api/get_depth", params={"pair": PAIR, "limit": "500"})
+    return assert_envelope(answer, 200)
+
+
+def writer_depth(app: Any) -> dict[str, list[list[str]]]:
+    market = app.state.services.markets[PAIR]
+    bids, asks = app.state.services.engine.depth(PAIR, 500)
+    return {
+        "bids": [[market.format_price(p), market.format_amount(a)] for p, a in bids],
+        "asks": [[market.format_price(p), market.format_amount(a)] for p, a in asks],
+    }
+
+
+async def place(client: httpx.AsyncClient, who: dict[str, str], side: str, price: str) -> Any:
+    answer = await client.post(
+        f"/api/{side}", data={"pair": PAIR, "amount": "0.01", "price": price}, headers=who
+    )
+    return assert_envelope(answer, 200)
+
+
+async def until(condition: Any, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
+async def test_worker_depth_is_the_writers_after_every_answer(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    app, client = linked
+    seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    buyer = await new_trader(app, client, mailbox, "b@example.com", USDT="500000")
+    for step in range(30):
+        await place(client, seller, "sell", str(20_000 + step % 7))
+        if step % 3 == 0:
+            await place(client, buyer, "buy", str(20_003 + step % 5))
+        view = await depth(client)  # the same worker, right after the answer
+        assert {"bids": view["bids"], "asks": view["asks"]} == writer_depth(app)
+    check_books_and_ledger(app)
+
+
+async def test_worker_follows_a_writer_reload(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    """A reload (after a failed commit or a lost lock) replaces the books wholesale."""
+    app, client = linked
+    engine = app.state.services.engine
+    seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    for price in ("21000", "21001", "21002"):
+        await place(client, seller, "sell", price)
+    # Spoil the worker's replica: only a whole-book frame after the reload mends it.
+    app.state.worker.state.services.engine.books[PAIR].asks.clear()
+    await engine._reload()  # what the writer does after a failed commit
+    await place(client, seller, "sell", "21003")
+    view = await depth(client)
+    assert [level[0] for level in view["asks"]] == ["21000.00", "21001.00", "21002.00", "21003.00"]
+    assert {"bids": view["bids"], "asks": view["asks"]} == writer_depth(app)
+
+
+async def test_dropped_link_refuses_then_resyncs_market_data(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox, database_url: str
+) -> None:
+    app, client = linked
+    engine = app.state.services.engine
+    hub = app.state.hub
+    seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    buyer = await new_trader(app, client, mailbox, "b@example.com", USDT="500000")
+    await place(client, seller, "sell", "20000")
+
+    for peer in list(hub._peers):  # the writer drops the worker (as it drops a slow one)
+        peer.close()
+    answer = await client.post(
+        "/api/buy", data={"pair": PAIR, "amount": "0.01", "price": "20000"}, headers=buyer
+    )
+    if answer.status_code == 503:  # not reconnected yet: refused, nothing happened
+        assert_envelope(answer, 503, "overloaded")
+    else:  # already back: an ordinary fill
+        assert assert_envelope(answer, 200)["status"] == "filled"
+    # Batches the worker cannot have seen: committed while it may be away.
+    user = await app.state.services.accounts.user_id("b@example.com")
+    for _ in range(3):
+        await engine.submit(PlaceOrder(user, PAIR, "buy", 1_000_000, 2_000_000))
+
+    async def reconnected() -> bool:
+        deals = await client.get("/api/get_deal_record", params={"pair": PAIR})
+        writer_deals = app.state.services.market.deal_records(PAIR, 60)
+        return bool(hub.workers) and assert_envelope(deals, 200) == writer_deals
+
+    await until(reconnected)
+    view = await depth(client)
+    assert {"bids": view["bids"], "asks": view["asks"]} == writer_depth(app)
+    coins = assert_envelope(await client.post("/api/get_user_coin", headers=buyer), 200)
+    assert coins["BTC"]["available"] != "0.00000000"
+    check_books_and_ledger(app)
+    check_database_ledger(database_url)
+
+
+async def test_malformed_frames_are_refused_without_harm(
+    linked: tuple[Any, httpx.AsyncClient],
+) -> None:
+    """Only order, cancel and withdrawal commands cross; anything else ends that link."""
+    app, client = linked
+    hub = app.state.hub
+    with pytest.raises(ValueError):
+        encode_command(1, Credit(1, "BTC", 10**8, 0))
+    with pytest.raises(ValueError):
+        decode_command({"t": "cmd", "id": 1, "k": "Credit", "c": {"user_id": 1}})
+    reader, writer = await asyncio.open_unix_connection(hub.path)
+    hello = await read_frame(reader)
+    assert hello["t"] == "hello" and set(hello["books"]) == set(app.state.services.markets)
+    # A deposit smuggled in as a command frame: refused with the envelope's code.
+    credit = {"user_id": 1, "asset": "BTC", "amount": 10**8, "ref": 0}
+    writer.write(frame({"t": "cmd", "id": 7, "k": "Credit", "c": credit}))
+    answer = await read_frame(reader)
+    assert answer["t"] == "err" and answer["id"] == 7 and answer["e"][0] == "internal_error"
+    writer.write(b"\x00\x00\x00\x05[1,2]")  # not an object: the writer ends this link
+    await writer.drain()
+    with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+        while True:
+            assert (await read_frame(reader))["t"] in ("events", "revoke")
+    writer.close()
+    assert app.state.services.engine.core.ledger.balance(1, "BTC") == (0, 0)
+    # The real worker's link is untouched.
+    assert_envelope(await client.get("/api/get_depth", params={"pair": PAIR}), 200)
