@@ -192,7 +192,11 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
 
     from exchange.app import AnotherWriter
 
-    sock = bind(host, port)
+    try:
+        sock = bind(host, port)
+    except OSError as error:
+        log.error("cannot listen on %s:%s (%s)", host, port, error.strerror or error)
+        return 3
     directory = tempfile.mkdtemp(prefix="exchange-")  # 0700: only this user reaches the socket
     workers = _Workers(settings, sock, os.path.join(directory, "writer.sock"), count)
     try:
