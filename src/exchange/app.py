@@ -179,7 +179,12 @@ def create_app(
     @asynccontextmanager
     async def worker_lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert client is not None
-        client.on_resync = market.reload
+        async def resync() -> None:
+            # Revocations may have been broadcast while this worker was cut off.
+            sessions.forget_all()
+            await market.reload()
+
+        client.on_resync = resync
         client.on_revoke = sessions.forget
         sessions.on_end = client.revoke
         try:

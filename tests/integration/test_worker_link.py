@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from exchange.app import create_app
 from exchange.engine.commands import Credit, PlaceOrder
 from exchange.engine.wire import decode_command, encode_command, frame, read_frame
 from support import (
@@ -163,3 +164,43 @@ async def test_malformed_frames_are_refused_without_harm(
     assert app.state.services.engine.core.ledger.balance(1, "BTC") == (0, 0)
     # The real worker's link is untouched.
     assert_envelope(await client.get("/api/get_depth", params={"pair": PAIR}), 200)
+
+
+async def test_logout_while_cut_off_reaches_the_other_workers(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox, database_url: str, mail: Any
+) -> None:
+    """A revocation made while a worker's link is down is sent when the link is back."""
+    app, first = linked
+    hub = app.state.hub
+    cut_off = app.state.worker.state.services.engine
+    other = create_app(make_settings(database_url, mail[1]), writer_socket=hub.path)
+    transport = httpx.ASGITransport(app=other, client=("127.0.0.1", 50001))
+    async with (
+        other.router.lifespan_context(other),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8088") as second,
+    ):
+        who = await new_trader(app, first, mailbox, "u@example.com", USDT="1")
+        for client in (first, second):  # both workers cache the session
+            assert_envelope(await client.post("/api/get_user_coin", headers=who), 200)
+
+        real_path, cut_off.path = cut_off.path, "/nonexistent/writer.sock"
+        assert cut_off._writer is not None
+        cut_off._writer.close()  # this worker's link only
+        await until(lambda: _true(not cut_off.connected and hub.workers == 1))
+        assert_envelope(await first.post("/api/logout", headers=who), 200)
+        assert cut_off._unsent_revokes  # held, not lost
+        # Cut off, the other worker cannot know yet: its cache still says yes.
+        assert_envelope(await second.post("/api/get_user_coin", headers=who), 200)
+
+        cut_off.path = real_path
+        await until(lambda: _true(hub.workers == 2 and not cut_off._unsent_revokes))
+
+        async def refused_everywhere() -> bool:
+            answers = [await c.post("/api/get_user_coin", headers=who) for c in (first, second)]
+            return all(answer.status_code == 401 for answer in answers)
+
+        await until(refused_everywhere, seconds=2)
+
+
+async def _true(value: bool) -> bool:
+    return value

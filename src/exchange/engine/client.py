@@ -106,6 +106,7 @@ class EngineClient:
         self._next_id = 0
         self._writer: asyncio.StreamWriter | None = None
         self._held: list[tuple[Outbox, int]] | None = None
+        self._unsent_revokes: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -166,6 +167,9 @@ class EngineClient:
                 self._writer = writer
                 self._connected.set()
                 first = False
+                unsent, self._unsent_revokes = self._unsent_revokes, []
+                for key in unsent:  # sessions ended while the link was down
+                    self.revoke(key)
                 while True:
                     self._handle(await read_frame(reader))
             except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as error:
@@ -268,10 +272,12 @@ class EngineClient:
         return None  # a round trip away: the stream asks with read_balances
 
     def revoke(self, key: str) -> None:
-        """Tell every worker (this one too) that a session ended."""
+        """Tell every worker (this one too) that a session ended; kept until the link is up."""
         writer = self._writer
         if writer is not None and not writer.is_closing():
             writer.write(frame({"t": "revoke", "key": key}))
+        elif len(self._unsent_revokes) < 100_000:
+            self._unsent_revokes.append(key)
 
     def depth_key(self, symbol: str) -> object:
         return self.books[symbol]

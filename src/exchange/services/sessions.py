@@ -50,6 +50,9 @@ class Sessions:
         """Drop a cached session (another worker ended it)."""
         self._cache.pop(key, None)
 
+    def forget_all(self) -> None:
+        self._cache.clear()
+
     async def create(self, user_id: int) -> str:
         token = secrets.token_urlsafe(32)
         now = self._clock()

@@ -1,0 +1,869 @@
+"""``exchange serve --workers 2``: one writer process, two HTTP worker processes.
+
+Real processes on a free port, every request on a fresh TCP connection so that
+the kernel spreads them over both workers; which worker answered is read from
+``/proc`` (the server end of the connection belongs to one worker's fd table).
+
+1. trading and market data through the workers (SQLite, PostgreSQL): exact
+   balances, depth, trades and candles agree on every worker right after the
+   order's answer, and there really are two live worker processes;
+2. a WebSocket on each worker gets the trade, the depth, the order and the
+   balances of an order placed over HTTP (SQLite);
+3. logout on one worker: the session is refused at once by every worker (SQLite);
+4. kill -9 of one worker under a concurrent order load: the server keeps
+   answering, the worker is respawned, every acknowledged order is in the
+   database and the money adds up (SQLite, PostgreSQL);
+5. kill -9 of the writer (the parent): the workers go away by themselves, the
+   port is free for a new server, nothing acknowledged is lost (SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import websockets
+from sqlalchemy import select
+from websockets.asyncio.client import ClientConnection
+
+from exchange.adapters.db.database import make_sync_engine
+from exchange.adapters.db.tables import orders, trades
+from exchange.app import configured_markets
+from exchange.bench.server import Server, admin, exchange_env, free_port, running_server
+from exchange.config import Settings
+from exchange.services.admin import Admin
+from support import (
+    Mailbox,
+    audit_orders_and_withdrawals,
+    check_database_ledger,
+    independent_balances,
+    postgres_database,
+    register_over_http,
+    smtp_server,
+)
+
+PAIR = "BTC/USDT"
+WORKERS = ("--workers", "2")
+FUNDS = (("BTC", "10"), ("USDT", "1000000"))
+CREDITS = {"BTC": 10 * 10**8, "USDT": 1_000_000 * 10**6}
+#: Every request of these tests opens its own connection: the next one may land on the
+#: other worker.
+FRESH = {"Connection": "close"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'exchange.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+# -- processes, as /proc sees them ---------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process; None when it does not exist."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    state, ppid = text[text.rindex(")") + 2 :].split()[:2]
+    return state, int(ppid)
+
+
+def alive(pid: int) -> bool:
+    found = _stat(pid)
+    return found is not None and found[0] not in ("Z", "X")
+
+
+def worker_pids(server_pid: int) -> set[int]:
+    """The live worker processes of a server: its children that run multiprocessing's spawn.
+
+    (The other child of the parent is multiprocessing's resource tracker.)
+    """
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        stat = _stat(pid)
+        if stat is None or stat[1] != server_pid or stat[0] in ("Z", "X"):
+            continue
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if b"spawn_main" in command:
+            found.add(pid)
+    return found
+
+
+def wait_for_workers(server_pid: int, count: int = 2, timeout: float = 30.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = worker_pids(server_pid)
+        if len(pids) == count:
+            return pids
+        time.sleep(0.1)
+    raise AssertionError(f"not {count} live workers: {worker_pids(server_pid)}")
+
+
+def writer_socket(server_pid: int) -> Path:
+    """The Unix socket the writer listens on for its workers (from /proc/net/unix)."""
+    mine = set()
+    for fd in os.listdir(f"/proc/{server_pid}/fd"):
+        try:
+            mine.add(os.readlink(f"/proc/{server_pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and f"socket:[{fields[6]}]" in mine:
+            return Path(fields[7])
+    raise AssertionError(f"process {server_pid} listens on no Unix socket")
+
+
+def owner_of(server_port: int, client_port: int, pids: set[int]) -> int | None:
+    """Which of ``pids`` holds the server end of the TCP connection from ``client_port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if (
+                int(local.rsplit(":", 1)[1], 16) == server_port
+                and int(remote.rsplit(":", 1)[1], 16) == client_port
+            ):
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except FileNotFoundError:
+                continue
+    return None
+
+
+def ask(
+    server: Server,
+    pids: set[int],
+    path: str,
+    *,
+    data: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    token: str | None = None,
+) -> tuple[httpx.Response, int | None]:
+    """One request on a new connection; the answer and the worker that gave it.
+
+    The connection stays open (keep-alive) until its owner is known, then this client
+    closes it: the next request opens another one, which the kernel may give to
+    either worker.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=10) as client:
+        if data is not None:
+            answer = client.post(path, data=data)
+        else:
+            answer = client.get(path, params=params)
+        stream = answer.extensions.get("network_stream")
+        host_port = stream.get_extra_info("client_addr") if stream is not None else None
+        worker = owner_of(server.port, int(host_port[1]), pids) if host_port else None
+    return answer, worker
+
+
+def on_both_workers(
+    server: Server, pids: set[int], request: Callable[[], tuple[Any, int | None]], least: int
+) -> list[tuple[Any, int | None]]:
+    """At least ``least`` answers, and more until both workers gave some (at most 200)."""
+    answers: list[tuple[Any, int | None]] = []
+    while len(answers) < least or not pids <= {worker for _, worker in answers}:
+        assert len(answers) < 200, f"one worker never answered: {[w for _, w in answers]}"
+        answers.append(request())
+    return answers
+
+
+# -- users and money -----------------------------------------------------------------------
+
+
+def credit(url: str, *jobs: tuple[str, str, str]) -> None:
+    """Credits through the running server's inbox, as ``exchange admin credit`` does.
+
+    In this process and in parallel: one CLI process per credit costs a second each.
+    """
+    db = make_sync_engine(url)
+    tool = Admin(db, url, configured_markets(Settings(database_url=url)))
+    try:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            list(pool.map(lambda job: tool.credit(job[0], job[1], job[2], "workers test"), jobs))
+    finally:
+        db.dispose()
+
+
+def start_users(server: Server, mailbox: Mailbox, url: str, n: int) -> list[str]:
+    emails = [f"trader{i}@example.com" for i in range(n)]
+    tokens = [register_over_http(server.url, mailbox, email) for email in emails]
+    credit(url, *((email, coin, amount) for email in emails for coin, amount in FUNDS))
+    return tokens
+
+
+def check_money(url: str) -> None:
+    check_database_ledger(url)
+    audit_orders_and_withdrawals(url)
+    independent_balances(url, CREDITS)
+
+
+def open_depth(url: str) -> dict[str, list[list[str]]]:
+    """What ``get_depth`` must show, from the open orders in the database."""
+    engine = make_sync_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = list(
+                conn.execute(
+                    select(orders).where(
+                        orders.c.status.in_(("open", "partially_filled")), orders.c.market == PAIR
+                    )
+                )
+            )
+    finally:
+        engine.dispose()
+    levels: dict[str, dict[int, int]] = {"bids": {}, "asks": {}}
+    for row in rows:
+        side = levels["bids" if row.side == "buy" else "asks"]
+        side[row.price] = side.get(row.price, 0) + row.amount - row.filled
+    return {
+        name: [
+            [f"{price // 100}.{price % 100:02d}", f"{total // 10**8}.{total % 10**8:08d}"]
+            for price, total in sorted(side.items(), reverse=name == "bids")
+        ]
+        for name, side in levels.items()
+    }
+
+
+# -- 1. trading and market data through both workers ----------------------------------------
+
+
+def test_trading_and_market_data_agree_on_every_worker(db_url: str, tmp_path: Path) -> None:
+    with smtp_server() as (mailbox, smtp_port):
+        env = exchange_env(db_url, smtp_port)
+        with running_server(free_port(), env, tmp_path / "server.log", args=WORKERS) as server:
+            assert server.process is not None
+            pids = wait_for_workers(server.process.pid)
+            assert server.process.pid not in pids and all(alive(pid) for pid in pids)
+            socket_path = writer_socket(server.process.pid)
+            assert socket_path.stat().st_mode & 0o777 == 0o600
+            assert socket_path.parent.stat().st_mode & 0o777 == 0o700
+
+            seller = register_over_http(server.url, mailbox, "seller@example.com")
+            buyer = register_over_http(server.url, mailbox, "buyer@example.com")
+            for args in (
+                ("seller@example.com", "BTC", "1"),
+                ("buyer@example.com", "USDT", "30000"),
+            ):
+                done = admin(env, "credit", *args)
+                assert done.returncode == 0, done.stderr
+            # The credits are visible on both workers (balances are the writer's).
+            for answer, _ in on_both_workers(
+                server,
+                pids,
+                lambda: ask(server, pids, "/api/get_user_coin", data={}, token=seller),
+                least=4,
+            ):
+                assert answer.json()["data"]["BTC"] == {
+                    "available": "1.00000000",
+                    "frozen": "0.00000000",
+                }
+
+            sold, _ = ask(
+                server,
+                pids,
+                "/api/sell",
+                data={"pair": PAIR, "amount": "0.5", "price": "20000"},
+                token=seller,
+            )
+            assert sold.json()["status"] and sold.json()["data"]["status"] == "open", sold.text
+            bought, _ = ask(
+                server,
+                pids,
+                "/api/buy",
+                data={"pair": PAIR, "amount": "0.3", "price": "20100"},
+                token=buyer,
+            )
+            order = bought.json()["data"]
+            assert bought.json()["status"] and order["status"] == "filled", bought.text
+            (trade,) = order["trades"]
+            assert trade["price"] == "20000.00" and trade["amount"] == "0.30000000"
+
+            # Right after the answer, every worker's replica has the batch.
+            expected_coins = {
+                seller: {
+                    "BTC": {"available": "0.50000000", "frozen": "0.20000000"},
+                    "USDT": {"available": "5988.000000", "frozen": "0.000000"},
+                },
+                buyer: {
+                    "BTC": {"available": "0.29940000", "frozen": "0.00000000"},
+                    "USDT": {"available": "24000.000000", "frozen": "0.000000"},
+                },
+            }
+            depths: list[dict[str, Any]] = []
+            deals: list[list[dict[str, Any]]] = []
+            candles: list[list[list[Any]]] = []
+            served: dict[str, set[int | None]] = {"coins": set(), "market": set()}
+
+            def read_all() -> tuple[None, int | None]:
+                for token, coins in expected_coins.items():
+                    answer, worker = ask(server, pids, "/api/get_user_coin", data={}, token=token)
+                    served["coins"].add(worker)
+                    data = answer.json()["data"]
+                    assert {k: data[k] for k in coins} == coins, (worker, data)
+                    assert data["ETH"] == {"available": "0.00000000", "frozen": "0.00000000"}
+                answer, worker = ask(server, pids, "/api/get_depth", params={"pair": PAIR})
+                depths.append({**answer.json()["data"], "worker": worker})
+                answer, worker = ask(server, pids, "/api/get_deal_record", params={"pair": PAIR})
+                deals.append(answer.json()["data"])
+                answer, worker = ask(
+                    server, pids, "/api/get_coin_k_line", params={"pair": PAIR, "interval": "1m"}
+                )
+                candles.append(answer.json()["data"])
+                served["market"].add(worker)
+                return None, worker
+
+            on_both_workers(server, pids, read_all, least=12)
+            assert pids <= served["coins"] and pids <= served["market"], served
+
+            for depth in depths:
+                assert depth["bids"] == [] and depth["asks"] == [["20000.00", "0.20000000"]], depth
+            for deal in deals:
+                assert deal == [
+                    {
+                        "id": trade["trade_id"],
+                        "price": "20000.00",
+                        "amount": "0.30000000",
+                        "time": trade["time"],
+                        "side": "buy",
+                    }
+                ]
+            minute = trade["time"] - trade["time"] % 60_000
+            for rows in candles:
+                traded = [row for row in rows if Decimal(row[5]) != 0]
+                assert traded == [
+                    [minute, "20000.00", "20000.00", "20000.00", "20000.00", "0.30000000"]
+                ], rows
+                assert all(row[4] == "20000.00" for row in rows)  # filler candles too
+
+            # Still the same two workers: nobody died on the way.
+            assert worker_pids(server.process.pid) == pids
+            assert server.stop() == 0
+        assert not any(alive(pid) for pid in pids)
+        assert not socket_path.parent.exists()  # a clean stop leaves nothing in /tmp
+    check_database_ledger(db_url)
+
+
+# -- 2. the WebSocket stream of every worker ----------------------------------------------
+
+
+async def _ws_on_each_worker(server: Server, pids: set[int]) -> dict[int, ClientConnection]:
+    """One /ws connection per worker (connections to a worker already held are closed)."""
+    sockets: dict[int, ClientConnection] = {}
+    for _ in range(100):
+        if set(sockets) == pids:
+            return sockets
+        socket = await websockets.connect(f"ws://127.0.0.1:{server.port}/ws")
+        worker = owner_of(server.port, socket.local_address[1], pids)
+        if worker is None or worker in sockets:
+            await socket.close()
+        else:
+            sockets[worker] = socket
+    raise AssertionError(f"could not reach both workers: {set(sockets)} of {pids}")
+
+
+async def _receive_until(
+    socket: ClientConnection, done: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"nothing matched in {seen}"
+        message = orjson.loads(await asyncio.wait_for(socket.recv(), left))
+        seen.append(message)
+        if done(message):
+            return seen
+
+
+async def _stream_scenario(
+    server: Server, pids: set[int], seller: str, buyer: str
+) -> list[tuple[int, list[dict[str, Any]]]]:
+    sockets = await _ws_on_each_worker(server, pids)
+    try:
+        for socket in sockets.values():
+            await socket.send(orjson.dumps({"op": "auth", "session": buyer}).decode())
+            await _receive_until(socket, lambda m: m.get("op") == "authenticated")
+            for channel in ("trades", "depth", "orders", "balances"):
+                subscribe = {"op": "subscribe", "channel": channel, "pair": PAIR}
+                await socket.send(orjson.dumps(subscribe).decode())
+
+                def acked(message: dict[str, Any], channel: str = channel) -> bool:
+                    return message.get("op") == "subscribed" and message["channel"] == channel
+
+                await _receive_until(socket, acked)
+
+        def place(token: str, side: str, amount: str, price: str) -> dict[str, Any]:
+            answer, _ = ask(
+                server,
+                pids,
+                f"/api/{side}",
+                data={"pair": PAIR, "amount": amount, "price": price},
+                token=token,
+            )
+            body = answer.json()
+            assert body["status"], answer.text
+            data: dict[str, Any] = body["data"]
+            return data
+
+        await asyncio.to_thread(place, seller, "sell", "0.5", "20000")
+        order = await asyncio.to_thread(place, buyer, "buy", "0.3", "20100")
+        (trade,) = order["trades"]
+        want = {
+            "trade": {
+                "id": trade["trade_id"],
+                "price": "20000.00",
+                "amount": "0.30000000",
+                "time": trade["time"],
+                "side": "buy",
+            },
+            "depth": {"bids": [], "asks": [["20000.00", "0.20000000"]]},
+            "balances": {
+                "BTC": {"available": "0.29940000", "frozen": "0.00000000"},
+                "USDT": {"available": "24000.000000", "frozen": "0.000000"},
+            },
+        }
+        results = []
+        for worker, socket in sockets.items():
+            missing = {"trades", "depth", "orders", "balances"}
+
+            def complete(message: dict[str, Any], missing: set[str] = missing) -> bool:
+                channel = message.get("channel")
+                data: Any = message.get("data")
+                if channel == "trades" and data == want["trade"]:
+                    assert message["pair"] == PAIR
+                    missing.discard("trades")
+                elif channel == "depth" and {k: data[k] for k in ("bids", "asks")} == want["depth"]:
+                    missing.discard("depth")
+                elif (
+                    channel == "orders"
+                    and data["order_id"] == order["order_id"]
+                    and data["status"] == "filled"
+                ):
+                    assert data["filled"] == "0.30000000" and message["pair"] is None
+                    missing.discard("orders")
+                elif channel == "balances" and all(
+                    data[coin] == value for coin, value in want["balances"].items()
+                ):
+                    missing.discard("balances")
+                return not missing
+
+            results.append((worker, await _receive_until(socket, complete)))
+        return results
+    finally:
+        for socket in sockets.values():
+            await socket.close()
+
+
+def test_websocket_on_each_worker_gets_the_trade(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    with smtp_server() as (mailbox, smtp_port):
+        env = exchange_env(url, smtp_port)
+        with running_server(free_port(), env, tmp_path / "server.log", args=WORKERS) as server:
+            assert server.process is not None
+            pids = wait_for_workers(server.process.pid)
+            seller = register_over_http(server.url, mailbox, "seller@example.com")
+            buyer = register_over_http(server.url, mailbox, "buyer@example.com")
+            credit(url, ("seller@example.com", "BTC", "1"), ("buyer@example.com", "USDT", "30000"))
+            results = asyncio.run(_stream_scenario(server, pids, seller, buyer))
+            assert {worker for worker, _ in results} == pids
+            for _worker, messages in results:
+                # Events count 1, 2, 3... per channel on each connection: nothing lost.
+                counted: dict[str, list[int]] = {}
+                for message in messages:
+                    if "seq" in message:
+                        counted.setdefault(message["channel"], []).append(message["seq"])
+                for seqs in counted.values():
+                    assert seqs == list(range(1, len(seqs) + 1)), counted
+    check_database_ledger(url)
+
+
+# -- 3. logout reaches every worker at once -------------------------------------------------
+
+
+def test_logout_on_one_worker_ends_the_session_on_all(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    with smtp_server() as (mailbox, smtp_port):
+        env = exchange_env(url, smtp_port)
+        with running_server(free_port(), env, tmp_path / "server.log", args=WORKERS) as server:
+            assert server.process is not None
+            pids = wait_for_workers(server.process.pid)
+            token = register_over_http(server.url, mailbox, "alice@example.com")
+            other = register_over_http(server.url, mailbox, "bob@example.com")
+
+            # Both workers have the session in their cache (valid for 5 s).
+            for answer, _ in on_both_workers(
+                server,
+                pids,
+                lambda: ask(server, pids, "/api/get_user_coin", data={}, token=token),
+                least=4,
+            ):
+                assert answer.status_code == 200 and answer.json()["status"], answer.text
+
+            answer, _ = ask(server, pids, "/api/logout", data={}, token=token)
+            assert answer.status_code == 200 and answer.json() == {
+                "status": True,
+                "data": None,
+                "description": "",
+            }
+            refused: list[tuple[httpx.Response, int | None]] = [
+                ask(server, pids, "/api/get_user_coin", data={}, token=token) for _ in range(20)
+            ]
+            refused += on_both_workers(
+                server,
+                pids,
+                lambda: ask(server, pids, "/api/get_user_coin", data={}, token=token),
+                least=1,
+            )
+            for answer, worker in refused:
+                assert answer.status_code == 401, (worker, answer.text)
+                body = answer.json()
+                assert body["status"] is False and body["data"] is None
+                assert body["description"].startswith("not_logged_in: "), body
+            # Another user's session is untouched, on both workers.
+            for answer, _ in on_both_workers(
+                server,
+                pids,
+                lambda: ask(server, pids, "/api/get_user_coin", data={}, token=other),
+                least=4,
+            ):
+                assert answer.status_code == 200, answer.text
+
+
+# -- the load for the kill -9 tests ---------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    action: str
+    started: float
+    status: int | None  # None: no HTTP answer (connection refused or reset)
+    body: Any = None
+    error: str = ""
+
+
+@dataclass
+class Load:
+    orders: dict[int, dict[str, Any]] = field(default_factory=dict)
+    cancels: dict[int, dict[str, Any]] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def acks_since(self, moment: float) -> int:
+        return sum(
+            1
+            for o in self.outcomes
+            if o.started >= moment and o.status == 200 and o.action in ("buy", "sell")
+        )
+
+
+async def trader(base: str, token: str, seed: int, load: Load) -> None:
+    """Limit and IOC orders around 20,000 and cancels of its own, each on a new connection."""
+    rng = random.Random(seed)
+    mine: list[int] = []
+    headers = {"Authorization": f"Bearer {token}", **FRESH}
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, timeout=10, limits=limits
+    ) as client:
+        while not load.stop.is_set():
+            if mine and rng.random() < 0.2:
+                action = "cancel_order"
+                params = {"order_id": str(mine.pop(rng.randrange(len(mine))))}
+            else:
+                action = rng.choice(("buy", "sell"))
+                params = {
+                    "pair": PAIR,
+                    "amount": f"0.00{rng.randint(1, 9)}",
+                    "price": str(20000 + rng.randint(-20, 20)),
+                }
+                if rng.random() < 0.15:
+                    params["time_in_force"] = "IOC"
+            started = time.monotonic()
+            try:
+                answer = await client.post(f"/api/{action}", data=params)
+                body = answer.json()
+            except (httpx.HTTPError, ValueError) as error:
+                load.outcomes.append(Outcome(action, started, None, error=repr(error)))
+                await asyncio.sleep(0.01)
+                continue
+            load.outcomes.append(Outcome(action, started, answer.status_code, body))
+            if answer.status_code != 200 or not body.get("status"):
+                continue
+            data = body["data"]
+            if action == "cancel_order":
+                load.cancels[data["order_id"]] = data
+            else:
+                load.orders[data["order_id"]] = data
+                if data["status"] in ("open", "partially_filled"):
+                    mine.append(data["order_id"])
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+UNKNOWN_OUTCOME = "may or may not have been applied"
+
+
+def check_outcomes(load: Load, *, failures_allowed: Callable[[Outcome], bool]) -> list[Outcome]:
+    """Every answer is the envelope; the refusals are expected ones; returns the failures.
+
+    A failure is no answer, a 500 ``internal_error`` whose outcome is unknown (the
+    worker's connection to the writer broke with it in flight) or a 503.
+    """
+    failures = []
+    for outcome in load.outcomes:
+        if outcome.status is None:
+            failures.append(outcome)
+            continue
+        body = outcome.body
+        assert isinstance(body, dict) and set(body) == {"status", "data", "description"}, outcome
+        if outcome.status == 200:
+            assert body["status"] is True, outcome
+            continue
+        code = body["description"].split(":")[0]
+        if (outcome.status, code) in ((404, "order_not_found"), (400, "insufficient_balance")):
+            continue
+        if (outcome.status, code) == (500, "internal_error"):
+            assert UNKNOWN_OUTCOME in body["description"], outcome
+        else:
+            assert (outcome.status, code) == (503, "overloaded"), outcome
+        failures.append(outcome)
+    for outcome in failures:
+        assert failures_allowed(outcome), outcome
+    return failures
+
+
+def check_acknowledged(url: str, load: Load) -> None:
+    """Every order answered 200 is in the database, in a state at least as advanced."""
+    engine = make_sync_engine(url)
+    try:
+        with engine.connect() as conn:
+            stored = {r.id: r for r in conn.execute(select(orders))}
+            trade_ids = {r.id for r in conn.execute(select(trades.c.id))}
+    finally:
+        engine.dispose()
+    for order_id, answer in load.orders.items():
+        assert order_id in stored, f"acknowledged order {order_id} is not in the database"
+        row = stored[order_id]
+        assert row.side == answer["side"] and row.market == answer["pair"], (row, answer)
+        if answer["status"] in ("filled", "canceled", "rejected"):
+            assert row.status == answer["status"], (row, answer)
+        assert row.filled >= int(Decimal(answer["filled"]) * 10**8), (row, answer)
+        for trade in answer["trades"]:
+            assert trade["trade_id"] in trade_ids, trade
+    for order_id in load.cancels:
+        assert stored[order_id].status == "canceled", stored[order_id]
+
+
+# -- 4. kill -9 of one worker ---------------------------------------------------------------
+
+
+async def _load_killing_a_worker(
+    server: Server, tokens: list[str], pids: set[int]
+) -> tuple[Load, float, float, set[int]]:
+    """The load; one worker killed after 100 orders; on until 100 more after its respawn."""
+    assert server.process is not None
+    load = Load()
+    moments: list[float] = []
+    respawned: set[int] = set()
+
+    async def operator() -> None:
+        try:
+            await wait_until(lambda: len(load.orders) >= 100, 30, "100 orders")
+            await asyncio.sleep(random.uniform(0.0, 0.2))
+            victim = min(pids)
+            moments.append(time.monotonic())
+            os.kill(victim, signal.SIGKILL)
+            await wait_until(lambda: not alive(victim), 10, "the worker to die")
+            assert server.process is not None
+            parent = server.process.pid
+            fresh: set[int] = set()
+
+            def two_again() -> bool:
+                fresh.clear()
+                fresh.update(worker_pids(parent))
+                return len(fresh) == 2 and victim not in fresh
+
+            await wait_until(two_again, 30, "a new worker")
+            respawned.update(fresh)
+            moments.append(time.monotonic())
+            await wait_until(lambda: load.acks_since(moments[1]) >= 100, 30, "100 orders more")
+        finally:
+            load.stop.set()
+
+    await asyncio.gather(
+        operator(), *(trader(server.url, token, i, load) for i, token in enumerate(tokens))
+    )
+    return load, moments[0], moments[1], respawned
+
+
+def test_kill_9_of_a_worker_under_load(db_url: str, tmp_path: Path) -> None:
+    with smtp_server() as (mailbox, smtp_port):
+        env = exchange_env(db_url, smtp_port)
+        with running_server(free_port(), env, tmp_path / "server.log", args=WORKERS) as server:
+            assert server.process is not None
+            parent = server.process.pid
+            pids = wait_for_workers(parent)
+            tokens = start_users(server, mailbox, db_url, 4)
+            load, killed, back, now_pids = asyncio.run(_load_killing_a_worker(server, tokens, pids))
+            assert server.process.poll() is None and server.process.pid == parent
+            assert len(now_pids) == 2 and now_pids & pids and now_pids - pids
+            # Failures only for requests that were under way when the worker died.
+            failures = check_outcomes(load, failures_allowed=lambda o: o.started < killed + 1.0)
+            assert any(a["trades"] for a in load.orders.values()), "nothing traded"
+            assert load.acks_since(back) >= 100
+
+            # The new worker serves, and both replicas show the books the database holds
+            # (the dead worker's orphaned commands were committed or refused by now).
+            expected = open_depth(db_url)
+            for answer, _ in on_both_workers(
+                server,
+                now_pids,
+                lambda: ask(
+                    server, now_pids, "/api/get_depth", params={"pair": PAIR, "limit": "500"}
+                ),
+                least=4,
+            ):
+                data = answer.json()["data"]
+                assert {k: data[k] for k in ("bids", "asks")} == expected
+            assert server.stop() == 0
+        kinds = sorted({f.error.split("(")[0] or str(f.status) for f in failures})
+        during = load.acks_since(killed) - load.acks_since(back)
+        print(
+            f"{len(load.orders)} orders acknowledged, {during} while the worker was respawned; "
+            f"{len(failures)} failures: {kinds}"
+        )
+        check_acknowledged(db_url, load)
+        check_money(db_url)
+
+
+# -- 5. kill -9 of the writer ---------------------------------------------------------------
+
+
+async def _load_killing_the_writer(server: Server, tokens: list[str]) -> tuple[Load, float]:
+    assert server.process is not None
+    load = Load()
+    moments: list[float] = []
+
+    async def operator() -> None:
+        assert server.process is not None
+        try:
+            await wait_until(lambda: len(load.orders) >= 150, 30, "150 orders")
+            await asyncio.sleep(random.uniform(0.0, 0.2))
+            moments.append(time.monotonic())
+            os.kill(server.process.pid, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+        finally:
+            load.stop.set()
+
+    await asyncio.gather(
+        operator(), *(trader(server.url, token, i, load) for i, token in enumerate(tokens))
+    )
+    return load, moments[0]
+
+
+def test_kill_9_of_the_writer(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    port = free_port()
+    with smtp_server() as (mailbox, smtp_port):
+        env = exchange_env(url, smtp_port)
+        with running_server(port, env, tmp_path / "server.log", args=WORKERS) as server:
+            assert server.process is not None
+            pids = wait_for_workers(server.process.pid)
+            socket_path = writer_socket(server.process.pid)
+            tokens = start_users(server, mailbox, url, 4)
+            try:
+                load, killed = asyncio.run(_load_killing_the_writer(server, tokens))
+                assert server.process.wait(timeout=10) == -signal.SIGKILL
+                # The orphaned workers notice and stop by themselves (they poll every
+                # 0.5 s and give requests in flight up to 5 s).
+                deadline = time.monotonic() + 15
+                while any(alive(pid) for pid in pids):
+                    assert time.monotonic() < deadline, [_stat(pid) for pid in pids]
+                    time.sleep(0.1)
+                gone_after = time.monotonic() - killed
+            finally:
+                for pid in pids:  # never leave a worker behind, even when this test fails
+                    if alive(pid):
+                        os.kill(pid, signal.SIGKILL)
+                # A killed writer cannot remove its private directory: this test does.
+                shutil.rmtree(socket_path.parent, ignore_errors=True)
+        # What the clients saw after the kill: no answer, or 503 (the writer is gone), or an
+        # unknown outcome for what was in flight; never a 200 for an order that is lost.
+        failures = check_outcomes(load, failures_allowed=lambda o: o.started >= killed - 1.0)
+        kinds = sorted({f.error.split("(")[0] or f.body["description"][:40] for f in failures})
+        print(f"{len(failures)} failures: {kinds}")
+        check_acknowledged(url, load)
+        check_money(url)
+
+        # The port is free: a new server binds it and carries on from the same state.
+        with running_server(port, env, tmp_path / "server2.log", args=WORKERS) as server:
+            assert server.process is not None
+            new_pids = wait_for_workers(server.process.pid)
+            assert not new_pids & pids
+            expected = open_depth(url)
+            for answer, _ in on_both_workers(
+                server,
+                new_pids,
+                lambda: ask(
+                    server, new_pids, "/api/get_depth", params={"pair": PAIR, "limit": "500"}
+                ),
+                least=4,
+            ):
+                data = answer.json()["data"]
+                assert {k: data[k] for k in ("bids", "asks")} == expected
+            answer, _ = ask(
+                server,
+                new_pids,
+                "/api/buy",
+                data={"pair": PAIR, "amount": "0.01", "price": "1000"},
+                token=tokens[0],
+            )
+            assert answer.json()["status"], answer.text
+            assert server.stop() == 0
+        print(f"{len(load.orders)} orders acknowledged; workers gone {gone_after:.1f} s after")
+        check_acknowledged(url, load)
+        check_money(url)
