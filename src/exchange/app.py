@@ -179,6 +179,7 @@ def create_app(
     @asynccontextmanager
     async def worker_lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert client is not None
+
         async def resync() -> None:
             # Revocations may have been broadcast while this worker was cut off.
             sessions.forget_all()
