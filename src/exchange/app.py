@@ -224,7 +224,10 @@ def create_app(
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             WebSocketRoute("/ws", stream.endpoint),
-            *page_routes(pairs=list(markets)),
+            *page_routes(
+                pairs=list(markets),
+                taker_fees={symbol: m.taker_fee for symbol, m in markets.items()},
+            ),
         ]
     )
     return app

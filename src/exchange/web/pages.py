@@ -8,7 +8,8 @@ and the ``/ws`` stream (SPEC §1, §8). This module only renders templates, maps
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ PAGE_HEADERS: dict[str, str] = {
 }
 
 
+DEFAULT_TAKER_FEE = Decimal("0.002")
+
+
 def canonical_pair(text: str) -> str:
     """``btc-usdt``, ``BTC_USDT`` or ``btc/usdt`` -> ``BTC/USDT`` (no validation)."""
     return text.strip().upper().replace("_", "/").replace("-", "/")
@@ -61,12 +65,15 @@ def page_routes(
     templates_dir: Path | None = None,
     pairs: Iterable[str] | None = None,
     static_dir: Path | None = None,
+    taker_fees: Mapping[str, Decimal] | None = None,
 ) -> list[BaseRoute]:
     """Routes for ``/``, ``/trade/{pair}``, ``/register``, ``/login``, ``/account``
     and the ``/static`` mount.
 
     ``pairs`` are the known market symbols (any accepted spelling, e.g. ``BTC/USDT``);
-    ``/trade/<pair>`` answers a 404 page for any other pair.
+    ``/trade/<pair>`` answers a 404 page for any other pair. ``taker_fees`` (per
+    pair, as configured) feed the order form's fee estimate, so the page never
+    shows a rate the engine does not charge.
     """
     tdir = templates_dir or TEMPLATES_DIR
     sdir = static_dir or STATIC_DIR
@@ -79,6 +86,7 @@ def page_routes(
     )
     templates = Jinja2Templates(env=env)
     version = asset_version(sdir)
+    fees = {canonical_pair(p): fee for p, fee in (taker_fees or {}).items()}
 
     def render(
         request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
@@ -103,10 +111,18 @@ def page_routes(
         if pair not in known:
             return render(request, "404.html", {"title": "Not found", "what": "market"}, 404)
         base, quote = pair.split("/", 1)
+        fee = fees.get(pair, DEFAULT_TAKER_FEE)
         return render(
             request,
             "trade.html",
-            {"title": pair, "pair": pair, "base": base, "quote": quote},
+            {
+                "title": pair,
+                "pair": pair,
+                "base": base,
+                "quote": quote,
+                "fee_rate": format(fee.normalize(), "f"),
+                "fee_percent": format((fee * 100).normalize(), "f"),
+            },
         )
 
     async def register(request: Request) -> Response:
