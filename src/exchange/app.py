@@ -180,7 +180,7 @@ def create_app(
     async def worker_lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert client is not None
 
-        async def resync() -> None:
+        async def resync() -> None:  # at every (re)connection, the first one too
             # Revocations may have been broadcast while this worker was cut off.
             sessions.forget_all()
             await market.reload()
@@ -189,9 +189,7 @@ def create_app(
         client.on_revoke = sessions.forget
         sessions.on_end = client.revoke
         try:
-            await client.start()  # the depth snapshot; batches are held from here on
-            await market.load()
-            client.release()  # the held batches, minus trades the load already had
+            await client.start()  # snapshot, market data loaded, held batches folded in
             stream.start()
             yield
         finally:

@@ -177,6 +177,8 @@ async def _writer(settings: Settings, workers: _Workers) -> int:
             while not stopping.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), 0.5)
+                if stopping.is_set():
+                    break  # workers that got the same signal are not restarted
                 if not await asyncio.to_thread(workers.check):
                     log.error("workers keep failing at start; stopping")
                     return 3
@@ -198,6 +200,9 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
         log.error("cannot listen on %s:%s (%s)", host, port, error.strerror or error)
         return 3
     directory = tempfile.mkdtemp(prefix="exchange-")  # 0700: only this user reaches the socket
+    if len(directory) > 80:  # a Unix socket path has at most 107 bytes
+        os.rmdir(directory)
+        directory = tempfile.mkdtemp(prefix="exchange-", dir="/tmp")
     workers = _Workers(settings, sock, os.path.join(directory, "writer.sock"), count)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -7,6 +7,7 @@ databases, whatever ``EXCHANGE_TEST_THROUGH_WORKER`` says.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from exchange.app import create_app
+from exchange.domain.errors import ExchangeError
 from exchange.engine.commands import Credit, PlaceOrder
 from exchange.engine.wire import decode_command, encode_command, frame, read_frame
 from support import (
@@ -204,3 +206,136 @@ async def test_logout_while_cut_off_reaches_the_other_workers(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_snapshot_and_balances_wait_for_the_batch_in_flight(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    """A batch whose commit is in flight (here: about to fail) is never shown to a worker."""
+    app, client = linked
+    engine, hub = app.state.services.engine, app.state.hub
+    await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    user = await app.state.services.accounts.user_id("s@example.com")
+    gate = threading.Event()
+    real_commit = engine.journal.commit
+
+    def failing_commit(batch: Any) -> None:
+        gate.wait(10)
+        raise OSError("the disk is gone")
+
+    engine.journal.commit = failing_commit
+    order = asyncio.ensure_future(engine.submit(PlaceOrder(user, PAIR, "sell", 10**8, 2_100_000)))
+    await asyncio.sleep(0.1)  # applied in memory, commit blocked
+    reader, writer = await asyncio.open_unix_connection(hub.path)
+    writer.write(frame({"t": "bal", "id": 1, "u": user}))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.shield(hello := asyncio.ensure_future(read_frame(reader))), 0.3
+        )
+    engine.journal.commit = real_commit
+    gate.set()
+    with pytest.raises(ExchangeError):
+        await order  # refused: the commit failed
+    snapshot = await hello
+    assert snapshot["t"] == "hello" and snapshot["books"][PAIR][1] == []
+    answer = await read_frame(reader)
+    assert answer["t"] == "ok" and answer["v"]["BTC"]["frozen"] == "0.00000000"
+    writer.close()
+    view = await depth(client)
+    assert view["asks"] == []
+
+
+async def test_a_newcomer_does_not_stop_whole_books_reaching_the_others(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    app, client = linked
+    engine, hub = app.state.services.engine, app.state.hub
+    seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    for price in ("21000", "21001", "21002"):
+        await place(client, seller, "sell", price)
+    app.state.worker.state.services.engine.books[PAIR].asks.clear()  # spoil the replica
+    await engine._reload()
+    reader, writer = await asyncio.open_unix_connection(hub.path)  # another worker arrives
+    assert (await read_frame(reader))["t"] == "hello"
+    await place(client, seller, "sell", "21003")
+    view = await depth(client)
+    assert [level[0] for level in view["asks"]] == ["21000.00", "21001.00", "21002.00", "21003.00"]
+    writer.close()
+
+
+async def test_trades_committed_during_a_load_are_listed_once(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    app, client = linked
+    engine = app.state.services.engine
+    worker_market = app.state.worker.state.services.market
+    store = worker_market._store
+    await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    await new_trader(app, client, mailbox, "b@example.com", USDT="500000")
+    seller = await app.state.services.accounts.user_id("s@example.com")
+    buyer = await app.state.services.accounts.user_id("b@example.com")
+
+    async def trade() -> None:
+        await engine.submit(PlaceOrder(seller, PAIR, "sell", 10**6, 2_000_000))
+        await engine.submit(PlaceOrder(buyer, PAIR, "buy", 10**6, 2_000_000))
+
+    await trade()
+    real = store.recent_trades
+
+    async def racing(symbol: str, limit: int, through: int) -> Any:
+        if symbol == PAIR:
+            await trade()  # commits between the candle replay and this query
+        return await real(symbol, limit, through)
+
+    store.recent_trades = racing
+    worker_engine = app.state.worker.state.services.engine
+    assert worker_engine._writer is not None
+    worker_engine._writer.close()  # reconnect: the worker loads market data again
+
+    async def synced() -> bool:
+        return worker_engine.connected and len(worker_market.deal_records(PAIR, 50)) == 2
+
+    await until(synced)
+    store.recent_trades = real
+    worker_ids = [row["id"] for row in worker_market.deal_records(PAIR, 50)]
+    writer_ids = [row["id"] for row in app.state.services.market.deal_records(PAIR, 50)]
+    assert worker_ids == writer_ids and len(set(worker_ids)) == 2
+
+
+async def test_a_link_lost_during_a_reload_starts_one_clean_reload(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    """The reload of a dead link is stopped: had it finished late, its older data would win."""
+    app, client = linked
+    worker_engine = app.state.worker.state.services.engine
+    worker_market = app.state.worker.state.services.market
+    store = worker_market._store
+    seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    buyer = await new_trader(app, client, mailbox, "b@example.com", USDT="500000")
+    await place(client, seller, "sell", "20000")
+    real = store.recent_trades
+    calls: list[int] = []
+
+    async def slow_first(symbol: str, limit: int, through: int) -> Any:
+        found = await real(symbol, limit, through)
+        if symbol == PAIR:
+            calls.append(len(calls))
+            if len(calls) == 1:
+                await asyncio.sleep(1.0)  # loaded, not yet swapped in
+        return found
+
+    store.recent_trades = slow_first
+    assert worker_engine._writer is not None
+    worker_engine._writer.close()
+    await until(lambda: _true(len(calls) == 1))
+    # While the first reload sleeps: a trade (held by the worker), then the link drops again.
+    user = await app.state.services.accounts.user_id("b@example.com")
+    await app.state.services.engine.submit(PlaceOrder(user, PAIR, "buy", 1_000_000, 2_000_000))
+    for peer in list(app.state.hub._peers):
+        peer.close()
+    await until(lambda: _true(len(calls) >= 2 and worker_engine.connected))
+    await asyncio.sleep(1.2)  # past the first reload's wake-up, had it not been stopped
+    store.recent_trades = real
+    assert worker_market.deal_records(PAIR, 50) == app.state.services.market.deal_records(PAIR, 50)
+    assert len(worker_market.deal_records(PAIR, 50)) == 1
+    assert_envelope(await client.post("/api/get_user_coin", headers=buyer), 200)

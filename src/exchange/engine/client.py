@@ -10,9 +10,9 @@ asked of the writer (one round trip on the socket, no database).
 
 If the connection drops, commands in flight get ``internal_error`` with a
 sentence saying the outcome is unknown (the writer may have committed them; a
-``client_order_id`` makes the retry safe), new commands get 503 until the
-client has reconnected, and ``on_resync`` (market data's reload) runs before
-events flow again, since batches were missed.
+``client_order_id`` makes the retry safe), and new commands get 503 until the
+client has reconnected and reloaded market data (batches were missed). A gap
+in the batches' sequence numbers is treated like a dropped connection.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from itertools import islice
 from typing import Any
@@ -104,12 +105,14 @@ class EngineClient:
         self._listeners: list[Listener] = []
         self._pending: dict[int, tuple[asyncio.Future[Any], bool]] = {}
         self._next_id = 0
+        #: The link requests may use: set only once market data is in step with it.
         self._writer: asyncio.StreamWriter | None = None
         self._held: list[tuple[Outbox, int]] | None = None
         self._unsent_revokes: list[str] = []
         self._task: asyncio.Task[None] | None = None
-        self._resync: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
+        self._sync: asyncio.Task[None] | None = None
+        self._generation = 0
+        self._started: asyncio.Future[None] | None = None
 
     @property
     def assets(self) -> dict[str, Asset]:
@@ -124,69 +127,85 @@ class EngineClient:
 
     # -- life cycle -----------------------------------------------------------
 
-    async def start(self, timeout: float = 10.0) -> None:  # float-ok: seconds
-        """Connect and take the writer's snapshot; batches are held until ``release``.
+    async def start(self, connect_timeout: float = 10.0) -> None:  # float-ok: seconds
+        """Connect, take the writer's snapshot and run ``on_resync``; then serve.
 
-        Holding lets the caller load market data from the database after the
-        snapshot: the held batches are then folded in, and market data skips the
-        trades its load already contained.
+        Every connection, the first included, goes the same way: the snapshot,
+        then batches are held while ``on_resync`` loads market data from the
+        database (retried until it succeeds), then the held batches are folded in
+        (market data skips trades its load already had) and only then may
+        requests use the link, so an answer never outruns the data behind it.
+        Raises ConnectionError if the writer's socket cannot be reached at all.
         """
-        self._held = []
-        self._task = asyncio.create_task(self._run(), name="engine-client")
-        await asyncio.wait_for(self._connected.wait(), timeout)
-
-    def release(self) -> None:
-        held, self._held = self._held, None
-        for outbox, now in held or ():
-            self._publish(outbox, now)
+        self._started = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(connect_timeout), name="engine-client")
+        await self._started
 
     async def stop(self) -> None:
-        for task in (self._task, self._resync):
+        for task in (self._task, self._sync):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._resync = None
+        self._task = self._sync = None
         self._drop_connection()
 
-    async def _run(self) -> None:
-        first = True
+    async def _run(self, connect_timeout: float) -> None:  # float-ok: seconds
+        deadline = time.monotonic() + connect_timeout
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(self.path)
             except OSError as error:
-                if first:
-                    log.debug("writer socket not ready (%s)", error)
+                started = self._started
+                if started is not None and not started.done() and time.monotonic() > deadline:
+                    started.set_exception(
+                        ConnectionError(f"cannot reach the writer at {self.path}: {error}")
+                    )
+                    return
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             try:
                 self._hello(await read_frame(reader))
-                if not first and self.on_resync is not None:
-                    self._held = []  # batches wait until market data has reloaded
-                    self._resync = asyncio.create_task(self._run_resync(self.on_resync))
-                self._writer = writer
-                self._connected.set()
-                first = False
-                unsent, self._unsent_revokes = self._unsent_revokes, []
-                for key in unsent:  # sessions ended while the link was down
-                    self.revoke(key)
+                self._begin_sync(writer)
                 while True:
                     self._handle(await read_frame(reader))
-            except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError) as error:
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any broken frame: start again from a snapshot
                 log.error("lost the connection to the writer (%r); reconnecting", error)
             finally:
-                self._connected.clear()
                 self._drop_connection()
                 writer.close()
             await asyncio.sleep(RECONNECT_SECONDS)
 
-    async def _run_resync(self, resync: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await resync()
-        except Exception:
-            log.exception("market data could not be reloaded after a reconnection")
-        finally:
-            self.release()
+    def _begin_sync(self, writer: asyncio.StreamWriter) -> None:
+        self._generation += 1
+        self._held = []  # batches wait until market data has (re)loaded
+        if self._sync is not None:
+            self._sync.cancel()  # an older link's reload: its data is no use now
+        self._sync = asyncio.create_task(self._synchronise(self._generation, writer))
+
+    async def _synchronise(self, generation: int, writer: asyncio.StreamWriter) -> None:
+        delay = RECONNECT_SECONDS
+        while self.on_resync is not None:
+            try:
+                await self.on_resync()
+                break
+            except Exception:  # the database is away: keep the old data, hold, retry
+                log.exception("cannot load market data; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if generation != self._generation or writer.is_closing():
+            return  # that link is gone; the next one synchronises again
+        held, self._held = self._held, None
+        for outbox, now in held or ():
+            self._publish(outbox, now)
+        self._writer = writer
+        unsent, self._unsent_revokes = self._unsent_revokes, []
+        for key in unsent:  # sessions ended while the link was down
+            self.revoke(key)
+        if self._started is not None and not self._started.done():
+            self._started.set_result(None)
 
     def _drop_connection(self) -> None:
         self._writer = None
@@ -223,6 +242,8 @@ class EngineClient:
         seq = int(message["seq"])
         if seq <= self.seq:
             return  # already in the snapshot
+        if seq != self.seq + 1:  # a batch was lost: this replica cannot be trusted
+            raise ValueError(f"batches {self.seq + 1}..{seq - 1} never arrived")
         self.seq = seq
         books = self.books
         for symbol, levels in message["books"].items():

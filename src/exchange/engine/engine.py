@@ -120,6 +120,10 @@ class Engine:
         self._lock = lock
         self._resync = False
         self._inbox_seen: set[int] = set()
+        #: True while a batch is applied, committed or rolled back (memory may then hold
+        #: changes that are not, or will never be, in the database).
+        self._busy = False
+        self._on_idle: list[Callable[[], None]] = []
         self.pending_withdrawals: dict[int, PendingWithdrawal] = {}
         self.next_withdrawal_id = 1
         self.batches = 0
@@ -210,8 +214,40 @@ class Engine:
             raise ExchangeError("overloaded", "too many orders in flight; try again") from None
         return future
 
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` now if no batch is in flight, else right after the batch.
+
+        Between batches memory is exactly what the database holds, so readers that
+        must never see an uncommitted (maybe doomed) change read there: a worker's
+        snapshot, balances asked for over the socket or through the API.
+        """
+        if self._busy:
+            self._on_idle.append(callback)
+        else:
+            callback()
+
+    def _idle(self) -> None:
+        callbacks, self._on_idle = self._on_idle, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("engine idle callback failed")
+
     async def read_balances(self, user_id: int) -> dict[str, dict[str, str]]:
-        return self.balances(user_id)
+        """Committed balances (waits for the batch in flight, if any)."""
+        if not self._busy:
+            return self.balances(user_id)
+        future: asyncio.Future[dict[str, dict[str, str]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def answer() -> None:
+            if not future.done():
+                future.set_result(self.balances(user_id))
+
+        self.when_idle(answer)
+        return await future
 
     def balances_now(self, user_id: int) -> dict[str, dict[str, str]] | None:
         """Balances without waiting (the stream's fan-out cannot await)."""
@@ -235,13 +271,16 @@ class Engine:
                     items.append(queue.get_nowait())
                 except asyncio.QueueEmpty:
                     break
+            self._busy = True
             try:
                 await self._process(items)
             except Exception:  # never let the writer die; the batch was already answered
                 log.exception("engine batch failed")
             finally:
+                self._busy = False
                 for _ in items:
                     queue.task_done()
+                self._idle()
 
     async def _process(self, items: list[_Item]) -> None:
         if self._resync:

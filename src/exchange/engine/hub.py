@@ -95,6 +95,7 @@ class WriterHub:
             self._server = await asyncio.start_unix_server(self._serve, path=self.path)
         finally:
             os.umask(previous)
+        self._known = dict(self.engine.core.books)
         self.engine.subscribe(self.on_commit)
 
     async def stop(self) -> None:
@@ -121,10 +122,10 @@ class WriterHub:
         if task is not None:
             self._handlers.add(task)
         peer = _Peer(writer)
-        # The snapshot and the registration happen in one step of the loop: no batch
-        # can be committed between them, so the worker misses none and sees none twice.
-        peer.send(self._hello(), self.max_buffer)
-        self._peers.add(peer)
+        # The snapshot and the registration happen in one step, between two batches:
+        # the worker misses no batch, sees none twice, and never sees the state of a
+        # batch that is not committed (or is being rolled back).
+        self.engine.when_idle(partial(self._greet, peer))
         try:
             while not peer.closed:
                 message = await read_frame(reader)
@@ -132,8 +133,8 @@ class WriterHub:
                 if kind == "cmd":
                     self._command(peer, message)
                 elif kind == "bal":
-                    balances = self.engine.balances(int(message["u"]))
-                    peer.send(encode_result(int(message["id"]), balances), self.max_buffer)
+                    answer = partial(self._balances, peer, int(message["id"]), int(message["u"]))
+                    self.engine.when_idle(answer)
                 elif kind == "revoke":
                     data = frame({"t": "revoke", "key": str(message["key"])})
                     for other in list(self._peers):
@@ -161,6 +162,13 @@ class WriterHub:
             return
         future.add_done_callback(partial(self._answer, peer, request_id))
 
+    def _greet(self, peer: _Peer) -> None:
+        if peer.send(self._hello(), self.max_buffer):
+            self._peers.add(peer)
+
+    def _balances(self, peer: _Peer, request_id: int, user_id: int) -> None:
+        peer.send(encode_result(request_id, self.engine.balances(user_id)), self.max_buffer)
+
     def _answer(self, peer: _Peer, request_id: int, future: asyncio.Future[Any]) -> None:
         if future.cancelled():
             data = encode_error(request_id, ExchangeError("overloaded", "try again"))
@@ -174,7 +182,6 @@ class WriterHub:
 
     def _hello(self) -> bytes:
         books = self.engine.core.books
-        self._known = dict(books)
         return frame(
             {
                 "t": "hello",
@@ -186,14 +193,24 @@ class WriterHub:
     def on_commit(self, outbox: Outbox, now: int) -> None:
         """The engine listener: one ``events`` frame per committed batch, for all workers."""
         self.seq += 1
-        if not self._peers:
-            return
+        try:
+            self._broadcast(outbox, now)
+        except Exception:  # a worker that misses a batch must start again, not drift
+            log.exception("cannot send batch %d to the workers: disconnecting them", self.seq)
+            for peer in list(self._peers):
+                peer.close()
+            self._peers.clear()
+
+    def _broadcast(self, outbox: Outbox, now: int) -> None:
         books = self.engine.core.books
         replaced: dict[str, list[list[list[int]]]] = {}
         for symbol, book in books.items():
             if self._known.get(symbol) is not book:  # rebuilt from the database
-                replaced[symbol] = book_levels(book)
+                if self._peers:
+                    replaced[symbol] = book_levels(book)
                 self._known[symbol] = book
+        if not self._peers:
+            return
         touched = {
             (order.market, order.side, order.price)
             for order in outbox.orders

@@ -1,8 +1,11 @@
 """What crosses the Unix socket between the writer and its HTTP workers.
 
 Frames are a 4-byte big-endian length and an orjson object with a type tag
-``t``. JSON and not pickle: a frame is data, never code, so a confused or
-hostile peer on the socket can at worst send a wrong command, never run one.
+``t``. JSON and not pickle: a frame is data, never code. Commands are checked
+field by field (names and exact types) before they reach the engine's queue.
+The socket is only reachable by the exchange's own user (a 0600 socket in a
+0700 directory): a worker is trusted like the one-process server, e.g. to set
+a withdrawal's fee from the settings.
 Orders, trades and commands are slotted dataclasses, which orjson writes as
 objects and the reader rebuilds with ``Cls(**fields)``.
 
@@ -83,11 +86,46 @@ def encode_command(request_id: int, command: Command) -> bytes:
     return frame({"t": "cmd", "id": request_id, "k": kind, "c": command})
 
 
+#: The exact JSON types of each command's fields. A wrongly typed value would not be
+#: refused by the engine but break it mid-batch (failing every command batched with
+#: it), so a frame is checked here, field by field, before it reaches the queue.
+_INT, _STR, _BOOL, _NONE = (int,), (str,), (bool,), (type(None),)
+FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "PlaceOrder": {
+        "user_id": _INT,
+        "market": _STR,
+        "side": _STR,
+        "amount": _INT,
+        "price": _INT,
+        "type": _STR,
+        "tif": _STR,
+        "post_only": _BOOL,
+        "client_order_id": _STR + _NONE,
+    },
+    "CancelOrder": {"user_id": _INT, "order_id": _INT},
+    "RequestWithdrawal": {
+        "user_id": _INT,
+        "coin": _STR,
+        "amount": _INT + _NONE,
+        "fee": _INT,
+        "minimum": _INT,
+        "address": _STR,
+    },
+}
+
+
 def decode_command(message: dict[str, Any]) -> Command:
-    kind = COMMANDS.get(str(message.get("k")))
+    name = str(message.get("k"))
+    kind = COMMANDS.get(name)
     fields = message.get("c")
     if kind is None or not isinstance(fields, dict):
         raise ValueError("not a command frame")
+    expected = FIELD_TYPES[name]
+    if set(fields) != set(expected):
+        raise ValueError(f"{name} needs the fields {sorted(expected)}")
+    for field, types in expected.items():
+        if type(fields[field]) not in types:  # exact: True is not an int here
+            raise ValueError(f"{name}.{field} has the wrong type")
     return kind(**fields)
 
 

@@ -71,35 +71,47 @@ class Accounts:
             now = self._clock()
             code = f"{secrets.randbelow(1_000_000):06d}"
             salt = secrets.token_hex(16)
-            async with self._db.begin() as conn:
-                row = (
+            try:
+                async with self._db.begin() as conn:
+                    row = (
+                        await conn.execute(
+                            select(verification_codes.c.created).where(
+                                verification_codes.c.email == email
+                            )
+                        )
+                    ).first()
+                    if row is not None and now - row.created < CODE_RESEND_MS:
+                        wait = _seconds(row.created + CODE_RESEND_MS - now)
+                        raise ExchangeError(
+                            "rate_limited",
+                            f"a code was sent less than a minute ago; ask again in {wait} s",
+                            retry_after=wait,
+                        )
+                    # Only a code past its cooldown is replaced; had another process
+                    # stored one meanwhile, the insert below conflicts with it.
                     await conn.execute(
-                        select(verification_codes.c.created).where(
-                            verification_codes.c.email == email
+                        delete(verification_codes).where(
+                            verification_codes.c.email == email,
+                            verification_codes.c.created <= now - CODE_RESEND_MS,
                         )
                     )
-                ).first()
-                if row is not None and now - row.created < CODE_RESEND_MS:
-                    wait = _seconds(row.created + CODE_RESEND_MS - now)
-                    raise ExchangeError(
-                        "rate_limited",
-                        f"a code was sent less than a minute ago; ask again in {wait} s",
-                        retry_after=wait,
+                    await conn.execute(
+                        insert(verification_codes).values(
+                            email=email,
+                            code_hash=_code_hash(salt, email, code),
+                            salt=salt,
+                            created=now,
+                            expires=now + CODE_TTL_MS,
+                            attempts=0,
+                            used=False,
+                        )
                     )
-                await conn.execute(
-                    delete(verification_codes).where(verification_codes.c.email == email)
-                )
-                await conn.execute(
-                    insert(verification_codes).values(
-                        email=email,
-                        code_hash=_code_hash(salt, email, code),
-                        salt=salt,
-                        created=now,
-                        expires=now + CODE_TTL_MS,
-                        attempts=0,
-                        used=False,
-                    )
-                )
+            except IntegrityError:  # another process stored a code for it this instant
+                raise ExchangeError(
+                    "rate_limited",
+                    "a code was just sent to this address; ask again in 60 s",
+                    retry_after=60,
+                ) from None
             try:
                 await self._mailer.send(
                     email,

@@ -78,11 +78,11 @@ class CandleStore:
             yield chunk
             last = chunk[-1].id
 
-    async def recent_trades(self, market: str, limit: int) -> list[Trade]:
-        """The newest ``limit`` trades of ``market``, oldest first."""
+    async def recent_trades(self, market: str, limit: int, through: int) -> list[Trade]:
+        """The newest ``limit`` trades of ``market`` up to id ``through``, oldest first."""
         query = (
             select(trades)
-            .where(trades.c.market == market)
+            .where(trades.c.market == market, trades.c.id <= through)
             .order_by(trades.c.id.desc())
             .limit(limit)
         )

@@ -250,17 +250,30 @@ class MarketData:
             if replayed:
                 log.info("market data: replayed %d trades of %s into candles", replayed, symbol)
             self._restore_ticker(symbol, now)
+            through = max(series.last_trade_id for series in by_interval.values())
+            self._through[symbol] = through
             deals = self.deals[symbol]
             deals.clear()
-            for trade in await self._store.recent_trades(symbol, DEALS_KEPT):
+            # Not past ``through``: a trade committed after the replay above comes
+            # with the batches a worker holds meanwhile (listed twice otherwise).
+            for trade in await self._store.recent_trades(symbol, DEALS_KEPT, through):
                 deals.append(self.deal_row(trade))
-            self._through[symbol] = max(series.last_trade_id for series in by_interval.values())
             self._version[symbol] += 1
 
     async def reload(self) -> None:
-        """Start again from the database (a worker that missed batches)."""
-        self._reset()
-        await self.load()
+        """Start again from the database (a worker that (re)connects to the writer).
+
+        Loaded aside and swapped in at the end: until then (or if the database
+        fails) the previous data keeps being served, never a half-loaded state.
+        """
+        fresh = MarketData(self.markets, self._engine, self.clock, self._store, persist=False)
+        await fresh.load()
+        self.series, self.tickers, self.deals = fresh.series, fresh.tickers, fresh.deals
+        self._through = fresh._through
+        for symbol in self._version:
+            self._version[symbol] += 1
+        self._tickers.clear()
+        self._depth.clear()
 
     def _restore_ticker(self, symbol: str, now: int) -> None:
         minutes = self.series[symbol]["1min"]

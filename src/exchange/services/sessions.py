@@ -45,10 +45,18 @@ class Sessions:
         #: Called with the hash of every ended session: with several workers, each
         #: caches sessions, and all of them must forget one at once, not in 5 s.
         self.on_end: Callable[[str], None] | None = None
+        self._revoked: set[str] = set()
 
     def forget(self, key: str) -> None:
-        """Drop a cached session (another worker ended it)."""
+        """Drop a cached session (another worker ended it), and never cache it again.
+
+        Remembered because a lookup may be in flight: it read the row before the
+        other worker deleted it, and would otherwise cache it after this call.
+        """
         self._cache.pop(key, None)
+        if len(self._revoked) > 100_000:
+            self._revoked.clear()
+        self._revoked.add(key)
 
     def forget_all(self) -> None:
         self._cache.clear()
@@ -106,7 +114,7 @@ class Sessions:
                     )
                 )
             ).first()
-        if row is None:
+        if row is None or key in self._revoked:
             return None
         entry = _Cached(row.user_id, row.created, row.last_seen, now)
         if len(self._cache) > 100_000:
