@@ -194,7 +194,7 @@ class EngineClient:
             except Exception:  # the database is away: keep the old data, hold, retry
                 log.exception("cannot load market data; retrying in %.1f s", delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 5.0)  # float-ok: seconds
         if generation != self._generation or writer.is_closing():
             return  # that link is gone; the next one synchronises again
         held, self._held = self._held, None

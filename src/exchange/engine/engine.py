@@ -234,8 +234,15 @@ class Engine:
             except Exception:
                 log.exception("engine idle callback failed")
 
+    @property
+    def ready(self) -> bool:
+        """False while memory is being rebuilt from the database (answers are 503)."""
+        return self._ready
+
     async def read_balances(self, user_id: int) -> dict[str, dict[str, str]]:
         """Committed balances (waits for the batch in flight, if any)."""
+        if not self._ready:  # reloading, maybe until the database is back: do not hang
+            raise unavailable()
         if not self._busy:
             return self.balances(user_id)
         future: asyncio.Future[dict[str, dict[str, str]]] = (

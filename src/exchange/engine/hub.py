@@ -26,7 +26,7 @@ from exchange.domain.book import OrderBook
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox
 from exchange.domain.orders import BUY
-from exchange.engine.engine import Engine
+from exchange.engine.engine import Engine, unavailable
 from exchange.engine.wire import (
     LevelTotal,
     decode_command,
@@ -133,7 +133,11 @@ class WriterHub:
                 if kind == "cmd":
                     self._command(peer, message)
                 elif kind == "bal":
-                    answer = partial(self._balances, peer, int(message["id"]), int(message["u"]))
+                    request_id = int(message["id"])
+                    if not self.engine.ready:
+                        peer.send(encode_error(request_id, unavailable()), self.max_buffer)
+                        continue
+                    answer = partial(self._balances, peer, request_id, int(message["u"]))
                     self.engine.when_idle(answer)
                 elif kind == "revoke":
                     data = frame({"t": "revoke", "key": str(message["key"])})
