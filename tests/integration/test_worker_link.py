@@ -339,3 +339,55 @@ async def test_a_link_lost_during_a_reload_starts_one_clean_reload(
     assert worker_market.deal_records(PAIR, 50) == app.state.services.market.deal_records(PAIR, 50)
     assert len(worker_market.deal_records(PAIR, 50)) == 1
     assert_envelope(await client.post("/api/get_user_coin", headers=buyer), 200)
+
+
+async def test_readers_of_a_failed_batch_get_503_while_the_database_is_away(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    """Balance reads waiting on a batch whose commit fails are refused at once, not parked
+    until the database is back; a new worker's snapshot waits for the reload."""
+    app, client = linked
+    engine, hub = app.state.services.engine, app.state.hub
+    await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    user = await app.state.services.accounts.user_id("s@example.com")
+    commit_gate, load_gate = threading.Event(), threading.Event()
+    real_commit, real_load = engine.journal.commit, engine._load
+
+    def failing_commit(batch: Any) -> None:
+        commit_gate.wait(10)
+        raise OSError("the disk is gone")
+
+    def blocked_load() -> Any:
+        load_gate.wait(10)  # the database is still away
+        return real_load()
+
+    engine.journal.commit = failing_commit
+    engine._load = blocked_load
+    try:
+        order = asyncio.ensure_future(
+            engine.submit(PlaceOrder(user, PAIR, "sell", 10**8, 2_100_000))
+        )
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_unix_connection(hub.path)
+        writer.write(frame({"t": "bal", "id": 1, "u": user}))
+        local = asyncio.ensure_future(engine.read_balances(user))
+        await asyncio.sleep(0.1)
+        engine.journal.commit = real_commit
+        commit_gate.set()
+        with pytest.raises(ExchangeError):
+            await order
+        answer = await asyncio.wait_for(read_frame(reader), 2)
+        assert answer["t"] == "err" and answer["e"][0] == "overloaded"
+        with pytest.raises(ExchangeError, match="overloaded"):
+            await asyncio.wait_for(local, 2)
+        hello = asyncio.ensure_future(read_frame(reader))
+        with pytest.raises(TimeoutError):  # no snapshot before the reload
+            await asyncio.wait_for(asyncio.shield(hello), 0.3)
+        load_gate.set()
+        snapshot = await asyncio.wait_for(hello, 10)
+        assert snapshot["t"] == "hello" and snapshot["books"][PAIR][1] == []
+        writer.close()
+    finally:
+        commit_gate.set()
+        load_gate.set()
+        engine.journal.commit, engine._load = real_commit, real_load

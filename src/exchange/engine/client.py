@@ -47,6 +47,10 @@ __all__ = ["EngineClient", "LevelBook"]
 log = logging.getLogger("exchange.client")
 
 RECONNECT_SECONDS = 0.2  # float-ok: seconds between reconnection attempts
+BALANCES_SECONDS = 5.0  # float-ok: seconds a balance read may wait for the writer
+#: Batches held while market data loads; past this the link is restarted (a fresh
+#: snapshot empties the list) rather than let a worker that cannot load grow forever.
+HELD_MAX = 20_000
 
 
 def _unknown_outcome() -> ExchangeError:
@@ -256,6 +260,8 @@ class EngineClient:
         outbox = decode_outbox(message)
         now = int(message["now"])
         if self._held is not None:
+            if len(self._held) >= HELD_MAX:
+                raise ValueError("market data is still loading and too many batches wait")
             self._held.append((outbox, now))
         else:
             self._publish(outbox, now)
@@ -284,9 +290,11 @@ class EngineClient:
         return await self._request(lambda rid: encode_command(rid, command), True)
 
     async def read_balances(self, user_id: int) -> dict[str, dict[str, str]]:
-        result: dict[str, dict[str, str]] = await self._request(
-            lambda rid: frame({"t": "bal", "id": rid, "u": user_id}), False
-        )
+        request = self._request(lambda rid: frame({"t": "bal", "id": rid, "u": user_id}), False)
+        try:
+            result: dict[str, dict[str, str]] = await asyncio.wait_for(request, BALANCES_SECONDS)
+        except TimeoutError:
+            raise _not_connected() from None
         return result
 
     def balances_now(self, user_id: int) -> dict[str, dict[str, str]] | None:

@@ -250,8 +250,12 @@ class Engine:
         )
 
         def answer() -> None:
-            if not future.done():
+            if future.done():
+                return
+            if self._ready:
                 future.set_result(self.balances(user_id))
+            else:  # the batch failed and the writer reloads: do not wait for the database
+                future.set_exception(unavailable())
 
         self.when_idle(answer)
         return await future
@@ -287,7 +291,7 @@ class Engine:
                 self._busy = False
                 for _ in items:
                     queue.task_done()
-                self._idle()
+            self._idle()  # not when cancelled mid-batch: that memory may be doomed
 
     async def _process(self, items: list[_Item]) -> None:
         if self._resync:
@@ -351,6 +355,7 @@ class Engine:
     async def _fail(self, items: list[_Item], error: ExchangeError) -> None:
         self.core.drain()
         self._ready = False  # refuse new commands from now on, not after the reload
+        self._idle()  # readers waiting for this batch: 503 now, not after the database is back
         # Commands queued behind the failed batch were not applied: refuse them now
         # rather than park their callers until the database is back (maybe minutes).
         queued: list[_Item] = []
@@ -411,7 +416,12 @@ class Engine:
         self, command: RequestWithdrawal, now: int, rows: dict[int, dict[str, Any]]
     ) -> dict[str, Any]:
         coin = command.coin
-        scale = self.assets[coin].scale
+        asset = self.assets.get(coin)
+        if asset is None:
+            raise ExchangeError("unknown_coin", f"{coin[:20]!r} is not a listed coin")
+        if command.fee < 0 or command.minimum < 0 or len(command.address) > 128:
+            raise ExchangeError("invalid_argument", "this withdrawal request is malformed")
+        scale = asset.scale
         available = self.core.ledger.available(command.user_id, coin)
         amount = available if command.amount is None else command.amount
         if amount < command.minimum or amount <= command.fee:

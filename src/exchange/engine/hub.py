@@ -167,11 +167,17 @@ class WriterHub:
         future.add_done_callback(partial(self._answer, peer, request_id))
 
     def _greet(self, peer: _Peer) -> None:
-        if peer.send(self._hello(), self.max_buffer):
+        if not self.engine.ready:  # the batch failed: greet after the reload, not before
+            self.engine.when_idle(partial(self._greet, peer))
+        elif peer.send(self._hello(), self.max_buffer):
             self._peers.add(peer)
 
     def _balances(self, peer: _Peer, request_id: int, user_id: int) -> None:
-        peer.send(encode_result(request_id, self.engine.balances(user_id)), self.max_buffer)
+        if self.engine.ready:
+            data = encode_result(request_id, self.engine.balances(user_id))
+        else:
+            data = encode_error(request_id, unavailable())
+        peer.send(data, self.max_buffer)
 
     def _answer(self, peer: _Peer, request_id: int, future: asyncio.Future[Any]) -> None:
         if future.cancelled():

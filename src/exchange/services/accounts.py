@@ -121,9 +121,12 @@ class Accounts:
                     "If you did not ask for it, ignore this message.\n",
                 )
             except Exception:
-                async with self._db.begin() as conn:
+                async with self._db.begin() as conn:  # this code only, not a newer one
                     await conn.execute(
-                        delete(verification_codes).where(verification_codes.c.email == email)
+                        delete(verification_codes).where(
+                            verification_codes.c.email == email,
+                            verification_codes.c.code_hash == _code_hash(salt, email, code),
+                        )
                     )
                 raise ExchangeError(
                     "internal_error", "the e-mail could not be sent; try again later"

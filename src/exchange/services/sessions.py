@@ -102,6 +102,7 @@ class Sessions:
         self._cache.pop(key, None)
         async with self._db.begin() as conn:
             await conn.execute(delete(sessions).where(sessions.c.token_hash == key))
+        self.forget(key)  # a lookup in flight here must not cache it again
         if self.on_end is not None:
             self.on_end(key)
 
