@@ -236,8 +236,11 @@ async def test_snapshot_and_balances_wait_for_the_batch_in_flight(
     gate.set()
     with pytest.raises(ExchangeError):
         await order  # refused: the commit failed
-    snapshot = await hello
+    refused = await first  # the balance read waited on the batch that failed: 503
+    assert refused["t"] == "err" and refused["e"][0] == "overloaded"
+    snapshot = await read_frame(reader)  # then, after the reload, the snapshot
     assert snapshot["t"] == "hello" and snapshot["books"][PAIR][1] == []
+    writer.write(frame({"t": "bal", "id": 2, "u": user}))
     answer = await read_frame(reader)
     assert answer["t"] == "ok" and answer["v"]["BTC"]["frozen"] == "0.00000000"
     writer.close()
