@@ -228,10 +228,9 @@ async def test_snapshot_and_balances_wait_for_the_batch_in_flight(
     await asyncio.sleep(0.1)  # applied in memory, commit blocked
     reader, writer = await asyncio.open_unix_connection(hub.path)
     writer.write(frame({"t": "bal", "id": 1, "u": user}))
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(
-            asyncio.shield(hello := asyncio.ensure_future(read_frame(reader))), 0.3
-        )
+    first = asyncio.ensure_future(read_frame(reader))
+    with pytest.raises(TimeoutError):  # no snapshot, no balances while the batch is in flight
+        await asyncio.wait_for(asyncio.shield(first), 0.3)
     engine.journal.commit = real_commit
     gate.set()
     with pytest.raises(ExchangeError):
