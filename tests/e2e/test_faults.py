@@ -26,8 +26,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,33 +33,36 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from load_support import (
+    CREDITS,
+    PAIR,
+    SCALE,
+    Acks,
+    Outcome,
+    check_acknowledged,
+    check_money,
+    client_loop,
+    credit,
+    start_users,
+)
 from sqlalchemy import select
 
 from exchange.adapters.db.database import make_sync_engine
-from exchange.adapters.db.tables import balances, orders, trades, users, withdrawals
-from exchange.app import configured_markets
+from exchange.adapters.db.tables import balances, orders, users
 from exchange.bench.server import Server, exchange_env, running_server
-from exchange.config import Settings
 from exchange.engine.writer_lock import ADVISORY_KEY, WriterLock
-from exchange.services.admin import Admin
 from support import (
     PG_ADMIN,
-    Mailbox,
     audit_orders_and_withdrawals,
     check_database_ledger,
     free_port,
     independent_balances,
     postgres_database,
-    register_over_http,
     smtp_server,
 )
 
-PAIR = "BTC/USDT"
 BTC_ADDRESS = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"
 USDT_ADDRESS = "0x" + "5a" * 20
-FUNDS = (("BTC", "10"), ("USDT", "1000000"))
-CREDITS = {"BTC": 10 * 10**8, "USDT": 1_000_000 * 10**6}
-SCALE = {"BTC": 8, "USDT": 6}
 #: Words that must never reach a client: stack traces, SQL, driver names, paths.
 LEAKS = (
     "Traceback",
@@ -76,45 +77,7 @@ LEAKS = (
 )
 
 
-# -- the world: a server with funded users ---------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """One request of the load: what was asked, what came back, how long it took."""
-
-    action: str
-    started: float
-    elapsed: float
-    status: int | None  # None: no HTTP answer (connection refused/reset, timeout)
-    body: Any = None
-    error: str = ""
-
-
-@dataclass
-class Acks:
-    orders: dict[int, dict[str, Any]] = field(default_factory=dict)
-    cancels: dict[int, dict[str, Any]] = field(default_factory=dict)
-    withdrawals: dict[int, dict[str, Any]] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)
-
-
-def credit(url: str, *jobs: tuple[str, str, str]) -> None:
-    """Credit (email, coin, amount) as the admin CLI does: through the server's inbox.
-
-    In this process and in parallel: one CLI process per credit costs seconds each.
-    """
-    db = make_sync_engine(url)
-    tool = Admin(db, url, configured_markets(Settings(database_url=url)))
-    try:
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            list(pool.map(lambda job: tool.credit(*job, "fault test"), jobs))
-    finally:
-        db.dispose()
-
-
-def fund(url: str, emails: list[str]) -> None:
-    credit(url, *((email, coin, amount) for email in emails for coin, amount in FUNDS))
+# -- the world: a server with funded users (the load and its checks: load_support.py) ----
 
 
 def set_addresses(base: str, tokens: list[str]) -> None:
@@ -129,118 +92,7 @@ def set_addresses(base: str, tokens: list[str]) -> None:
             assert answer.json()["status"], answer.text
 
 
-def start_users(server: Server, mailbox: Mailbox, env: dict[str, str], n: int) -> list[str]:
-    emails = [f"trader{i}@example.com" for i in range(n)]
-    tokens = [register_over_http(server.url, mailbox, email) for email in emails]
-    fund(env["EXCHANGE_DATABASE_URL"], emails)
-    return tokens
-
-
-# -- the load ----------------------------------------------------------------------
-
-
-async def client_loop(
-    base: str,
-    token: str,
-    seed: int,
-    acks: Acks,
-    stop: asyncio.Event,
-    *,
-    withdraw: bool,
-    timeout: float,
-    stop_on_error: bool,
-) -> None:
-    """One client: limit and IOC orders around 20,000, cancels of its own, withdrawals."""
-    rng = random.Random(seed)
-    mine: list[int] = []
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout) as client:
-        while not stop.is_set():
-            roll = rng.random()
-            if mine and roll < 0.15:
-                action = "cancel_order"
-                params = {"order_id": str(mine.pop(rng.randrange(len(mine))))}
-            elif withdraw and roll < 0.27:
-                action = "withdraw"
-                if rng.random() < 0.5:
-                    params = {"coin": "USDT", "amount": str(rng.randint(10, 30))}
-                else:
-                    params = {"coin": "BTC", "amount": f"0.00{rng.randint(1, 3)}"}
-            else:
-                action = rng.choice(("buy", "sell"))
-                params = {
-                    "pair": PAIR,
-                    "amount": f"0.00{rng.randint(1, 9)}",
-                    "price": str(20000 + rng.randint(-20, 20)),
-                }
-                if rng.random() < 0.15:
-                    params["time_in_force"] = "IOC"
-            started = time.monotonic()
-            try:
-                answer = await client.post(f"/api/{action}", data=params)
-                body = answer.json()
-            except (httpx.HTTPError, ValueError) as error:
-                elapsed = time.monotonic() - started
-                acks.outcomes.append(Outcome(action, started, elapsed, None, error=repr(error)))
-                if stop_on_error:
-                    return  # the server is gone
-                continue
-            elapsed = time.monotonic() - started
-            acks.outcomes.append(Outcome(action, started, elapsed, answer.status_code, body))
-            if answer.status_code != 200 or not body.get("status"):
-                continue
-            data = body["data"]
-            if action == "withdraw":
-                acks.withdrawals[data["withdrawal_id"]] = data
-            elif action == "cancel_order":
-                acks.cancels[data["order_id"]] = data
-            else:
-                acks.orders[data["order_id"]] = data
-                if data["status"] in ("open", "partially_filled"):
-                    mine.append(data["order_id"])
-
-
-def acks_after(acks: Acks, moment: float) -> int:
-    return sum(
-        1
-        for o in acks.outcomes
-        if o.started >= moment and o.status == 200 and o.action in ("buy", "sell")
-    )
-
-
 # -- checks on the database after the fact -------------------------------------------------
-
-
-def check_acknowledged(url: str, acks: Acks) -> None:
-    """Everything acknowledged is in the database, in a state at least as advanced."""
-    engine = make_sync_engine(url)
-    try:
-        with engine.connect() as conn:
-            stored = {r.id: r for r in conn.execute(select(orders))}
-            trade_ids = {r.id for r in conn.execute(select(trades.c.id))}
-            held = {r.id: r for r in conn.execute(select(withdrawals))}
-    finally:
-        engine.dispose()
-    for order_id, answer in acks.orders.items():
-        row = stored[order_id]
-        assert row.side == answer["side"] and row.market == answer["pair"]
-        if answer["status"] in ("filled", "canceled", "rejected"):
-            assert row.status == answer["status"], (row, answer)
-        assert row.filled >= int(Decimal(answer["filled"]) * 10**8), (row, answer)
-        for trade in answer["trades"]:
-            assert trade["trade_id"] in trade_ids
-    for order_id in acks.cancels:
-        assert stored[order_id].status == "canceled", stored[order_id]
-    for withdrawal_id, answer in acks.withdrawals.items():
-        row = held[withdrawal_id]
-        assert row.status == "pending" and row.coin == answer["coin"], row
-        assert row.amount == int(Decimal(answer["amount"]) * 10 ** SCALE[row.coin]), row
-
-
-def check_money(url: str) -> None:
-    check_database_ledger(url)
-    audit_orders_and_withdrawals(url)
-    independent_balances(url, CREDITS)
 
 
 def stored_balances(url: str) -> dict[tuple[int, str], tuple[int, int]]:
@@ -294,15 +146,6 @@ def check_answers(acks: Acks, allowed: set[tuple[int, str]]) -> list[Outcome]:
 # -- 1. kill -9 during a mixed load ------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'exchange.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
-
-
 async def load_until_killed(base: str, tokens: list[str], pid: int) -> Acks:
     """Mixed commands from several clients; kill -9 once every kind was acknowledged."""
     acks = Acks()
@@ -331,7 +174,7 @@ def test_kill_9_during_mixed_load(db_url: str, tmp_path: Path) -> None:
     with smtp_server() as (mailbox, smtp_port):
         env = exchange_env(db_url, smtp_port, EXCHANGE_WITHDRAW_ADDRESS_COOLDOWN="0")
         with running_server(free_port(), env, tmp_path / "server.log") as server:
-            tokens = start_users(server, mailbox, env, 4)
+            tokens = start_users(server, mailbox, env["EXCHANGE_DATABASE_URL"], 4)
             set_addresses(server.url, tokens)
             assert server.process is not None
             acks = asyncio.run(load_until_killed(server.url, tokens, server.process.pid))
@@ -542,7 +385,7 @@ async def load_through_fault(
         await asyncio.to_thread(repair_it)
         times.append(time.monotonic())
         deadline = time.monotonic() + 30
-        while acks_after(acks, times[1]) < 50 and time.monotonic() < deadline:
+        while acks.orders_since(times[1]) < 50 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         stop.set()
 
@@ -597,7 +440,7 @@ def test_postgres_unreachable_then_back(tmp_path: Path) -> None:
         with running_server(free_port(), env, tmp_path / "server.log") as server:
             assert server.process is not None
             pid = server.process.pid
-            tokens = start_users(server, mailbox, env, 3)
+            tokens = start_users(server, mailbox, env["EXCHANGE_DATABASE_URL"], 3)
             acks, cut, restored = asyncio.run(
                 load_through_fault(server.url, tokens, proxy.cut, proxy.restore, hold=outage)
             )
@@ -614,7 +457,7 @@ def test_postgres_unreachable_then_back(tmp_path: Path) -> None:
             # Refused at once, not parked until the database comes back.
             slowest = max(o.elapsed for o in acks.outcomes)
             assert slowest < outage - 1, slowest
-            assert acks_after(acks, restored) >= 50, "orders are not accepted again"
+            assert acks.orders_since(restored) >= 50, "orders are not accepted again"
 
             # The server is the writer again: no other process can take the lock, and an
             # operator's credit goes through it (not around it).
@@ -682,7 +525,7 @@ def test_sqlite_disk_full_then_space_again(small_disk: Path, tmp_path: Path) -> 
         with running_server(free_port(), env, tmp_path / "server.log") as server:
             assert server.process is not None
             pid = server.process.pid
-            tokens = start_users(server, mailbox, env, 3)
+            tokens = start_users(server, mailbox, env["EXCHANGE_DATABASE_URL"], 3)
             acks, full, freed = asyncio.run(
                 load_through_fault(
                     server.url,
@@ -701,7 +544,7 @@ def test_sqlite_disk_full_then_space_again(small_disk: Path, tmp_path: Path) -> 
             assert len(refused) >= 20, story
             assert all(full - 0.5 <= o.started < freed + 10 for o in refused), story
             assert max(o.elapsed for o in acks.outcomes) < 10, story
-            assert acks_after(acks, freed) >= 50, "orders are not accepted again: " + story
+            assert acks.orders_since(freed) >= 50, "orders are not accepted again: " + story
         integrity_ok(path)
         check_acknowledged(url, acks)
         check_money(url)

@@ -6,7 +6,6 @@ import asyncio
 import os
 import random
 import signal
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,9 @@ from support import (
     check_database_ledger,
     free_port,
     independent_balances,
-    postgres_database,
     register_over_http,
     smtp_server,
 )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'exchange.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 def test_serve_registers_and_admin_credits_while_running(tmp_path: Path) -> None:

@@ -25,52 +25,40 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 import websockets
+from load_support import (
+    PAIR,
+    Acks,
+    Outcome,
+    check_acknowledged,
+    check_money,
+    client_loop,
+    credit,
+    start_users,
+)
 from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection
 
 from exchange.adapters.db.database import make_sync_engine
-from exchange.adapters.db.tables import orders, trades
-from exchange.app import configured_markets
+from exchange.adapters.db.tables import orders
 from exchange.bench.server import Server, admin, exchange_env, free_port, running_server
-from exchange.config import Settings
-from exchange.services.admin import Admin
 from support import (
-    Mailbox,
-    audit_orders_and_withdrawals,
     check_database_ledger,
-    independent_balances,
-    postgres_database,
     register_over_http,
     smtp_server,
 )
 
-PAIR = "BTC/USDT"
 WORKERS = ("--workers", "2")
-FUNDS = (("BTC", "10"), ("USDT", "1000000"))
-CREDITS = {"BTC": 10 * 10**8, "USDT": 1_000_000 * 10**6}
 #: Every request of these tests opens its own connection: the next one may land on the
 #: other worker.
 FRESH = {"Connection": "close"}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'exchange.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 # -- processes, as /proc sees them ---------------------------------------------------------
@@ -206,34 +194,7 @@ def on_both_workers(
     return answers
 
 
-# -- users and money -----------------------------------------------------------------------
-
-
-def credit(url: str, *jobs: tuple[str, str, str]) -> None:
-    """Credits through the running server's inbox, as ``exchange admin credit`` does.
-
-    In this process and in parallel: one CLI process per credit costs a second each.
-    """
-    db = make_sync_engine(url)
-    tool = Admin(db, url, configured_markets(Settings(database_url=url)))
-    try:
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            list(pool.map(lambda job: tool.credit(job[0], job[1], job[2], "workers test"), jobs))
-    finally:
-        db.dispose()
-
-
-def start_users(server: Server, mailbox: Mailbox, url: str, n: int) -> list[str]:
-    emails = [f"trader{i}@example.com" for i in range(n)]
-    tokens = [register_over_http(server.url, mailbox, email) for email in emails]
-    credit(url, *((email, coin, amount) for email in emails for coin, amount in FUNDS))
-    return tokens
-
-
-def check_money(url: str) -> None:
-    check_database_ledger(url)
-    audit_orders_and_withdrawals(url)
-    independent_balances(url, CREDITS)
+# -- the book the database holds -------------------------------------------------------------------
 
 
 def open_depth(url: str) -> dict[str, list[list[str]]]:
@@ -261,6 +222,19 @@ def open_depth(url: str) -> dict[str, list[list[str]]]:
         ]
         for name, side in levels.items()
     }
+
+
+def assert_both_show_the_stored_book(server: Server, pids: set[int], url: str) -> None:
+    """Each worker's ``get_depth`` is the book of the open orders in the database."""
+    expected = open_depth(url)
+    for answer, _ in on_both_workers(
+        server,
+        pids,
+        lambda: ask(server, pids, "/api/get_depth", params={"pair": PAIR, "limit": "500"}),
+        least=4,
+    ):
+        data = answer.json()["data"]
+        assert {k: data[k] for k in ("bids", "asks")} == expected
 
 
 # -- 1. trading and market data through both workers ----------------------------------------
@@ -571,70 +545,22 @@ def test_logout_on_one_worker_ends_the_session_on_all(tmp_path: Path) -> None:
 # -- the load for the kill -9 tests ---------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    action: str
-    started: float
-    status: int | None  # None: no HTTP answer (connection refused or reset)
-    body: Any = None
-    error: str = ""
-
-
-@dataclass
-class Load:
-    orders: dict[int, dict[str, Any]] = field(default_factory=dict)
-    cancels: dict[int, dict[str, Any]] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def acks_since(self, moment: float) -> int:
-        return sum(
-            1
-            for o in self.outcomes
-            if o.started >= moment and o.status == 200 and o.action in ("buy", "sell")
-        )
-
-
-async def trader(base: str, token: str, seed: int, load: Load) -> None:
-    """Limit and IOC orders around 20,000 and cancels of its own, each on a new connection."""
-    rng = random.Random(seed)
-    mine: list[int] = []
-    headers = {"Authorization": f"Bearer {token}", **FRESH}
-    limits = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(
-        base_url=base, headers=headers, timeout=10, limits=limits
-    ) as client:
-        while not load.stop.is_set():
-            if mine and rng.random() < 0.2:
-                action = "cancel_order"
-                params = {"order_id": str(mine.pop(rng.randrange(len(mine))))}
-            else:
-                action = rng.choice(("buy", "sell"))
-                params = {
-                    "pair": PAIR,
-                    "amount": f"0.00{rng.randint(1, 9)}",
-                    "price": str(20000 + rng.randint(-20, 20)),
-                }
-                if rng.random() < 0.15:
-                    params["time_in_force"] = "IOC"
-            started = time.monotonic()
-            try:
-                answer = await client.post(f"/api/{action}", data=params)
-                body = answer.json()
-            except (httpx.HTTPError, ValueError) as error:
-                load.outcomes.append(Outcome(action, started, None, error=repr(error)))
-                await asyncio.sleep(0.01)
-                continue
-            load.outcomes.append(Outcome(action, started, answer.status_code, body))
-            if answer.status_code != 200 or not body.get("status"):
-                continue
-            data = body["data"]
-            if action == "cancel_order":
-                load.cancels[data["order_id"]] = data
-            else:
-                load.orders[data["order_id"]] = data
-                if data["status"] in ("open", "partially_filled"):
-                    mine.append(data["order_id"])
+def trade(
+    base: str, token: str, seed: int, load: Acks, stop: asyncio.Event
+) -> Coroutine[Any, Any, None]:
+    """One trader of the kill -9 tests: orders and cancels, each on a new connection."""
+    return client_loop(
+        base,
+        token,
+        seed,
+        load,
+        stop,
+        withdraw=False,
+        timeout=10,
+        stop_on_error=False,
+        cancel_share=0.2,
+        fresh_connections=True,
+    )
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -647,7 +573,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -
 UNKNOWN_OUTCOME = "may or may not have been applied"
 
 
-def check_outcomes(load: Load, *, failures_allowed: Callable[[Outcome], bool]) -> list[Outcome]:
+def check_outcomes(load: Acks, *, failures_allowed: Callable[[Outcome], bool]) -> list[Outcome]:
     """Every answer is the envelope; the refusals are expected ones; returns the failures.
 
     A failure is no answer, a 500 ``internal_error`` whose outcome is unknown (the
@@ -676,37 +602,16 @@ def check_outcomes(load: Load, *, failures_allowed: Callable[[Outcome], bool]) -
     return failures
 
 
-def check_acknowledged(url: str, load: Load) -> None:
-    """Every order answered 200 is in the database, in a state at least as advanced."""
-    engine = make_sync_engine(url)
-    try:
-        with engine.connect() as conn:
-            stored = {r.id: r for r in conn.execute(select(orders))}
-            trade_ids = {r.id for r in conn.execute(select(trades.c.id))}
-    finally:
-        engine.dispose()
-    for order_id, answer in load.orders.items():
-        assert order_id in stored, f"acknowledged order {order_id} is not in the database"
-        row = stored[order_id]
-        assert row.side == answer["side"] and row.market == answer["pair"], (row, answer)
-        if answer["status"] in ("filled", "canceled", "rejected"):
-            assert row.status == answer["status"], (row, answer)
-        assert row.filled >= int(Decimal(answer["filled"]) * 10**8), (row, answer)
-        for trade in answer["trades"]:
-            assert trade["trade_id"] in trade_ids, trade
-    for order_id in load.cancels:
-        assert stored[order_id].status == "canceled", stored[order_id]
-
-
 # -- 4. kill -9 of one worker ---------------------------------------------------------------
 
 
 async def _load_killing_a_worker(
     server: Server, tokens: list[str], pids: set[int]
-) -> tuple[Load, float, float, set[int]]:
+) -> tuple[Acks, float, float, set[int]]:
     """The load; one worker killed after 100 orders; on until 100 more after its respawn."""
     assert server.process is not None
-    load = Load()
+    load = Acks()
+    stop = asyncio.Event()
     moments: list[float] = []
     respawned: set[int] = set()
 
@@ -730,12 +635,12 @@ async def _load_killing_a_worker(
             await wait_until(two_again, 30, "a new worker")
             respawned.update(fresh)
             moments.append(time.monotonic())
-            await wait_until(lambda: load.acks_since(moments[1]) >= 100, 30, "100 orders more")
+            await wait_until(lambda: load.orders_since(moments[1]) >= 100, 30, "100 orders more")
         finally:
-            load.stop.set()
+            stop.set()
 
     await asyncio.gather(
-        operator(), *(trader(server.url, token, i, load) for i, token in enumerate(tokens))
+        operator(), *(trade(server.url, token, i, load, stop) for i, token in enumerate(tokens))
     )
     return load, moments[0], moments[1], respawned
 
@@ -754,24 +659,14 @@ def test_kill_9_of_a_worker_under_load(db_url: str, tmp_path: Path) -> None:
             # Failures only for requests that were under way when the worker died.
             failures = check_outcomes(load, failures_allowed=lambda o: o.started < killed + 1.0)
             assert any(a["trades"] for a in load.orders.values()), "nothing traded"
-            assert load.acks_since(back) >= 100
+            assert load.orders_since(back) >= 100
 
             # The new worker serves, and both replicas show the books the database holds
             # (the dead worker's orphaned commands were committed or refused by now).
-            expected = open_depth(db_url)
-            for answer, _ in on_both_workers(
-                server,
-                now_pids,
-                lambda: ask(
-                    server, now_pids, "/api/get_depth", params={"pair": PAIR, "limit": "500"}
-                ),
-                least=4,
-            ):
-                data = answer.json()["data"]
-                assert {k: data[k] for k in ("bids", "asks")} == expected
+            assert_both_show_the_stored_book(server, now_pids, db_url)
             assert server.stop() == 0
         kinds = sorted({f.error.split("(")[0] or str(f.status) for f in failures})
-        during = load.acks_since(killed) - load.acks_since(back)
+        during = load.orders_since(killed) - load.orders_since(back)
         print(
             f"{len(load.orders)} orders acknowledged, {during} while the worker was respawned; "
             f"{len(failures)} failures: {kinds}"
@@ -783,9 +678,10 @@ def test_kill_9_of_a_worker_under_load(db_url: str, tmp_path: Path) -> None:
 # -- 5. kill -9 of the writer ---------------------------------------------------------------
 
 
-async def _load_killing_the_writer(server: Server, tokens: list[str]) -> tuple[Load, float]:
+async def _load_killing_the_writer(server: Server, tokens: list[str]) -> tuple[Acks, float]:
     assert server.process is not None
-    load = Load()
+    load = Acks()
+    stop = asyncio.Event()
     moments: list[float] = []
 
     async def operator() -> None:
@@ -797,10 +693,10 @@ async def _load_killing_the_writer(server: Server, tokens: list[str]) -> tuple[L
             os.kill(server.process.pid, signal.SIGKILL)
             await asyncio.sleep(0.5)
         finally:
-            load.stop.set()
+            stop.set()
 
     await asyncio.gather(
-        operator(), *(trader(server.url, token, i, load) for i, token in enumerate(tokens))
+        operator(), *(trade(server.url, token, i, load, stop) for i, token in enumerate(tokens))
     )
     return load, moments[0]
 
@@ -844,17 +740,7 @@ def test_kill_9_of_the_writer(tmp_path: Path) -> None:
             assert server.process is not None
             new_pids = wait_for_workers(server.process.pid)
             assert not new_pids & pids
-            expected = open_depth(url)
-            for answer, _ in on_both_workers(
-                server,
-                new_pids,
-                lambda: ask(
-                    server, new_pids, "/api/get_depth", params={"pair": PAIR, "limit": "500"}
-                ),
-                least=4,
-            ):
-                data = answer.json()["data"]
-                assert {k: data[k] for k in ("bids", "asks")} == expected
+            assert_both_show_the_stored_book(server, new_pids, url)
             answer, _ = ask(
                 server,
                 new_pids,
