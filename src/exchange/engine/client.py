@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from itertools import islice
 from typing import Any
 
@@ -72,7 +72,7 @@ class LevelBook:
 
     __slots__ = ("asks", "bids")
 
-    def __init__(self, levels: list[list[list[int]]]) -> None:
+    def __init__(self, levels: Sequence[Sequence[Sequence[int]]]) -> None:
         bids, asks = levels
         self.bids: SortedDict = SortedDict({price: total for price, total in bids})
         self.asks: SortedDict = SortedDict({price: total for price, total in asks})

@@ -27,6 +27,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox
 from exchange.domain.orders import BUY
 from exchange.engine.engine import Engine, unavailable
+from exchange.engine.port import Levels
 from exchange.engine.wire import (
     LevelTotal,
     decode_command,
@@ -44,12 +45,9 @@ log = logging.getLogger("exchange.hub")
 MAX_BUFFER = 64 * 1024 * 1024
 
 
-def book_levels(book: OrderBook) -> list[list[list[int]]]:
-    """Every level of a book as [[bids best first], [asks best first]] of [price, total]."""
-    return [
-        [[price, level.total] for price, level in reversed(book.bids.items())],
-        [[price, level.total] for price, level in book.asks.items()],
-    ]
+def book_levels(book: OrderBook) -> Levels:
+    """Every level of a book: (bids best first, asks best first) of (price, total)."""
+    return book.depth(max(len(book.bids), len(book.asks)))
 
 
 class _Peer:
@@ -213,7 +211,7 @@ class WriterHub:
 
     def _broadcast(self, outbox: Outbox, now: int) -> None:
         books = self.engine.core.books
-        replaced: dict[str, list[list[list[int]]]] = {}
+        replaced: dict[str, Levels] = {}
         for symbol, book in books.items():
             if self._known.get(symbol) is not book:  # rebuilt from the database
                 if self._peers:

@@ -30,6 +30,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox, PlaceResult
 from exchange.domain.orders import Order, Trade
 from exchange.engine.commands import CancelOrder, Command, PlaceOrder, RequestWithdrawal
+from exchange.engine.port import Levels
 
 __all__ = [
     "MAX_FRAME",
@@ -177,7 +178,7 @@ def encode_events(
     now: int,
     outbox: Outbox,
     levels: Iterable[LevelTotal],
-    books: dict[str, list[list[list[int]]]],
+    books: dict[str, Levels],
 ) -> bytes:
     """``levels``: new totals of touched levels; ``books``: whole books rebuilt by a reload."""
     return frame(
