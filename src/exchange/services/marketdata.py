@@ -78,11 +78,6 @@ class MarketData:
         self._store = store
         #: Only the writer writes candles; a worker's copy is rebuilt from the trades.
         self.persist = persist
-        self._reset()
-        self._task: asyncio.Task[None] | None = None
-
-    def _reset(self) -> None:
-        markets = self.markets
         self.series: dict[str, dict[str, CandleSeries]] = {
             symbol: {name: CandleSeries(market, name) for name in INTERVALS}
             for symbol, market in markets.items()
@@ -98,6 +93,7 @@ class MarketData:
         #: The newest trade folded in per market: a batch that overlaps a load (a
         #: worker loads while batches arrive) must not count its trades twice.
         self._through: dict[str, int] = dict.fromkeys(markets, 0)
+        self._task: asyncio.Task[None] | None = None
 
     # -- the engine listener (synchronous: never awaits, never blocks) ---------
 
