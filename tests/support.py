@@ -8,7 +8,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -164,6 +164,22 @@ def assert_envelope(answer: httpx.Response, status: int, code: str | None = None
 
 async def drain(seconds: float = 0.05) -> None:
     await asyncio.sleep(seconds)
+
+
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]], seconds: float = 10.0, what: str = ""
+) -> None:
+    """Wait for an event (polled every 20 ms); fail after ``seconds`` if it never comes."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        held = condition()
+        if not isinstance(held, bool):
+            held = await held
+        if held:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or 'the condition'}")
+        await asyncio.sleep(0.02)
 
 
 async def new_trader(

@@ -270,17 +270,59 @@ async def test_client_order_id_is_idempotent(app_client: Pair, mailbox: Any) -> 
     user = await new_trader(app, client, mailbox, "i@example.com", USDT="1000")
     params = {"pair": "BTC/USDT", "amount": "0.01", "price": "20000", "client_order_id": "my-1"}
     first = assert_envelope(await client.post("/api/buy", data=params, headers=user), 200)
-    again = assert_envelope(
-        await client.post("/api/buy", data={**params, "price": "25000"}, headers=user), 200
-    )
+    again = assert_envelope(await client.post("/api/buy", data=params, headers=user), 200)
     assert again["order_id"] == first["order_id"] and again["price"] == "20000.00"
     assert again["client_order_id"] == "my-1"
+    # The same id for another order is the client's mistake, not a retry: refused.
+    other = await client.post("/api/buy", data={**params, "price": "25000"}, headers=user)
+    assert_envelope(other, 400, "invalid_argument")
+    assert "price" in other.json()["description"]
     assert (await balances(client, user))["USDT"]["frozen"] == "200.000000"
     assert len(assert_envelope(await client.post("/api/get_orders", headers=user), 200)) == 1
     # Still the same order after it was canceled.
     await client.post("/api/cancel_order", data={"order_id": str(first["order_id"])}, headers=user)
     closed = assert_envelope(await client.post("/api/buy", data=params, headers=user), 200)
     assert closed["order_id"] == first["order_id"] and closed["status"] == "canceled"
+
+
+async def test_client_order_id_reused_across_markets(
+    database_url: str, mail: tuple[Any, int], clock: Any
+) -> None:
+    """The seen defect: a reuse on another market answered the first order in the new
+    market's format. Now a repeat gets the first order at its own market's scales and
+    a different order with the same id is refused, before and after a restart (when
+    the order is only in the database)."""
+    mailbox, port = mail
+    settings = make_settings(database_url, port)
+    ask = {"pair": "ETH/BTC", "amount": "0.5", "price": "0.012345", "client_order_id": "dup-x"}
+    other = {"pair": "BTC/USDT", "amount": "0.5", "price": "123.45", "client_order_id": "dup-x"}
+    async with running_app(settings, clock) as (app, client):
+        user = await new_trader(app, client, mailbox, "x@example.com", BTC="1")
+        first = assert_envelope(await client.post("/api/buy", data=ask, headers=user), 200)
+        assert (first["pair"], first["price"]) == ("ETH/BTC", "0.012345")
+        oid = {"order_id": str(first["order_id"])}
+        assert_envelope(await client.post("/api/cancel_order", data=oid, headers=user), 200)
+        await _reuse_checks(client, user, ask, other, first["order_id"])
+    async with running_app(settings, clock) as (app, client):  # the order is in the database only
+        assert app.state.services.engine.core.order(first["order_id"]) is None
+        await _reuse_checks(client, user, ask, other, first["order_id"])
+        check_books_and_ledger(app)
+
+
+async def _reuse_checks(
+    client: httpx.AsyncClient,
+    user: dict[str, str],
+    ask: dict[str, str],
+    other: dict[str, str],
+    order_id: int,
+) -> None:
+    refused = await client.post("/api/sell", data=other, headers=user)
+    assert_envelope(refused, 400, "invalid_argument")
+    assert "pair" in refused.json()["description"]
+    repeat = assert_envelope(await client.post("/api/buy", data=ask, headers=user), 200)
+    assert repeat["order_id"] == order_id
+    assert (repeat["pair"], repeat["side"], repeat["price"]) == ("ETH/BTC", "buy", "0.012345")
+    assert repeat["status"] == "canceled"
 
 
 async def test_order_types_through_http(app_client: Pair, mailbox: Any) -> None:

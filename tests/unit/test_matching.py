@@ -311,6 +311,36 @@ def test_market_buy_that_cannot_be_paid_is_refused(engine: MatchingEngine) -> No
     assert engine.drain().orders == []
 
 
+def test_unfunded_market_buy_stops_walking_at_once(engine: MatchingEngine) -> None:
+    for index in range(200):  # a deep book: the refusal must not cost a walk of it
+        place(engine, 1, "sell", "0.01", str(30000 + index))
+    broke = 9  # no balance at all
+    with pytest.raises(ExchangeError) as refused:
+        engine.place(broke, "BTC/USDT", "buy", A("1000"), 0, type="market", now=1)
+    assert refused.value.code == "insufficient_balance"
+    # "need" is what the walk had reached when it stopped: the first ask alone.
+    assert refused.value.message.startswith("need 300.000000 USDT, 0.000000 available")
+    engine.credit(broke, "USDT", U("900"))
+    with pytest.raises(ExchangeError) as short:
+        engine.place(broke, "BTC/USDT", "buy", A("1000"), 0, type="market", now=1)
+    assert short.value.message.startswith("need 900.030000 USDT, 900.000000 available")
+
+
+def test_market_orders_meet_the_minimum_notional(engine: MatchingEngine) -> None:
+    for kind_side, resting in (("buy", "sell"), ("sell", "buy")):
+        place(engine, 1, resting, "0.5", "30000")
+        # 0.0001 BTC at the best price (30000) is 3 USDT, below the 5 USDT minimum.
+        with pytest.raises(ExchangeError) as small:
+            place(engine, 2, kind_side, "0.0001", "", type="market")
+        assert small.value.code == "below_minimum"
+        filled = place(engine, 2, kind_side, "0.0002", "", type="market")
+        assert filled.order is not None and filled.order.status == "filled"
+        engine.cancel(1, engine.open_orders(1)[0].id, now=2)
+    # Nothing to fill against: no value to check; the order ends unfilled.
+    empty = place(engine, 2, "buy", "0.0001", "", type="market")
+    assert empty.order is not None and empty.order.status == "canceled"
+
+
 def test_market_sell(engine: MatchingEngine) -> None:
     place(engine, 1, "buy", "0.5", "30000")
     place(engine, 3, "buy", "0.5", "29000")
@@ -371,13 +401,35 @@ def test_client_order_id_makes_placing_idempotent(engine: MatchingEngine) -> Non
     first = place(engine, 2, "buy", "0.5", "29000", client_order_id="abc-1")
     engine.drain()
     before = snapshot(engine)
-    again = place(engine, 2, "buy", "0.9", "28000", client_order_id="abc-1")
+    again = place(engine, 2, "buy", "0.5", "29000", client_order_id="abc-1")
     assert again.duplicate and again.order is first.order
     assert again.order_id == first.order_id
     assert snapshot(engine) == before
     assert engine.drain().orders == []
     other_user = place(engine, 3, "buy", "0.5", "29000", client_order_id="abc-1")
     assert not other_user.duplicate and other_user.order_id != first.order_id
+
+
+@pytest.mark.parametrize(
+    ("side", "amount", "price", "kind", "named"),
+    [
+        ("buy", "0.9", "29000", "limit", "amount"),
+        ("buy", "0.5", "28000", "limit", "price"),
+        ("sell", "0.5", "29000", "limit", "side"),
+        ("buy", "0.5", "29000", "market", "type"),
+    ],
+)
+def test_client_order_id_reused_for_another_order_is_refused(
+    engine: MatchingEngine, side: str, amount: str, price: str, kind: str, named: str
+) -> None:
+    place(engine, 2, "buy", "0.5", "29000", client_order_id="abc-1")
+    engine.drain()
+    before = snapshot(engine)
+    with pytest.raises(ExchangeError) as refused:
+        place(engine, 2, side, amount, price, type=kind, client_order_id="abc-1")
+    assert refused.value.code == "invalid_argument" and named in refused.value.message
+    assert snapshot(engine) == before
+    assert engine.drain().orders == []
 
 
 def test_client_order_id_of_a_closed_order(engine: MatchingEngine) -> None:
@@ -606,8 +658,9 @@ def test_restore_rebuilds_books_with_time_priority(engine: MatchingEngine) -> No
     assert [(t.maker_order_id, t.amount) for t in result.trades] == [(1, A("0.4")), (2, A("0.2"))]
     assert result.order_id == engine.next_order_id
     assert result.trades[0].id == engine.next_trade_id
-    duplicate = fresh.place(1, "BTC/USDT", "sell", A("1"), P("1"), client_order_id="a", now=0)
+    duplicate = fresh.place(1, "BTC/USDT", "sell", A("0.5"), P("30000"), client_order_id="a", now=0)
     assert duplicate.duplicate and duplicate.order is not None and duplicate.order.id == 1
+    # Not in memory: the caller loads the order (and compares what was asked) itself.
     gone = fresh.place(4, "BTC/USDT", "buy", A("1"), P("1"), client_order_id="gone", now=0)
     assert gone.duplicate and gone.order is None and gone.order_id == closed.order.id
     fresh.check_invariants()
@@ -630,9 +683,46 @@ def test_check_invariants_detects_corruption(engine: MatchingEngine) -> None:
 
 
 def test_withdrawal_holds_count_in_the_frozen_invariant(engine: MatchingEngine) -> None:
-    engine.ledger.hold(2, "USDT", U("10"), 1)
+    pending = engine.request_withdrawal(2, "USDT", U("10"), U("1"), U("5"), "0xabc", 1)
+    assert pending.status == "pending" and pending.amount == U("10")
     place(engine, 2, "buy", "0.001", "30000")
     engine.check_invariants()
-    engine.ledger.settle_hold(2, "USDT", U("10"), U("1"), 1)
+    sent = engine.approve_withdrawal(pending.id, "0xtx", 2)
+    assert (sent.status, sent.txid, sent.updated, sent.created) == ("sent", "0xtx", 2, 1)
     engine.check_invariants()
     assert bal(engine, 2, "USDT") == (START_USDT - U("10") - U("30"), U("30"))
+    assert engine.withdrawals == {}
+    with pytest.raises(ExchangeError) as again:
+        engine.reject_withdrawal(pending.id, "late", 3)
+    assert again.value.code == "withdrawal_not_found"
+    engine.ledger.hold(2, "USDT", U("1"), 99)  # a hold with no withdrawal behind it
+    with pytest.raises(AssertionError, match="pending withdrawals"):
+        engine.check_invariants()
+    engine.ledger.release_hold(2, "USDT", U("1"), 99)
+
+
+def test_withdrawal_minimum_and_fee_are_checked_on_what_is_taken(
+    engine: MatchingEngine,
+) -> None:
+    with pytest.raises(ExchangeError) as small:
+        engine.request_withdrawal(2, "USDT", U("4"), U("1"), U("5"), "0xabc", 1)
+    assert small.value.code == "below_minimum"
+    everything = engine.request_withdrawal(2, "USDT", None, U("1"), U("5"), "0xabc", 1)
+    assert everything.amount == START_USDT and bal(engine, 2, "USDT") == (0, START_USDT)
+    with pytest.raises(ExchangeError) as nothing_left:
+        engine.request_withdrawal(2, "USDT", None, U("1"), U("5"), "0xabc", 1)
+    assert nothing_left.value.code == "below_minimum"
+    rejected = engine.reject_withdrawal(everything.id, "checks", 2)
+    assert (rejected.status, rejected.reason) == ("rejected", "checks")
+    assert bal(engine, 2, "USDT") == (START_USDT, 0)
+    for malformed in (
+        dict(fee=-1, address="0xabc"),
+        dict(fee=1, address=""),
+        dict(fee=1, address="x" * 129),
+    ):
+        with pytest.raises(ExchangeError) as refused:
+            engine.request_withdrawal(2, "USDT", U("10"), minimum=U("5"), now=1, **malformed)
+        assert refused.value.code == "invalid_argument"
+    with pytest.raises(ExchangeError) as unknown:
+        engine.request_withdrawal(2, "DOGE", U("10"), 1, 5, "0xabc", 1)
+    assert unknown.value.code == "unknown_coin"

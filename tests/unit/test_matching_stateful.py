@@ -2,22 +2,30 @@
 
 The reference is written the slow, obvious way: a flat list of open orders
 scanned linearly, and per-user *total* holdings (available + frozen) with the
-frozen part derived from the open orders. The engine keeps available and frozen
-separately with sorted levels and running totals; the two must agree on every
-trade, every open order and every balance after every step, and the engine's
-own invariants (conservation, frozen = holds, sound books) must hold throughout.
+frozen part derived from the open orders and pending withdrawals. The engine
+keeps available and frozen separately with sorted levels and running totals;
+the two must agree on every trade, every open order and every balance after
+every step, and the engine's own invariants (conservation, frozen = holds,
+sound books) must hold throughout.
+
+Batches end with ``accept`` (the commit went through) or ``rollback`` (the
+database refused the batch's rows): after a rollback the engine's whole state
+must be exactly what it was at the last accept, and the reference goes back to
+its copy from then.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from exchange.domain.errors import ExchangeError
-from exchange.domain.ledger import FEE_ACCOUNT
+from exchange.domain.ledger import FEE_ACCOUNT, WITHDRAWAL_ACCOUNT
 from exchange.domain.markets import build_market, default_assets
 from exchange.domain.matching import MatchingEngine
 
@@ -38,6 +46,7 @@ MARKET = build_market(
 SYMBOL = MARKET.symbol
 BASE, QUOTE = "BTC", "USDT"
 USERS = (1, 2, 3, 4)
+CLIENT_IDS = (None, None, None, "a", "b")
 PRICES = (2_999_999, 3_000_000, 3_000_001, 3_000_007, 3_000_013, 3_000_100)
 AMOUNTS = tuple(k * MARKET.step for k in (1, 2, 3, 7, 10, 33))
 CREDITS = {
@@ -87,9 +96,14 @@ class Reference:
         self.book: list[RefOrder] = []
         self.total: dict[tuple[int, str], int] = {}
         self.next_id = 1
+        #: (user, client id) -> what the first order with it asked: side, kind, price, amount.
+        self.client_ids: dict[tuple[int, str], tuple[str, str, int, int]] = {}
+        #: pending withdrawal id -> (user, asset, amount, fee)
+        self.withdrawals: dict[int, tuple[int, str, int, int]] = {}
+        self.next_withdrawal = 1
 
     def frozen(self, user: int, asset: str) -> int:
-        held = 0
+        held = sum(w[2] for w in self.withdrawals.values() if (w[0], w[1]) == (user, asset))
         for order in self.book:
             if order.user != user:
                 continue
@@ -115,10 +129,26 @@ class Reference:
         return sorted(found, key=lambda o: (-o.price, o.id))
 
     def place(
-        self, user: int, side: str, amount: int, price: int, kind: str, tif: str, post_only: bool
+        self,
+        user: int,
+        side: str,
+        amount: int,
+        price: int,
+        kind: str,
+        tif: str,
+        post_only: bool,
+        client_id: str | None = None,
     ) -> tuple[str, str, list[tuple[int, int, int, int, int, int, int]]]:
-        """Returns (error code or "", status, trades as tuples)."""
-        if kind == "limit" and floor_quote(price, amount) < MARKET.min_notional:
+        """Returns (error code or "", status, trades as tuples); status "duplicate" for a retry."""
+        if client_id is not None:
+            first = self.client_ids.get((user, client_id))
+            if first is not None:
+                if first != (side, kind, price, amount):
+                    return "invalid_argument", "", []
+                return "", "duplicate", []
+        opposite = self.candidates(side, 0)
+        worth = price if kind == "limit" else opposite[0].price if opposite else 0
+        if worth and floor_quote(worth, amount) < MARKET.min_notional:
             return "below_minimum", "", []
         if amount < MARKET.min_amount:
             return "below_minimum", "", []
@@ -141,6 +171,8 @@ class Reference:
             return "insufficient_balance", "", []
         order_id = self.next_id
         self.next_id += 1
+        if client_id is not None:
+            self.client_ids[(user, client_id)] = (side, kind, price, amount)
         if post_only and self.candidates(side, price):
             return "", "rejected", []
         if tif == "FOK" and sum(o.remaining for o in others) < amount:
@@ -179,6 +211,26 @@ class Reference:
             return "", "partially_filled" if left < amount else "open", trades
         return "", "canceled", trades
 
+    def withdraw(self, user: int, asset: str, amount: int, fee: int, minimum: int) -> str:
+        if amount < minimum or amount <= fee:
+            return "below_minimum"
+        if self.balance(user, asset)[0] < amount:
+            return "insufficient_balance"
+        self.withdrawals[self.next_withdrawal] = (user, asset, amount, fee)
+        self.next_withdrawal += 1
+        return ""
+
+    def settle(self, withdrawal_id: int, approve: bool) -> bool:
+        found = self.withdrawals.pop(withdrawal_id, None)
+        if found is None:
+            return False
+        user, asset, amount, fee = found
+        if approve:
+            self.add(user, asset, -amount)
+            self.add(WITHDRAWAL_ACCOUNT, asset, amount - fee)
+            self.add(FEE_ACCOUNT, asset, fee)
+        return True
+
     def cancel(self, user: int, order_id: int) -> bool:
         for order in self.book:
             if order.id == order_id and order.user == user:
@@ -197,6 +249,8 @@ class EngineVersusReference(RuleBasedStateMachine):
             for asset, amount in ((QUOTE, 30_000_000), (BASE, 100_000)):
                 self.engine.credit(user, asset, amount)
                 self.ref.add(user, asset, amount)
+        self.engine.accept()
+        self.saved = (copy.deepcopy(self.ref), full_state(self.engine))
 
     def _place(
         self,
@@ -207,9 +261,12 @@ class EngineVersusReference(RuleBasedStateMachine):
         kind: str,
         tif: str,
         post_only: bool,
+        client_id: str | None = None,
     ) -> None:
         self.now += 1
-        code, status, trades = self.ref.place(user, side, amount, price, kind, tif, post_only)
+        code, status, trades = self.ref.place(
+            user, side, amount, price, kind, tif, post_only, client_id
+        )
         try:
             result = self.engine.place(
                 user,
@@ -220,12 +277,18 @@ class EngineVersusReference(RuleBasedStateMachine):
                 type=kind,
                 tif=tif,
                 post_only=post_only,
+                client_order_id=client_id,
                 now=self.now,
             )
         except ExchangeError as error:
             assert error.code == code, f"engine refused with {error.code}, reference {code!r}"
             return
         assert code == "", f"engine accepted, reference refused with {code}"
+        if status == "duplicate":
+            assert result.duplicate and not result.trades
+            event("duplicate client id")
+            return
+        assert not result.duplicate
         assert result.order is not None
         assert result.order.status == status
         got = [
@@ -242,9 +305,12 @@ class EngineVersusReference(RuleBasedStateMachine):
         amount=st.sampled_from(AMOUNTS),
         price=st.sampled_from(PRICES),
         tif=st.sampled_from(("GTC", "GTC", "IOC", "FOK")),
+        client_id=st.sampled_from(CLIENT_IDS),
     )
-    def limit(self, user: int, side: str, amount: int, price: int, tif: str) -> None:
-        self._place(user, side, amount, price, "limit", tif, False)
+    def limit(
+        self, user: int, side: str, amount: int, price: int, tif: str, client_id: str | None
+    ) -> None:
+        self._place(user, side, amount, price, "limit", tif, False, client_id)
 
     @rule(
         user=st.sampled_from(USERS),
@@ -261,9 +327,12 @@ class EngineVersusReference(RuleBasedStateMachine):
         amount=st.sampled_from(AMOUNTS),
         price=st.sampled_from((0, *PRICES)),
         tif=st.sampled_from(("IOC", "FOK")),
+        client_id=st.sampled_from(CLIENT_IDS),
     )
-    def market(self, user: int, side: str, amount: int, price: int, tif: str) -> None:
-        self._place(user, side, amount, price, "market", tif, False)
+    def market(
+        self, user: int, side: str, amount: int, price: int, tif: str, client_id: str | None
+    ) -> None:
+        self._place(user, side, amount, price, "market", tif, False, client_id)
 
     @precondition(lambda self: bool(self.ref.book))
     @rule(data=st.data(), own=st.booleans())
@@ -288,11 +357,52 @@ class EngineVersusReference(RuleBasedStateMachine):
         self.engine.credit(user, asset, amount)
         self.ref.add(user, asset, amount)
 
+    @rule(
+        user=st.sampled_from(USERS),
+        asset=st.sampled_from((BASE, QUOTE)),
+        amount=st.sampled_from((1_000, 50_000, 3_000_000)),
+        fee=st.sampled_from((0, 500)),
+    )
+    def withdraw(self, user: int, asset: str, amount: int, fee: int) -> None:
+        self.now += 1
+        code = self.ref.withdraw(user, asset, amount, fee, 1_000)
+        try:
+            found = self.engine.request_withdrawal(
+                user, asset, amount, fee, 1_000, "0x" + "ab" * 20, self.now
+            )
+        except ExchangeError as error:
+            assert error.code == code
+            return
+        assert code == "" and found.status == "pending"
+        event("withdrawal requested")
+
+    @precondition(lambda self: bool(self.ref.withdrawals))
+    @rule(data=st.data(), approve=st.booleans())
+    def settle(self, data: st.DataObject, approve: bool) -> None:
+        withdrawal_id = data.draw(st.sampled_from(sorted(self.ref.withdrawals)))
+        self.now += 1
+        assert self.ref.settle(withdrawal_id, approve)
+        if approve:
+            done = self.engine.approve_withdrawal(withdrawal_id, "0xtx", self.now)
+        else:
+            done = self.engine.reject_withdrawal(withdrawal_id, "no", self.now)
+        assert done.status == ("sent" if approve else "rejected")
+
     @rule()
     def drain(self) -> None:
         outbox = self.engine.drain()
         assert len({order.id for order in outbox.orders}) == len(outbox.orders)
         assert sum(entry.d_available + entry.d_frozen for entry in outbox.entries) == 0
+        self.saved = (copy.deepcopy(self.ref), full_state(self.engine))
+
+    @rule()
+    def rollback(self) -> None:
+        self.engine.rollback()
+        saved_ref, saved_state = self.saved
+        assert full_state(self.engine) == saved_state
+        assert self.engine.outbox().orders == [] and self.engine.outbox().entries == []
+        self.ref = copy.deepcopy(saved_ref)
+        event("rolled back")
 
     @invariant()
     def same_state(self) -> None:
@@ -310,6 +420,41 @@ class EngineVersusReference(RuleBasedStateMachine):
                     asset,
                 )
         assert self.engine.next_order_id == self.ref.next_id
+
+
+def _order_fields(o: Any) -> tuple[Any, ...]:
+    return (
+        o.id,
+        o.user_id,
+        o.side,
+        o.price,
+        o.amount,
+        o.filled,
+        o.quote_filled,
+        o.frozen,
+        o.status,
+        o.updated,
+        o.client_order_id,
+    )
+
+
+def full_state(engine: MatchingEngine) -> Any:
+    """Everything a batch may change, in comparable form (an absent account is a zero one)."""
+    book = engine.books[SYMBOL]
+    return (
+        sorted((u, a, av, fr) for u, a, av, fr in engine.ledger.accounts() if av or fr),
+        sorted(engine.ledger.holds().items()),
+        [_order_fields(o) for o in engine.open_orders()],
+        [
+            (name, price, [o.id for o in level.orders], level.total)
+            for name, side in (("bid", book.bids), ("ask", book.asks))
+            for price, level in side.items()
+        ],
+        sorted(engine._client_ids.items()),
+        sorted(engine._closed),
+        sorted(engine.withdrawals.items()),
+        (engine.next_order_id, engine.next_trade_id, engine.next_withdrawal_id),
+    )
 
 
 EngineVersusReference.TestCase.settings = settings(

@@ -102,9 +102,20 @@ def test_parse_query_returns_text_or_refuses(query: bytes | str) -> None:
 
     def run() -> None:
         result.update(p.parse_query(query))
+        p.check_text(result)
 
     if refused(run) is None:
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in result.items())
+        assert_storable(result)
+
+
+def assert_storable(params: dict[str, object]) -> None:
+    """What passed ``check_text`` is UTF-8-encodable text without control characters."""
+    for key, value in params.items():
+        for item in (key, value):
+            if isinstance(item, str):
+                item.encode("utf-8")  # a lone surrogate would raise here
+                assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in item), item
 
 
 @FUZZ
@@ -115,9 +126,15 @@ def test_parse_query_returns_text_or_refuses(query: bytes | str) -> None:
 @example(b"amount=1&amount=2")
 def test_parse_form_returns_text_or_refuses(body: bytes) -> None:
     result: dict[str, object] = {}
-    error = refused(lambda: result.update(p.parse_form(body)))
+
+    def run() -> None:
+        result.update(p.parse_form(body))
+        p.check_text(result)
+
+    error = refused(run)
     if error is None:
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in result.items())
+        assert_storable(result)
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -145,10 +162,20 @@ def json_text(value: object) -> str:
 @example(b"[" * 100_000)
 @example(b'{"a": ' + b"9" * 5000 + b"}")
 @example(b"\xff\xfe{\x00}\x00")
+@example(b'{"x": "\\ud800"}')
+@example(b'{"\\udc80": "1"}')
+@example(b'{"x": "a\\u0000b"}')
+@example('{"x": "\u009b"}'.encode())
 def test_parse_json_gives_objects_without_floats(body: bytes) -> None:
     result: dict[str, object] = {}
-    if refused(lambda: result.update(p.parse_json(body))) is None:
+
+    def run() -> None:
+        result.update(p.parse_json(body))
+        p.check_text(result)
+
+    if refused(run) is None:
         no_float(result)
+        assert_storable(result)
 
 
 def test_parse_json_numbers_are_exact_decimals() -> None:
@@ -164,6 +191,8 @@ def test_parse_json_numbers_are_exact_decimals() -> None:
 @given(PARAMS, st.integers(1, 300))
 def test_text_getters(params: dict[str, object], max_length: int) -> None:
     value: list[object] = []
+    if refused(lambda: p.check_text(params)) is not None:  # what every request goes through
+        return
     if refused(lambda: value.append(p.text(params, "x", max_length=max_length))) is None:
         assert isinstance(value[0], str) and 0 < len(value[0]) <= max_length
         assert "\x00" not in value[0]

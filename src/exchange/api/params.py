@@ -4,6 +4,14 @@ JSON numbers are parsed straight to ``Decimal`` (``parse_float=Decimal``), so a
 price sent as ``0.1`` is exactly the price sent as ``"0.1"`` — no binary float
 ever holds money. Values reach handlers as ``str``, ``int``, ``Decimal`` or
 ``bool``; the typed getters below turn them into what a handler needs.
+
+Text is checked once, for every parameter of every body format, before any
+handler runs (``check_text``): a lone surrogate (a JSON ``\ud800`` escape, or
+bytes that are not UTF-8, which the parsers below decode to surrogates on
+purpose) cannot be stored by any database driver, and control characters have
+no business in an e-mail address, a password, a pair or an id. Either is
+refused with ``invalid_argument`` naming the parameter, so such text never
+reaches the engine, where it could only fail the batch it is in.
 """
 
 from __future__ import annotations
@@ -26,33 +34,61 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 SPACE = " \t\n\r\f\v"
 
 
+#: Lone surrogates (not text: no driver can encode them) and C0/C1 control characters.
+_UNSTORABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """``text`` quoted and escaped for an error message (never raw control or surrogates)."""
+    return ascii(text[:limit])
+
+
+def check_text(params: Mapping[str, object]) -> None:
+    """Refuse any parameter name or text value that cannot be stored or has no business here."""
+    for name, value in params.items():
+        if _UNSTORABLE.search(name) is not None:
+            raise ExchangeError(
+                "invalid_argument",
+                f"parameter name {shown(name)} contains a control character or is not valid UTF-8",
+            )
+        if isinstance(value, str) and _UNSTORABLE.search(value) is not None:
+            raise ExchangeError(
+                "invalid_argument",
+                f"parameter '{name}' contains a control character or is not valid UTF-8",
+            )
+
+
+def _decode(data: bytes) -> str:
+    # Bytes that are not UTF-8 become lone surrogates, which check_text then names.
+    return data.decode("utf-8", "surrogateescape")
+
+
 def parse_query(query: bytes | str) -> Params:
-    text = query.decode("latin-1") if isinstance(query, bytes) else query
+    text = _decode(query) if isinstance(query, bytes) else query
     try:
-        return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict"))
-    except (UnicodeDecodeError, ValueError):
+        return dict(
+            parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="surrogateescape")
+        )
+    except ValueError:
         raise ExchangeError("invalid_argument", "the query string is not valid") from None
 
 
 def parse_form(body: bytes) -> Params:
     try:
-        text = body.decode("utf-8")
-        return dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
-    except (UnicodeDecodeError, ValueError):
-        raise ExchangeError(
-            "invalid_argument", "the form body is not valid UTF-8 form data"
-        ) from None
+        return dict(parse_qsl(_decode(body), keep_blank_values=True, errors="surrogateescape"))
+    except ValueError:
+        raise ExchangeError("invalid_argument", "the form body is not valid form data") from None
 
 
 def parse_json(body: bytes) -> Params:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+        value = json.loads(_decode(body), parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise ExchangeError("invalid_argument", "the body is not valid JSON") from None
     if not isinstance(value, dict):
@@ -77,8 +113,6 @@ def optional_text(params: Mapping[str, object], name: str, *, max_length: int = 
     result = value if isinstance(value, str) else str(value)
     if len(result) > max_length:
         raise ExchangeError("invalid_argument", f"parameter '{name}' is longer than {max_length}")
-    if "\x00" in result:
-        raise ExchangeError("invalid_argument", f"parameter '{name}' contains a NUL character")
     return result
 
 

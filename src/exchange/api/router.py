@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from exchange.api.context import Call, Method, Services
 from exchange.api.envelope import PAYLOAD_TOO_LARGE, STATUS_OF_CODE
 from exchange.api.limits import RateLimiter
-from exchange.api.params import MAX_BODY, parse_form, parse_json, parse_query
+from exchange.api.params import MAX_BODY, check_text, parse_form, parse_json, parse_query
 from exchange.domain.errors import ExchangeError
 from exchange.engine.engine import database_unavailable, unavailable
 
@@ -115,14 +115,28 @@ async def read_body(incoming: Incoming, receive: Receive) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class _MultiPart(MultiPartParser):
+    """Starlette's parser, but a part that is not UTF-8 is not silently read as Latin-1.
+
+    Its bytes become lone surrogates instead, which ``check_text`` refuses by name,
+    as it does for a form or query that is not UTF-8. (``_current_part`` is the
+    parser's own state; a test of every body format covers this override.)
+    """
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            self.items.append((part.field_name, part.data.decode("utf-8", "surrogateescape")))
+        else:
+            super().on_part_end()
+
+
 async def parse_multipart(raw: RawHeaders, body: bytes) -> dict[str, object]:
     async def chunks() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:
-        form = await MultiPartParser(
-            Headers(raw=raw), chunks(), max_files=0, max_fields=100
-        ).parse()
+        form = await _MultiPart(Headers(raw=raw), chunks(), max_files=0, max_fields=100).parse()
     except Exception:
         raise ExchangeError("invalid_argument", "the multipart body is not valid") from None
     params: dict[str, object] = {}
@@ -136,17 +150,19 @@ async def parse_multipart(raw: RawHeaders, body: bytes) -> dict[str, object]:
 async def request_params(query: bytes, incoming: Incoming, body: bytes) -> dict[str, object]:
     params: dict[str, object] = parse_query(query) if query else {}
     params.pop("router", None)
-    if not body:
-        return params
-    content_type = incoming.content_type.split(";")[0].strip().lower()
-    if content_type in ("application/x-www-form-urlencoded", "text/plain", ""):
-        params.update(parse_form(body))
-    elif content_type == "application/json" or content_type.endswith("+json"):
-        params.update(parse_json(body))
-    elif content_type == "multipart/form-data":
-        params.update(await parse_multipart(incoming.raw, body))
-    else:
-        raise ExchangeError("invalid_argument", f"unsupported content type {content_type[:60]!r}")
+    if body:
+        content_type = incoming.content_type.split(";")[0].strip().lower()
+        if content_type in ("application/x-www-form-urlencoded", "text/plain", ""):
+            params.update(parse_form(body))
+        elif content_type == "application/json" or content_type.endswith("+json"):
+            params.update(parse_json(body))
+        elif content_type == "multipart/form-data":
+            params.update(await parse_multipart(incoming.raw, body))
+        else:
+            raise ExchangeError(
+                "invalid_argument", f"unsupported content type {content_type[:60]!r}"
+            )
+    check_text(params)
     return params
 
 

@@ -11,7 +11,7 @@ from exchange.api.views import my_trade_view, order_info, order_view
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import PlaceResult
 from exchange.domain.markets import Market, normalize_pair
-from exchange.domain.orders import BUY, SELL, Order
+from exchange.domain.orders import BUY, SELL, Order, repeated_differently
 from exchange.engine.commands import CancelOrder, PlaceOrder
 
 TYPES = {"limit": "limit", "market": "market"}
@@ -32,12 +32,30 @@ def optional_market(call: Call) -> Market | None:
     return None if pair is None or pair.strip() == "" else market_of(call, pair)
 
 
-async def _full_order(call: Call, order_id: int, market: Market) -> dict[str, Any]:
+async def _full_order(
+    call: Call, order_id: int, repeated: PlaceOrder | None = None
+) -> dict[str, Any]:
+    """The stored order with its trades, at its own market's scales.
+
+    ``repeated``: a placement that reused this order's client id. The engine
+    compares what it asks when it still holds the order; an order only in the
+    database (closed before a restart) is compared here, by the same rule.
+    """
     found = await call.services.history.order(call.user_id, order_id)
     if found is None:
         raise ExchangeError("order_not_found", f"no order {order_id}")
     order, trades = found
-    return order_view(order, trades, market)
+    if repeated is not None:
+        differs = repeated_differently(
+            order, repeated.market, repeated.side, repeated.type, repeated.price, repeated.amount
+        )
+        if differs:
+            raise ExchangeError(
+                "invalid_argument",
+                f"client_order_id {order.client_order_id!r} is already used by order "
+                f"{order.id} with another {', '.join(differs)}",
+            )
+    return order_view(order, trades, call.services.markets[order.market])
 
 
 async def _place(call: Call, side: str) -> dict[str, Any]:
@@ -63,7 +81,7 @@ async def _place(call: Call, side: str) -> dict[str, Any]:
     )
     result: PlaceResult = await call.services.engine.submit(command)
     if result.duplicate or result.order is None:
-        return await _full_order(call, result.order_id, market)
+        return await _full_order(call, result.order_id, command)
     return order_view(result.order, result.trades, market)
 
 
@@ -80,7 +98,7 @@ async def cancel_order(call: Call) -> object:
         raise ExchangeError("missing_argument", "parameter 'order_id' is required")
     order_id = integer(call.params, "order_id", 0, low=1, high=2**63 - 1)
     order: Order = await call.services.engine.submit(CancelOrder(call.user_id, order_id))
-    return await _full_order(call, order.id, call.services.markets[order.market])
+    return await _full_order(call, order.id)
 
 
 async def get_orders(call: Call) -> object:

@@ -13,7 +13,8 @@ from exchange.api import schemas
 from exchange.api.context import Call, Method, Param
 from exchange.api.params import integer, optional_text, raw, text
 from exchange.domain.money import format_units
-from exchange.services.wallet import WithdrawAddress, Withdrawal
+from exchange.domain.withdrawals import Withdrawal
+from exchange.services.wallet import WithdrawAddress
 
 
 def withdrawal_view(withdrawal: Withdrawal, scale: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ processes (the deployment shape for two cores) and reports their sum.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 import sys
@@ -178,6 +179,31 @@ def run(
         "resting": sum(int(shard["resting"]) for shard in shards),
         "processes": processes,
     }
+
+
+def unfunded_market_buy(resting: int = 100_000, tries: int = 200) -> float:
+    """Writer time (seconds) to refuse one unfunded market buy against ``resting`` asks.
+
+    The buy asks for far more than the whole book, from a user with no quote at
+    all: the refusal must not cost a walk of the book (a cheap way to burn the
+    single writer's time).
+    """
+    assets = default_assets()
+    market = default_markets(assets)["BTC/USDT"]
+    engine = MatchingEngine({market.symbol: market}, Ledger(assets))
+    seller = 1
+    engine.credit(seller, "BTC", resting * 1_000 * market.step)
+    for index in range(resting):
+        engine.place(seller, market.symbol, "sell", 100 * market.step, 3_000_000 + index, now=0)
+        if index % 10_000 == 0:
+            engine.drain()
+    engine.drain()
+    huge = 10_000_000 * 10**8 - (10_000_000 * 10**8) % market.step  # ~10,000,000 BTC
+    start = time.perf_counter()
+    for _ in range(tries):
+        with contextlib.suppress(ExchangeError):
+            engine.place(2, market.symbol, "buy", huge, 0, type="market", now=0)
+    return (time.perf_counter() - start) / tries
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,11 @@ def engine_figures(orders: int) -> list[Figure]:
     from exchange.bench import engine as bench_engine
 
     result = bench_engine.run(orders)
-    return [("engine_orders_per_second", float(result["orders_per_second"]), "orders/s")]
+    refusal = bench_engine.unfunded_market_buy()
+    return [
+        ("engine_orders_per_second", float(result["orders_per_second"]), "orders/s"),
+        ("engine_unfunded_market_buy_100k_book", refusal * 10**6, "us"),
+    ]
 
 
 def label(name: str, workers: int) -> str:

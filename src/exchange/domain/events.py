@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from exchange.domain.ledger import Entry
 from exchange.domain.orders import Order, Trade
+from exchange.domain.withdrawals import Withdrawal
 
 __all__ = ["Outbox", "PlaceResult"]
 
@@ -31,9 +32,10 @@ class PlaceResult:
 
 @dataclass(slots=True)
 class Outbox:
-    """One batch: each changed order once in its final state, trades and ledger entries."""
+    """One batch: each changed order and withdrawal once in its final state, trades, entries."""
 
     orders: list[Order]
     trades: list[Trade]
     entries: list[Entry]
     accounts: set[tuple[int, str]]
+    withdrawals: list[Withdrawal] = field(default_factory=list)

@@ -10,6 +10,10 @@ entries as an audit trail alongside the new balances of the touched accounts.
 
 Withdrawal holds are tracked apart from order holds so that the invariant
 "frozen == what open orders hold + what pending withdrawals hold" can be checked.
+
+The entries since the last ``accept`` are also the undo log: ``rollback`` takes
+every one of them back (and the hold changes beside them), so a batch whose
+rows cannot be committed leaves memory exactly as the database has it.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ _account_of = itemgetter(0, 1)
 class Ledger:
     """Balances in memory; the engine is its only writer."""
 
-    __slots__ = ("_accounts", "_assets", "_entries", "_holds")
+    __slots__ = ("_accounts", "_assets", "_entries", "_hold_log", "_holds")
 
     def __init__(self, assets: Mapping[str, Asset]) -> None:
         self._assets = dict(assets)
@@ -62,6 +66,8 @@ class Ledger:
         self._accounts: dict[tuple[int, str], list[int]] = {}
         self._holds: dict[tuple[int, str], int] = {}
         self._entries: list[Entry] = []
+        #: (user, asset, change) of every withdrawal hold since the last accept.
+        self._hold_log: list[tuple[int, str, int]] = []
 
     # -- reading ------------------------------------------------------------
 
@@ -187,18 +193,22 @@ class Ledger:
         if amount <= 0:
             raise ExchangeError("invalid_argument", "a withdrawal must be greater than 0")
         self.freeze(user, asset, amount, "withdrawal", ref)
+        self._change_hold(user, asset, amount)
+
+    def _change_hold(self, user: int, asset: str, change: int) -> None:
         key = (user, asset)
-        self._holds[key] = self._holds.get(key, 0) + amount
+        held = self._holds.get(key, 0) + change
+        if held:
+            self._holds[key] = held
+        else:
+            del self._holds[key]
+        self._hold_log.append((user, asset, change))
 
     def _take_hold(self, user: int, asset: str, amount: int) -> None:
-        key = (user, asset)
-        held = self._holds.get(key, 0)
+        held = self._holds.get((user, asset), 0)
         if amount <= 0 or held < amount:
             raise AssertionError(f"withdrawal hold of user {user} is {held} {asset}, not {amount}")
-        if held == amount:
-            del self._holds[key]
-        else:
-            self._holds[key] = held - amount
+        self._change_hold(user, asset, -amount)
 
     def release_hold(self, user: int, asset: str, amount: int, ref: int) -> None:
         """A rejected withdrawal: the amount goes back to available."""
@@ -276,12 +286,47 @@ class Ledger:
 
     # -- batches and recovery -------------------------------------------------
 
-    def drain(self) -> tuple[list[Entry], set[tuple[int, str]]]:
-        """The entries since the last drain and the accounts they touched."""
+    def pending(self) -> tuple[list[Entry], set[tuple[int, str]]]:
+        """The entries since the last ``accept`` and the accounts they touched."""
         entries = self._entries
+        return entries, set(map(_account_of, entries))
+
+    def accept(self) -> None:
+        """The pending entries are durable: they can no longer be rolled back."""
         self._entries = []
-        touched: set[tuple[int, str]] = set(map(_account_of, entries))
+        self._hold_log = []
+
+    def drain(self) -> tuple[list[Entry], set[tuple[int, str]]]:
+        """``pending`` then ``accept``."""
+        entries, touched = self.pending()
+        self.accept()
         return entries, touched
+
+    def rollback(self) -> None:
+        """Take back every change since the last ``accept``, newest first.
+
+        Every change of an account has its entry, so subtracting the entries
+        restores each account exactly; an account left at zero is dropped, as an
+        absent account reads as zero everywhere.
+        """
+        accounts = self._accounts
+        for user, asset, d_available, d_frozen, _reason, _ref in reversed(self._entries):
+            account = accounts[(user, asset)]
+            account[0] -= d_available
+            account[1] -= d_frozen
+        for user, asset, _d_available, _d_frozen, _reason, _ref in self._entries:
+            left = accounts.get((user, asset))
+            if left is not None and left[0] == 0 and left[1] == 0:
+                del accounts[(user, asset)]
+        for user, asset, change in reversed(self._hold_log):
+            key = (user, asset)
+            held = self._holds.get(key, 0) - change
+            if held:
+                self._holds[key] = held
+            else:
+                del self._holds[key]
+        self._entries = []
+        self._hold_log = []
 
     def restore(
         self,
@@ -292,6 +337,7 @@ class Ledger:
         self._accounts = {}
         self._holds = {}
         self._entries = []
+        self._hold_log = []
         for user, asset, available, frozen in rows:
             if asset not in self._assets:
                 raise ExchangeError("unknown_coin", f"{asset!r} is not a listed coin")

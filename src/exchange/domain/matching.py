@@ -23,7 +23,17 @@ Rules (SPEC §6):
   outbox so they are recorded;
 * market orders are IOC (or FOK); ``price`` 0 means no limit, otherwise it is
   the worst acceptable price; a market buy freezes exactly the quote its walk
-  of the book will cost.
+  of the book will cost, and the walk stops as soon as that exceeds what the
+  buyer has (so an unfunded order costs the writer one step, not the book);
+  a market order's value at the best opposite price must reach the market's
+  minimum notional, as a limit order's value at its price must;
+* a repeated ``client_order_id`` returns the first order unchanged, and is
+  refused if the repetition asks for a different order.
+
+Every change since the last ``accept`` can be taken back with ``rollback``
+(the batch whose rows the database refused): each order is registered in the
+outbox, with a copy of its fields if it existed before, before its first
+change; the ledger's entries are its own undo log.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox, PlaceResult
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, Ledger
 from exchange.domain.markets import MAX_UNITS, Asset, Market
+from exchange.domain.money import format_units
 from exchange.domain.orders import (
     BUY,
     CANCELED,
@@ -47,11 +58,17 @@ from exchange.domain.orders import (
     SELL,
     Order,
     Trade,
+    repeated_differently,
 )
+from exchange.domain.withdrawals import MAX_ADDRESS, MAX_TXID, PENDING, SENT, Withdrawal
+from exchange.domain.withdrawals import REJECTED as W_REJECTED
 
-__all__ = ["CLIENT_ORDER_ID_MAX", "MatchingEngine"]
+__all__ = ["CLIENT_ORDER_ID_MAX", "MAX_BALANCE", "MatchingEngine"]
 
 CLIENT_ORDER_ID_MAX = 36
+#: Money columns are BIGINT: a deposit that would push the total of an asset past this
+#: could never be committed (and would fail every command batched with it).
+MAX_BALANCE = 2**63 - 1
 #: Closed orders that carry a client_order_id stay in memory (newest first out last)
 #: so that a retried placement gets the whole order back without a database read.
 CLOSED_WITH_CLIENT_ID_KEPT = 100_000
@@ -63,20 +80,31 @@ def _invalid(message: str) -> ExchangeError:
     return ExchangeError("invalid_argument", message)
 
 
+def _order_id(order: Order) -> int:
+    return order.id
+
+
 class MatchingEngine:
     """Books plus ledger; the single writer of both."""
 
     __slots__ = (
+        "_before",
+        "_before_withdrawals",
         "_client_ids",
         "_closed",
+        "_mark",
+        "_new_client_ids",
         "_open",
         "_out_orders",
         "_out_trades",
+        "_out_withdrawals",
         "books",
         "ledger",
         "markets",
         "next_order_id",
         "next_trade_id",
+        "next_withdrawal_id",
+        "withdrawals",
     )
 
     def __init__(self, markets: Mapping[str, Market], ledger: Ledger | None = None) -> None:
@@ -91,11 +119,23 @@ class MatchingEngine:
         self.books: dict[str, OrderBook] = {symbol: OrderBook(symbol) for symbol in self.markets}
         self.next_order_id = 1
         self.next_trade_id = 1
+        self.next_withdrawal_id = 1
         self._open: dict[int, Order] = {}
         self._closed: dict[int, Order] = {}
         self._client_ids: dict[tuple[int, str], int] = {}
+        #: Pending withdrawals by id (approved and rejected ones are only in the database).
+        self.withdrawals: dict[int, Withdrawal] = {}
         self._out_orders: dict[int, Order] = {}
         self._out_trades: list[Trade] = []
+        self._out_withdrawals: dict[int, Withdrawal] = {}
+        # -- the undo log of the changes since the last accept --
+        #: (next order id, next trade id, next withdrawal id) at the last accept.
+        self._mark = (1, 1, 1)
+        #: Orders that existed before: their changing fields at their first change.
+        self._before: dict[int, tuple[int, int, int, str, int]] = {}
+        #: Pending withdrawals as they were before their first change.
+        self._before_withdrawals: dict[int, Withdrawal] = {}
+        self._new_client_ids: list[tuple[int, str]] = []
 
     # -- reading ------------------------------------------------------------
 
@@ -111,12 +151,14 @@ class MatchingEngine:
 
     def open_orders(self, user_id: int | None = None, market: str | None = None) -> list[Order]:
         """Open orders in id (= time) order, optionally of one user and/or one market."""
-        return [
+        found = [
             order
             for order in self._open.values()
             if (user_id is None or order.user_id == user_id)
             and (market is None or order.market == market)
         ]
+        found.sort(key=_order_id)  # a rollback may put an older order back at the end
+        return found
 
     def depth(
         self, market: str, limit: int = 50
@@ -153,6 +195,13 @@ class MatchingEngine:
                 known = self._client_ids.get((user_id, client_order_id))
                 if known is not None:
                     original = self._open.get(known) or self._closed.get(known)
+                    if original is not None:
+                        differs = repeated_differently(original, market, side, type, price, amount)
+                        if differs:
+                            raise _invalid(
+                                f"client_order_id {client_order_id!r} is already used by order "
+                                f"{known} with another {', '.join(differs)}"
+                            )
                     return PlaceResult(original, [], True, known)
         m = self.markets.get(market)
         if m is None:
@@ -192,24 +241,27 @@ class MatchingEngine:
                 "below_minimum",
                 f"amount must be at least {m.format_amount(m.min_amount)} {m.base.code}",
             )
-        if type == LIMIT and price * amount * m.notional_mul // m.notional_div < m.min_notional:
+        book = self.books[market]
+        # A market order is worth what it is where it starts to fill (an empty side: nothing).
+        worth = price if type == LIMIT else (book.best_ask() if is_buy else book.best_bid()) or 0
+        if worth and worth * amount * m.notional_mul // m.notional_div < m.min_notional:
             raise ExchangeError(
                 "below_minimum",
                 f"order value must be at least {m.format_quote(m.min_notional)} {m.quote.code}",
             )
 
-        book = self.books[market]
         ledger = self.ledger
         if is_buy:
             asset = m.quote.code
+            have = ledger.available(user_id, asset)
             if type == LIMIT:
                 need = -(-price * amount * m.notional_mul // m.notional_div)
             else:
-                need = self._market_buy_cost(m, book, user_id, amount, price)
+                need = self._market_buy_cost(m, book, user_id, amount, price, have)
         else:
             asset = m.base.code
+            have = ledger.available(user_id, asset)
             need = amount
-        have = ledger.available(user_id, asset)
         if have < need:
             raise ledger.insufficient_error(asset, need, have)
 
@@ -243,10 +295,12 @@ class MatchingEngine:
             now,
             now,
         )
+        self._out_orders[order_id] = order  # registered before any change (rollback)
         if client_order_id is not None:
-            self._client_ids[(user_id, client_order_id)] = order_id
+            key = (user_id, client_order_id)
+            self._client_ids[key] = order_id
+            self._new_client_ids.append(key)
         if outcome != OPEN:
-            self._out_orders[order_id] = order
             self._forget(order)
             return PlaceResult(order, [], False, order_id)
 
@@ -282,7 +336,6 @@ class MatchingEngine:
                 ledger.unfreeze(user_id, asset, order.frozen, "order_release", order_id)
                 order.frozen = 0
             self._forget(order)
-        self._out_orders[order_id] = order
         if trades:
             self._out_trades.extend(trades)
         return PlaceResult(order, trades, False, order_id)
@@ -292,13 +345,96 @@ class MatchingEngine:
         order = self._open.get(order_id)
         if order is None or order.user_id != user_id:
             raise ExchangeError("order_not_found", f"no open order {order_id}")
+        self._touch(order)
         self.books[order.market].remove(order)
         self._end_resting(order, now)
         return order
 
     def credit(self, user_id: int, asset: str, amount: int, ref: int = 0) -> None:
         """A deposit into the user's available balance (through the outbox like any change)."""
+        if asset not in self.ledger.assets:
+            raise ExchangeError("unknown_coin", f"{asset[:20]!r} is not an asset here")
+        if amount <= 0:
+            raise ExchangeError("invalid_argument", "a credit must be greater than 0")
+        # The deposit account is minus everything ever deposited and bounds every
+        # other account of the asset, so keeping it in range keeps them all in range.
+        deposited = -self.ledger.available(DEPOSIT_ACCOUNT, asset)
+        if amount > MAX_BALANCE - deposited:
+            raise ExchangeError("invalid_argument", "the credit is too large to be booked")
         self.ledger.credit(user_id, asset, amount, "deposit", ref)
+
+    # -- withdrawals ------------------------------------------------------------
+
+    def request_withdrawal(
+        self,
+        user_id: int,
+        coin: str,
+        amount: int | None,
+        fee: int,
+        minimum: int,
+        address: str,
+        now: int,
+    ) -> Withdrawal:
+        """Freeze ``amount`` (None: all available) in a new pending withdrawal.
+
+        The minimum is checked here, in the same step that freezes, against the
+        amount actually taken: that is what makes concurrent withdrawals safe.
+        """
+        asset = self.ledger.assets.get(coin)
+        if asset is None:
+            raise ExchangeError("unknown_coin", f"{coin[:20]!r} is not a listed coin")
+        if user_id < 0 or fee < 0 or minimum < 0 or not 0 < len(address) <= MAX_ADDRESS:
+            raise _invalid("this withdrawal request is malformed")
+        available = self.ledger.available(user_id, coin)
+        units = available if amount is None else amount
+        if units < minimum or units <= fee:
+            least = format_units(max(minimum, fee + 1), asset.scale)
+            raise ExchangeError(
+                "below_minimum",
+                f"the minimum withdrawal is {least} {coin}; "
+                f"{format_units(units, asset.scale)} asked",
+            )
+        withdrawal_id = self.next_withdrawal_id
+        self.ledger.hold(user_id, coin, units, withdrawal_id)
+        self.next_withdrawal_id = withdrawal_id + 1
+        withdrawal = Withdrawal(
+            withdrawal_id, user_id, coin, units, fee, address, PENDING, None, None, now, now
+        )
+        self.withdrawals[withdrawal_id] = withdrawal
+        self._out_withdrawals[withdrawal_id] = withdrawal
+        return withdrawal
+
+    def approve_withdrawal(self, withdrawal_id: int, txid: str, now: int) -> Withdrawal:
+        """``amount - fee`` leaves the exchange; the fee stays with it."""
+        pending = self._pending_withdrawal(withdrawal_id)
+        if not 0 < len(txid) <= MAX_TXID:
+            raise _invalid(f"a transaction id has 1 to {MAX_TXID} characters")
+        self.ledger.settle_hold(
+            pending.user_id, pending.coin, pending.amount, pending.fee, pending.id
+        )
+        return self._settled(pending.settled(SENT, txid, None, now))
+
+    def reject_withdrawal(self, withdrawal_id: int, reason: str, now: int) -> Withdrawal:
+        """The whole amount returns to the user's available balance."""
+        pending = self._pending_withdrawal(withdrawal_id)
+        self.ledger.release_hold(pending.user_id, pending.coin, pending.amount, pending.id)
+        return self._settled(pending.settled(W_REJECTED, None, reason, now))
+
+    def _pending_withdrawal(self, withdrawal_id: int) -> Withdrawal:
+        pending = self.withdrawals.get(withdrawal_id)
+        if pending is None:
+            raise ExchangeError(
+                "withdrawal_not_found", f"withdrawal {withdrawal_id} is not pending"
+            )
+        return pending
+
+    def _settled(self, withdrawal: Withdrawal) -> Withdrawal:
+        withdrawal_id = withdrawal.id
+        if withdrawal_id < self._mark[2]:
+            self._before_withdrawals.setdefault(withdrawal_id, self.withdrawals[withdrawal_id])
+        del self.withdrawals[withdrawal_id]
+        self._out_withdrawals[withdrawal_id] = withdrawal
+        return withdrawal
 
     # -- matching -------------------------------------------------------------
 
@@ -315,6 +451,7 @@ class MatchingEngine:
         symbol = m.symbol
         settle = self.ledger.settle_trade
         out_orders = self._out_orders
+        before = self._before
         open_orders = self._open
         while remaining and asks:
             price, level = asks.peekitem(0)
@@ -323,6 +460,15 @@ class MatchingEngine:
             queue = level.orders
             while queue:
                 maker = queue[0]
+                if maker.id not in out_orders:  # its first change in this batch: undo data
+                    before[maker.id] = (
+                        maker.filled,
+                        maker.quote_filled,
+                        maker.frozen,
+                        maker.status,
+                        maker.updated,
+                    )
+                    out_orders[maker.id] = maker
                 maker_remaining = maker.amount - maker.filled
                 if maker.user_id == user_id:
                     queue.popleft()
@@ -373,7 +519,6 @@ class MatchingEngine:
                 maker.frozen -= fill
                 maker.updated = now
                 level.total -= fill
-                out_orders[maker.id] = maker
                 if fill == maker_remaining:
                     maker.status = FILLED
                     queue.popleft()
@@ -402,6 +547,7 @@ class MatchingEngine:
         symbol = m.symbol
         settle = self.ledger.settle_trade
         out_orders = self._out_orders
+        before = self._before
         open_orders = self._open
         while remaining and bids:
             price, level = bids.peekitem(-1)
@@ -410,6 +556,15 @@ class MatchingEngine:
             queue = level.orders
             while queue:
                 maker = queue[0]
+                if maker.id not in out_orders:  # its first change in this batch: undo data
+                    before[maker.id] = (
+                        maker.filled,
+                        maker.quote_filled,
+                        maker.frozen,
+                        maker.status,
+                        maker.updated,
+                    )
+                    out_orders[maker.id] = maker
                 maker_remaining = maker.amount - maker.filled
                 if maker.user_id == user_id:
                     queue.popleft()
@@ -466,7 +621,6 @@ class MatchingEngine:
                 maker.frozen = keep
                 maker.updated = now
                 level.total -= fill
-                out_orders[maker.id] = maker
                 if fill == maker_remaining:
                     maker.status = FILLED
                     queue.popleft()
@@ -483,9 +637,13 @@ class MatchingEngine:
         return trades
 
     def _market_buy_cost(
-        self, m: Market, book: OrderBook, user_id: int, amount: int, limit: int
+        self, m: Market, book: OrderBook, user_id: int, amount: int, limit: int, have: int
     ) -> int:
-        """Exactly what the coming walk will pay: the same floored quote per maker order."""
+        """Exactly what the coming walk will pay: the same floored quote per maker order.
+
+        The walk stops as soon as the cost passes ``have`` (the order is refused
+        then), so refusing an unfunded order never costs a walk of the whole book.
+        """
         cost: int = 0
         left = amount
         mul, div = m.notional_mul, m.notional_div
@@ -500,7 +658,7 @@ class MatchingEngine:
                 fill = left if left < maker_remaining else maker_remaining
                 cost += price * fill * mul // div
                 left -= fill
-                if not left:
+                if not left or cost > have:
                     return cost
         return cost
 
@@ -524,8 +682,20 @@ class MatchingEngine:
                         return True
         return False
 
+    def _touch(self, order: Order) -> None:
+        """Register an order in the outbox before its first change (with undo data if old)."""
+        if order.id not in self._out_orders:
+            self._before[order.id] = (
+                order.filled,
+                order.quote_filled,
+                order.frozen,
+                order.status,
+                order.updated,
+            )
+            self._out_orders[order.id] = order
+
     def _end_resting(self, order: Order, now: int) -> None:
-        """Cancel an order already taken out of its book: release its hold, record it."""
+        """Cancel a touched order already taken out of its book: release its hold."""
         m = self.markets[order.market]
         if order.frozen:
             asset = m.quote.code if order.side == BUY else m.base.code
@@ -534,7 +704,6 @@ class MatchingEngine:
         order.status = CANCELED
         order.updated = now
         del self._open[order.id]
-        self._out_orders[order.id] = order
         self._forget(order)
 
     def _forget(self, order: Order) -> None:
@@ -548,14 +717,86 @@ class MatchingEngine:
 
     # -- batches, recovery, checks --------------------------------------------
 
-    def drain(self) -> Outbox:
-        """Everything changed since the last drain; each order once, in its last state."""
-        orders = list(self._out_orders.values())
-        trades = self._out_trades
+    def outbox(self) -> Outbox:
+        """Everything changed since the last ``accept``; each order once, in its last state."""
+        entries, accounts = self.ledger.pending()
+        return Outbox(
+            list(self._out_orders.values()),
+            self._out_trades,
+            entries,
+            accounts,
+            list(self._out_withdrawals.values()),
+        )
+
+    def accept(self) -> None:
+        """The changes since the last ``accept`` are durable: start a new batch."""
         self._out_orders = {}
         self._out_trades = []
-        entries, accounts = self.ledger.drain()
-        return Outbox(orders, trades, entries, accounts)
+        self._out_withdrawals = {}
+        self._before = {}
+        self._before_withdrawals = {}
+        self._new_client_ids = []
+        self._mark = (self.next_order_id, self.next_trade_id, self.next_withdrawal_id)
+        self.ledger.accept()
+
+    def drain(self) -> Outbox:
+        """``outbox`` then ``accept``."""
+        outbox = self.outbox()
+        self.accept()
+        return outbox
+
+    def rollback(self) -> None:
+        """Take back every change since the last ``accept``: the state is as it was then.
+
+        Orders placed since then disappear (with their client ids); orders that
+        existed get their fields back and, if they had left their book, their
+        place in it (a level's queue is in id order, which is time priority).
+        The touched levels are rebuilt from their orders, so totals are exact.
+        """
+        first_new, _first_trade, first_withdrawal = self._mark
+        self.ledger.rollback()
+        levels: dict[tuple[str, str, int], tuple[set[int], list[Order]]] = {}
+        for order in self._out_orders.values():
+            key = (order.market, order.side, order.price)
+            gone, back = levels.setdefault(key, (set(), []))
+            self._closed.pop(order.id, None)
+            if order.id >= first_new:
+                if self._open.pop(order.id, None) is not None:
+                    gone.add(order.id)
+                continue
+            order.filled, order.quote_filled, order.frozen, order.status, order.updated = (
+                self._before[order.id]
+            )
+            if order.id in self._open:
+                gone.add(order.id)  # put back in place below, with its old remaining amount
+            else:
+                self._open[order.id] = order
+            back.append(order)
+        for (symbol, side, price), (gone, back) in levels.items():
+            book = self.books[symbol]
+            side_levels = book.bids if side == BUY else book.asks
+            level: Level | None = side_levels.get(price)
+            resting = [o for o in level.orders if o.id not in gone] if level is not None else []
+            resting.extend(back)
+            if not resting:
+                if level is not None:
+                    del side_levels[price]
+                continue
+            resting.sort(key=_order_id)
+            if level is None:
+                level = side_levels[price] = Level(price)
+            level.orders.clear()
+            level.orders.extend(resting)
+            level.total = sum(o.amount - o.filled for o in resting)
+        for client_key in self._new_client_ids:
+            if self._client_ids.get(client_key, 0) >= first_new:
+                del self._client_ids[client_key]
+        for withdrawal_id in self._out_withdrawals:
+            if withdrawal_id >= first_withdrawal:
+                self.withdrawals.pop(withdrawal_id, None)
+        self.withdrawals.update(self._before_withdrawals)
+        self.next_order_id, self.next_trade_id, self.next_withdrawal_id = self._mark
+        self.accept()
 
     def restore(
         self,
@@ -564,20 +805,20 @@ class MatchingEngine:
         next_order_id: int,
         next_trade_id: int,
         client_ids: Iterable[tuple[int, str, int]] = (),
-        holds: Iterable[tuple[int, str, int]] = (),
+        withdrawals: Iterable[Withdrawal] = (),
+        next_withdrawal_id: int = 1,
     ) -> None:
         """Rebuild from persisted state; id order is time priority within a level.
 
-        ``holds`` are pending withdrawals as (user, asset, amount), so that the
-        frozen-balance invariant can tell them from order holds.
+        ``withdrawals`` are the pending ones: their holds let the frozen-balance
+        invariant tell them from order holds.
         """
-        self.ledger.restore(balances, holds)
+        pending = sorted(withdrawals, key=lambda item: item.id)
+        self.ledger.restore(balances, [(w.user_id, w.coin, w.amount) for w in pending])
         self.books = {symbol: OrderBook(symbol) for symbol in self.markets}
         self._open = {}
         self._closed = {}
-        self._out_orders = {}
-        self._out_trades = []
-        for order in sorted(open_orders, key=lambda item: item.id):
+        for order in sorted(open_orders, key=_order_id):
             if order.market not in self.books:
                 raise ExchangeError("unknown_pair", f"order {order.id} is on {order.market!r}")
             if not order.is_open or order.amount - order.filled <= 0:
@@ -585,8 +826,11 @@ class MatchingEngine:
             self.books[order.market].add(order)
             self._open[order.id] = order
         self._client_ids = {(user, coid): order_id for user, coid, order_id in client_ids}
+        self.withdrawals = {w.id: w for w in pending}
         self.next_order_id = next_order_id
         self.next_trade_id = next_trade_id
+        self.next_withdrawal_id = next_withdrawal_id
+        self.accept()
 
     def check_invariants(self) -> None:
         """Raise AssertionError naming every broken invariant (tests call it after each step)."""
@@ -596,6 +840,14 @@ class MatchingEngine:
             if total != 0:
                 problems.append(f"{asset} is not conserved: accounts sum to {total}")
         expected: dict[tuple[int, str], int] = dict(ledger.holds())
+        pending: dict[tuple[int, str], int] = {}
+        for withdrawal in self.withdrawals.values():
+            key = (withdrawal.user_id, withdrawal.coin)
+            pending[key] = pending.get(key, 0) + withdrawal.amount
+        if pending != expected:
+            problems.append(
+                f"withdrawal holds {expected} are not the pending withdrawals {pending}"
+            )
         for order in self._open.values():
             m = self.markets[order.market]
             remaining = order.amount - order.filled

@@ -21,6 +21,7 @@ __all__ = [
     "SELL",
     "Order",
     "Trade",
+    "repeated_differently",
 ]
 
 BUY = "buy"
@@ -81,3 +82,23 @@ class Trade:
     maker_fee: int
     taker_fee: int
     time: int
+
+
+def repeated_differently(
+    order: Order, market: str, side: str, type: str, price: int, amount: int
+) -> list[str]:
+    """What a repeated placement with ``order``'s client id asks differently (empty: the same).
+
+    A retry with the same client id is the same request sent again and gets the
+    first order back; the same id for a different order is a client's mistake,
+    and answering it with the first order would pass one order off as another.
+    """
+    asked = {"pair": market, "side": side, "type": type, "price": price, "amount": amount}
+    have = {
+        "pair": order.market,
+        "side": order.side,
+        "type": order.type,
+        "price": order.price,
+        "amount": order.amount,
+    }
+    return [name for name, value in asked.items() if have[name] != value]

@@ -2,10 +2,20 @@
 
 API handlers ``submit`` commands and await the answer. The writer takes whatever
 is queued (up to ``batch_size``), applies it in memory, commits the batch's
-outbox in ONE transaction (group commit) and only then answers. If the commit
-fails, nobody in that batch gets a success: they get 503 ``overloaded`` and the
-in-memory state is rebuilt from the database, which still holds exactly what
-was acknowledged.
+outbox in ONE transaction (group commit) and only then answers.
+
+A commit can fail two ways:
+
+* **The database is unavailable** (down, unreachable, full, locked): nobody in
+  the batch gets a success; they get 503 ``overloaded`` and memory is rebuilt
+  from the database, which still holds exactly what was acknowledged.
+* **Some rows cannot be written** (any other error: a value the database
+  refuses). That is one command's fault, not everybody's: memory is rolled back
+  to the start of the batch and the batch is applied and committed again in
+  halves until each culprit stands alone; only those get 500
+  ``internal_error`` (the reason is logged with the command), every other
+  command is committed and answered as usual, and nothing is reloaded. A
+  command that makes the domain itself raise (a bug) is set aside the same way.
 """
 
 from __future__ import annotations
@@ -13,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,11 +40,12 @@ from sqlalchemy.engine import Engine as SyncEngine
 from exchange.adapters.db.tables import engine_inbox
 from exchange.clock import Clock
 from exchange.domain.errors import ExchangeError
-from exchange.domain.events import Outbox, PlaceResult
-from exchange.domain.ledger import DEPOSIT_ACCOUNT, SYSTEM_ACCOUNTS
+from exchange.domain.events import Outbox
+from exchange.domain.ledger import SYSTEM_ACCOUNTS
 from exchange.domain.markets import Market
 from exchange.domain.matching import MatchingEngine
 from exchange.domain.money import format_units
+from exchange.domain.withdrawals import Withdrawal
 from exchange.engine.commands import (
     ApproveWithdrawal,
     CancelOrder,
@@ -44,7 +57,7 @@ from exchange.engine.commands import (
     Resync,
 )
 from exchange.engine.journal import Batch, Journal
-from exchange.engine.recovery import PendingWithdrawal, State, load_state
+from exchange.engine.recovery import State, load_state
 from exchange.engine.writer_lock import WriterLock
 
 log = logging.getLogger("exchange.engine")
@@ -54,12 +67,6 @@ _Item = tuple["Command | Resync", "asyncio.Future[Any] | None", int]
 
 INBOX_POLL_MS = 250
 LOCK_CHECK_MS = 1000
-#: Money and id columns are BIGINT. A value beyond this cannot be committed, and a
-#: command whose batch can never commit would be retried (and fail every command
-#: batched with it) forever, so such commands are refused before they change state.
-MAX_UNITS = 2**63 - 1
-#: Width of ``withdrawals.txid`` (PostgreSQL enforces it; a longer one fails the commit).
-MAX_TXID = 128
 
 
 def unavailable() -> ExchangeError:
@@ -68,12 +75,39 @@ def unavailable() -> ExchangeError:
     )
 
 
+def not_stored() -> ExchangeError:
+    """The answer to a command whose own rows the database refuses (it did not happen)."""
+    return ExchangeError(
+        "internal_error", "this request could not be stored, so it was not carried out"
+    )
+
+
+class _Unavailable(Exception):
+    """A group's commit failed because the database cannot be used now."""
+
+
+class _Poisoned(Exception):
+    """A group's commit failed on its rows: some command in it cannot be written."""
+
+
+class _SetAside(Exception):
+    """One command of a group broke the domain; ``rest`` are the group's other commands."""
+
+    def __init__(self, rest: list[_Item]) -> None:
+        super().__init__(len(rest))
+        self.rest = rest
+
+
 def database_unavailable(error: BaseException) -> bool:
     """Whether ``error`` says the database cannot be used now (down, unreachable, full, locked).
 
     Such a failure is the 503 ``overloaded`` of SPEC §2 (try again), not a 500: the
     request changed nothing, and the pools reconnect once the database is back.
+    Anything else (a constraint, a value the database refuses, text it cannot
+    encode) is about the rows being written, not about the database.
     """
+    if isinstance(error, OSError):  # the file system or the network under the database
+        return True
     if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
         return True
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
@@ -124,11 +158,11 @@ class Engine:
         #: changes that are not, or will never be, in the database).
         self._busy = False
         self._on_idle: list[Callable[[], None]] = []
-        self.pending_withdrawals: dict[int, PendingWithdrawal] = {}
-        self.next_withdrawal_id = 1
         self.batches = 0
         self.commands = 0
         self.commit_ns = 0  # total time spent in group commits, for operators and benchmarks
+        self.reloads = 0  # times memory was rebuilt from the database after the start
+        self.refused_unstorable = 0  # commands set aside because their rows cannot be written
 
     # -- life cycle -----------------------------------------------------------
 
@@ -154,17 +188,15 @@ class Engine:
         self._tasks.clear()
 
     def _restore(self, state: State) -> None:
-        holds = [(w.user_id, w.coin, w.amount) for w in state.pending_withdrawals]
         self.core.restore(
             state.open_orders,
             state.balances,
             state.next_order_id,
             state.next_trade_id,
             state.client_ids,
-            holds,
+            state.pending_withdrawals,
+            state.next_withdrawal_id,
         )
-        self.pending_withdrawals = {w.id: w for w in state.pending_withdrawals}
-        self.next_withdrawal_id = state.next_withdrawal_id
         self.core.check_invariants()
 
     async def _reload(self) -> None:
@@ -299,34 +331,61 @@ class Engine:
             log.error("the writer lock was lost: answering 503 and reloading")
             await self._fail(items, unavailable())
             return
-        now = self._clock()
-        batch = Batch(now)
-        withdrawal_rows: dict[int, dict[str, Any]] = {}
-        results: list[Any] = []
-        for command, _future, inbox_id in items:
+        groups: deque[list[_Item]] = deque([items])
+        while groups:
+            group = groups.popleft()
             try:
-                result: Any = self._apply(command, now, withdrawal_rows)
-            except ExchangeError as refusal:
-                result = refusal
-            except Exception:
-                log.exception("engine bug while applying %r; reloading state", command)
+                await self._commit_group(group)
+            except _Unavailable:
                 await self._fail(
-                    items, ExchangeError("internal_error", "the order failed; try again")
+                    [item for rest in (group, *groups) for item in rest], unavailable()
                 )
                 return
+            except _SetAside as aside:
+                if aside.rest:
+                    groups.appendleft(aside.rest)
+            except _Poisoned as error:
+                if len(group) == 1:
+                    log.error(
+                        "cannot store %r (%r): refused with internal_error",
+                        group[0][0],
+                        error.__cause__ or error,
+                    )
+                    await self._refuse_alone(group[0], not_stored())
+                else:  # the culprit is in one half (or both): commit each on its own
+                    half = len(group) // 2
+                    groups.extendleft((group[half:], group[:half]))
+
+    async def _commit_group(self, group: list[_Item]) -> None:
+        """Apply, commit and answer one group of commands; memory is rolled back on failure."""
+        now = self._clock()
+        batch = Batch(now)
+        results: list[Any] = []
+        for index, (command, _future, inbox_id) in enumerate(group):
+            try:
+                result: Any = self._apply(command, now)
+            except ExchangeError as refusal:
+                result = refusal
+            except Exception as bug:
+                log.exception("engine bug while applying %r: refusing it alone", command)
+                self.core.rollback()
+                failed = ExchangeError("internal_error", "the request failed; try again")
+                await self._refuse_alone(group[index], failed)
+                # The others again, from the state before the group.
+                raise _SetAside(group[:index] + group[index + 1 :]) from bug
             results.append(result)
             if inbox_id:
                 if isinstance(result, ExchangeError):
                     batch.inbox.append((inbox_id, "failed", result.description))
                 else:
-                    batch.inbox.append((inbox_id, "done", json.dumps(result, default=str)))
-        outbox = self.core.drain()
+                    batch.inbox.append((inbox_id, "done", json.dumps(_inbox_result(result))))
+        outbox = self.core.outbox()
         batch.orders = outbox.orders
         batch.trades = outbox.trades
         batch.entries = outbox.entries
         ledger = self.core.ledger
         batch.balances = [(u, a, *ledger.balance(u, a)) for u, a in outbox.accounts]
-        batch.withdrawals = list(withdrawal_rows.values())
+        batch.withdrawals = outbox.withdrawals
         try:
             # Off the loop: SQLite transactions of the async services hold the write
             # lock across awaits, so a commit that blocked the loop could deadlock.
@@ -334,12 +393,20 @@ class Engine:
             await asyncio.to_thread(self.journal.commit, batch)
             self.commit_ns += time.perf_counter_ns() - started
         except Exception as error:
-            log.error("group commit failed (%s): answering 503 and reloading", error)
-            await self._fail(items, unavailable())
-            return
+            self.core.rollback()
+            if database_unavailable(error):
+                log.error("group commit failed (%s): answering 503 and reloading", error)
+                raise _Unavailable() from error
+            log.error(
+                "group commit of %d commands refused (%r): finding the command it cannot store",
+                len(group),
+                error,
+            )
+            raise _Poisoned() from error
+        self.core.accept()
         self.batches += 1
-        self.commands += len(items)
-        for (_command, future, _inbox), result in zip(items, results, strict=True):
+        self.commands += len(group)
+        for (_command, future, _inbox), result in zip(group, results, strict=True):
             if future is None or future.done():
                 continue
             if isinstance(result, ExchangeError):
@@ -352,8 +419,21 @@ class Engine:
             except Exception:
                 log.exception("engine listener failed")
 
+    async def _refuse_alone(self, item: _Item, answer: ExchangeError) -> None:
+        """The one command that cannot be carried out: it alone gets an error."""
+        _command, future, inbox_id = item
+        self.refused_unstorable += 1
+        if future is not None and not future.done():
+            future.set_exception(answer)
+        if inbox_id:  # an operator's command: its inbox row says how it ended
+            try:
+                await asyncio.to_thread(
+                    self.journal.mark_inbox, inbox_id, "failed", answer.description, self._clock()
+                )
+            except Exception as failure:  # stays claimed: retried after the next reload
+                log.error("cannot mark inbox command %s failed (%s)", inbox_id, failure)
+
     async def _fail(self, items: list[_Item], error: ExchangeError) -> None:
-        self.core.drain()
         self._ready = False  # refuse new commands from now on, not after the reload
         self._idle()  # readers waiting for this batch: 503 now, not after the database is back
         # Commands queued behind the failed batch were not applied: refuse them now
@@ -370,13 +450,13 @@ class Engine:
                     future.set_exception(refusal)
         for _ in queued:
             self._queue.task_done()
+        self.reloads += 1
         await self._reload()
 
-    def _apply(self, command: Command | Resync, now: int, rows: dict[int, dict[str, Any]]) -> Any:
-        if isinstance(command, Resync):
-            return None  # its batch found the flag already handled
+    def _apply(self, command: Command | Resync, now: int) -> Any:
+        core = self.core
         if isinstance(command, PlaceOrder):
-            result: PlaceResult = self.core.place(
+            result = core.place(
                 command.user_id,
                 command.market,
                 command.side,
@@ -393,106 +473,25 @@ class Engine:
                 result.order = copy.copy(result.order)
             return result
         if isinstance(command, CancelOrder):
-            return copy.copy(self.core.cancel(command.user_id, command.order_id, now))
+            return copy.copy(core.cancel(command.user_id, command.order_id, now))
         if isinstance(command, Credit):
-            if command.asset not in self.assets:
-                raise ExchangeError("unknown_coin", f"{command.asset!r} is not an asset here")
-            if command.amount <= 0:
-                raise ExchangeError("invalid_argument", "a credit must be greater than 0")
-            # The deposit account is minus everything ever deposited and bounds every
-            # other account of the asset, so keeping it in range keeps them all in range.
-            deposited = -self.core.ledger.available(DEPOSIT_ACCOUNT, command.asset)
-            if command.amount > MAX_UNITS - deposited:
-                raise ExchangeError("invalid_argument", "the credit is too large to be booked")
-            self.core.credit(command.user_id, command.asset, command.amount, command.ref)
+            core.credit(command.user_id, command.asset, command.amount, command.ref)
             return {"user_id": command.user_id, "asset": command.asset, "amount": command.amount}
         if isinstance(command, RequestWithdrawal):
-            return self._withdraw(command, now, rows)
-        return self._settle_withdrawal(command, now, rows)
-
-    # -- withdrawals ----------------------------------------------------------
-
-    def _withdraw(
-        self, command: RequestWithdrawal, now: int, rows: dict[int, dict[str, Any]]
-    ) -> dict[str, Any]:
-        coin = command.coin
-        asset = self.assets.get(coin)
-        if asset is None:
-            raise ExchangeError("unknown_coin", f"{coin[:20]!r} is not a listed coin")
-        if command.fee < 0 or command.minimum < 0 or len(command.address) > 128:
-            raise ExchangeError("invalid_argument", "this withdrawal request is malformed")
-        scale = asset.scale
-        available = self.core.ledger.available(command.user_id, coin)
-        amount = available if command.amount is None else command.amount
-        if amount < command.minimum or amount <= command.fee:
-            least = format_units(max(command.minimum, command.fee + 1), scale)
-            raise ExchangeError(
-                "below_minimum",
-                f"the minimum withdrawal is {least} {coin}; {format_units(amount, scale)} asked",
-            )
-        withdrawal_id = self.next_withdrawal_id
-        self.core.ledger.hold(command.user_id, coin, amount, withdrawal_id)
-        self.next_withdrawal_id += 1
-        pending = PendingWithdrawal(
-            withdrawal_id, command.user_id, coin, amount, command.fee, command.address, now
-        )
-        self.pending_withdrawals[withdrawal_id] = pending
-        row = {
-            "id": withdrawal_id,
-            "user_id": command.user_id,
-            "coin": coin,
-            "amount": amount,
-            "fee": command.fee,
-            "address": command.address,
-            "status": "pending",
-            "txid": None,
-            "reason": None,
-            "created": now,
-            "updated": now,
-        }
-        rows[withdrawal_id] = row
-        return dict(row)
-
-    def _settle_withdrawal(
-        self,
-        command: ApproveWithdrawal | RejectWithdrawal,
-        now: int,
-        rows: dict[int, dict[str, Any]],
-    ) -> dict[str, Any]:
-        pending = self.pending_withdrawals.get(command.withdrawal_id)
-        if pending is None:
-            raise ExchangeError(
-                "withdrawal_not_found", f"withdrawal {command.withdrawal_id} is not pending"
-            )
-        ledger = self.core.ledger
-        if isinstance(command, ApproveWithdrawal) and not 0 < len(command.txid) <= MAX_TXID:
-            raise ExchangeError(
-                "invalid_argument", f"a transaction id has 1 to {MAX_TXID} characters"
+            return core.request_withdrawal(
+                command.user_id,
+                command.coin,
+                command.amount,
+                command.fee,
+                command.minimum,
+                command.address,
+                now,
             )
         if isinstance(command, ApproveWithdrawal):
-            ledger.settle_hold(
-                pending.user_id, pending.coin, pending.amount, pending.fee, pending.id
-            )
-            status, txid, reason = "sent", command.txid, None
-        else:
-            ledger.release_hold(pending.user_id, pending.coin, pending.amount, pending.id)
-            status, txid, reason = "rejected", None, command.reason
-        del self.pending_withdrawals[pending.id]
-        row = {
-            "id": pending.id,
-            "user_id": pending.user_id,
-            "coin": pending.coin,
-            "amount": pending.amount,
-            "fee": pending.fee,
-            "address": pending.address,
-            "status": status,
-            "txid": txid,
-            "reason": reason,
-            "created": pending.created,
-            "updated": now,
-        }
-        rows[pending.id] = row
-        return dict(row)
+            return core.approve_withdrawal(command.withdrawal_id, command.txid, now)
+        if isinstance(command, RejectWithdrawal):
+            return core.reject_withdrawal(command.withdrawal_id, command.reason, now)
+        return None  # Resync: its batch found the flag already handled
 
     # -- operator commands from other processes -------------------------------
 
@@ -586,3 +585,10 @@ class Engine:
             account: {code: ledger.balance(account, code) for code in self.assets}
             for account in SYSTEM_ACCOUNTS
         }
+
+
+def _inbox_result(result: object) -> object:
+    """What an operator's command answered, as JSON for the inbox row."""
+    if isinstance(result, Withdrawal):
+        return dataclasses.asdict(result)
+    return result

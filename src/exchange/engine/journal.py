@@ -13,7 +13,10 @@ still a bound parameter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Boolean, String, Table, Text
@@ -29,57 +32,21 @@ from exchange.adapters.db.tables import (
 )
 from exchange.domain.ledger import Entry
 from exchange.domain.orders import Order, Trade
+from exchange.domain.withdrawals import WITHDRAWAL_FIELDS, Withdrawal
 
-ORDER_COLUMNS = (
-    "id",
-    "user_id",
-    "market",
-    "side",
-    "type",
-    "tif",
-    "post_only",
-    "price",
-    "amount",
-    "filled",
-    "quote_filled",
-    "frozen",
-    "status",
-    "client_order_id",
-    "created",
-    "updated",
-)
+log = logging.getLogger("exchange.journal")
+
+#: Columns are the records' fields, in order: a row is ``attrgetter(*columns)(record)``.
+ORDER_COLUMNS = tuple(f.name for f in fields(Order))
 ORDER_MUTABLE = ("filled", "quote_filled", "frozen", "status", "updated")
-TRADE_COLUMNS = (
-    "id",
-    "market",
-    "price",
-    "amount",
-    "quote",
-    "taker_side",
-    "maker_order_id",
-    "taker_order_id",
-    "maker_user_id",
-    "taker_user_id",
-    "maker_fee",
-    "taker_fee",
-    "time",
-)
-ENTRY_COLUMNS = ("user_id", "asset", "d_available", "d_frozen", "reason", "ref", "time")
+TRADE_COLUMNS = tuple(f.name for f in fields(Trade))
+ENTRY_COLUMNS = (*Entry._fields, "time")
 BALANCE_COLUMNS = ("user_id", "asset", "available", "frozen")
-WITHDRAWAL_COLUMNS = (
-    "id",
-    "user_id",
-    "coin",
-    "amount",
-    "fee",
-    "address",
-    "status",
-    "txid",
-    "reason",
-    "created",
-    "updated",
-)
+WITHDRAWAL_COLUMNS = WITHDRAWAL_FIELDS
 WITHDRAWAL_MUTABLE = ("status", "txid", "reason", "updated")
+_order_row = attrgetter(*ORDER_COLUMNS)
+_trade_row = attrgetter(*TRADE_COLUMNS)
+_withdrawal_row = attrgetter(*WITHDRAWAL_COLUMNS)
 
 
 @dataclass(slots=True)
@@ -89,7 +56,7 @@ class Batch:
     trades: list[Trade] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     balances: list[tuple[int, str, int, int]] = field(default_factory=list)
-    withdrawals: list[dict[str, Any]] = field(default_factory=list)
+    withdrawals: list[Withdrawal] = field(default_factory=list)
     inbox: list[tuple[int, str, str]] = field(default_factory=list)  # id, status, result
 
     def empty(self) -> bool:
@@ -151,45 +118,6 @@ def _pg_type(table: Table, name: str) -> str:
     return "bigint"
 
 
-def _order_row(o: Order) -> tuple[Any, ...]:
-    return (
-        o.id,
-        o.user_id,
-        o.market,
-        o.side,
-        o.type,
-        o.tif,
-        o.post_only,
-        o.price,
-        o.amount,
-        o.filled,
-        o.quote_filled,
-        o.frozen,
-        o.status,
-        o.client_order_id,
-        o.created,
-        o.updated,
-    )
-
-
-def _trade_row(t: Trade) -> tuple[Any, ...]:
-    return (
-        t.id,
-        t.market,
-        t.price,
-        t.amount,
-        t.quote,
-        t.taker_side,
-        t.maker_order_id,
-        t.taker_order_id,
-        t.maker_user_id,
-        t.taker_user_id,
-        t.maker_fee,
-        t.taker_fee,
-        t.time,
-    )
-
-
 class Journal:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -214,13 +142,30 @@ class Journal:
         """Write one batch in one transaction (runs in a worker thread)."""
         if batch.empty():
             return
+        self._transaction(lambda cursor: self._write(cursor, batch))
+
+    def mark_inbox(self, inbox_id: int, status: str, result: str, time: int) -> None:
+        """Record an operator command's outcome on its own (its batch could not be)."""
+        self._transaction(
+            lambda cursor: cursor.execute(self.sql_inbox, (status, result, time, inbox_id))
+        )
+
+    def _transaction(self, write: Callable[[Any], None]) -> None:
+        """Run ``write`` in one transaction; an exception means nothing was committed.
+
+        The writer relies on that: it rolls its memory back when this raises for
+        anything but an unavailable database (which it answers with a reload, as a
+        failed COMMIT may have committed). So once COMMIT has returned, a failure to
+        tidy up (closing the cursor, returning the connection) is only logged.
+        """
         raw = self.engine.raw_connection()
+        committed = False
         try:
             cursor = raw.cursor()
             if self.sqlite:
                 cursor.execute("BEGIN IMMEDIATE")
             try:
-                self._write(cursor, batch)
+                write(cursor)
             except BaseException:
                 if self.sqlite:
                     cursor.execute("ROLLBACK")
@@ -231,9 +176,19 @@ class Journal:
                 cursor.execute("COMMIT")
             else:
                 raw.commit()
+            committed = True
             cursor.close()
+        except Exception:
+            if not committed:
+                raise
+            log.warning("a committed transaction's connection could not be closed cleanly")
         finally:
-            raw.close()
+            try:
+                raw.close()
+            except Exception:
+                if not committed:
+                    raise
+                log.warning("a committed transaction's connection could not be returned")
 
     def _write(self, cursor: Any, batch: Batch) -> None:
         if batch.orders:
@@ -246,10 +201,7 @@ class Journal:
         if batch.balances:
             self.balances.run(cursor, batch.balances)
         if batch.withdrawals:
-            self.withdrawals.run(
-                cursor,
-                [tuple(row[name] for name in WITHDRAWAL_COLUMNS) for row in batch.withdrawals],
-            )
+            self.withdrawals.run(cursor, [_withdrawal_row(w) for w in batch.withdrawals])
         if batch.inbox:
             cursor.executemany(
                 self.sql_inbox,

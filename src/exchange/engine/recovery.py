@@ -15,17 +15,7 @@ from sqlalchemy.engine import Connection
 
 from exchange.adapters.db.tables import balances, orders, trades, withdrawals
 from exchange.domain.orders import OPEN, PARTIALLY_FILLED, Order
-
-
-@dataclass(slots=True)
-class PendingWithdrawal:
-    id: int
-    user_id: int
-    coin: str
-    amount: int
-    fee: int
-    address: str
-    created: int
+from exchange.domain.withdrawals import PENDING, WITHDRAWAL_FIELDS, Withdrawal
 
 
 @dataclass(slots=True)
@@ -36,7 +26,7 @@ class State:
     next_order_id: int
     next_trade_id: int
     next_withdrawal_id: int
-    pending_withdrawals: list[PendingWithdrawal] = field(default_factory=list)
+    pending_withdrawals: list[Withdrawal] = field(default_factory=list)
 
 
 def order_from_row(row: Any) -> Order:
@@ -58,6 +48,12 @@ def order_from_row(row: Any) -> Order:
         created=row.created,
         updated=row.updated,
     )
+
+
+def withdrawal_from_row(row: Any) -> Withdrawal:
+    """A ``withdrawals`` row (its columns are the record's fields)."""
+    mapping = row._mapping
+    return Withdrawal(*(mapping[name] for name in WITHDRAWAL_FIELDS))
 
 
 def load_state(conn: Connection) -> State:
@@ -83,9 +79,9 @@ def load_state(conn: Connection) -> State:
     max_trade = conn.execute(select(func.max(trades.c.id))).scalar() or 0
     max_withdrawal = conn.execute(select(func.max(withdrawals.c.id))).scalar() or 0
     pending = [
-        PendingWithdrawal(r.id, r.user_id, r.coin, r.amount, r.fee, r.address, r.created)
+        withdrawal_from_row(r)
         for r in conn.execute(
-            select(withdrawals).where(withdrawals.c.status == "pending").order_by(withdrawals.c.id)
+            select(withdrawals).where(withdrawals.c.status == PENDING).order_by(withdrawals.c.id)
         )
     ]
     return State(

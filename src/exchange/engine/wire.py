@@ -29,6 +29,7 @@ import orjson
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox, PlaceResult
 from exchange.domain.orders import Order, Trade
+from exchange.domain.withdrawals import Withdrawal
 from exchange.engine.commands import CancelOrder, Command, PlaceOrder, RequestWithdrawal
 from exchange.engine.port import Levels
 
@@ -135,6 +136,8 @@ def encode_result(request_id: int, result: Any) -> bytes:
         return frame({"t": "ok", "id": request_id, "k": "place", "v": result})
     if isinstance(result, Order):
         return frame({"t": "ok", "id": request_id, "k": "order", "v": result})
+    if isinstance(result, Withdrawal):
+        return frame({"t": "ok", "id": request_id, "k": "withdrawal", "v": result})
     return frame({"t": "ok", "id": request_id, "k": "data", "v": result})
 
 
@@ -150,6 +153,8 @@ def decode_result(message: dict[str, Any]) -> Any:
         )
     if kind == "order":
         return Order(**value)
+    if kind == "withdrawal":
+        return Withdrawal(**value)
     return value
 
 

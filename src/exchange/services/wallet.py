@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import case, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,8 +36,10 @@ from exchange.domain.addresses import SUPPORTED_COINS, validate_address
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Asset
 from exchange.domain.money import format_units, parse_decimal, to_units
+from exchange.domain.withdrawals import Withdrawal
 from exchange.engine.commands import RequestWithdrawal
 from exchange.engine.port import EnginePort
+from exchange.engine.recovery import withdrawal_from_row
 
 __all__ = [
     "Wallet",
@@ -62,38 +63,6 @@ class WithdrawAddress:
     coin: str
     address: str | None
     usable_from: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Withdrawal:
-    id: int
-    user_id: int
-    coin: str
-    amount: int
-    fee: int
-    address: str
-    status: str
-    txid: str | None
-    reason: str | None
-    created: int
-    updated: int
-
-    @classmethod
-    def from_mapping(cls, row: Mapping[Any, Any]) -> Withdrawal:
-        """From a ``withdrawals`` row or the engine's answer (same keys)."""
-        return cls(
-            id=int(row["id"]),
-            user_id=int(row["user_id"]),
-            coin=str(row["coin"]),
-            amount=int(row["amount"]),
-            fee=int(row["fee"]),
-            address=str(row["address"]),
-            status=str(row["status"]),
-            txid=None if row["txid"] is None else str(row["txid"]),
-            reason=None if row["reason"] is None else str(row["reason"]),
-            created=int(row["created"]),
-            updated=int(row["updated"]),
-        )
 
 
 def _setting_units(name: str, value: str, asset: Asset) -> int:
@@ -256,10 +225,10 @@ class Wallet:
                 f"{asset.code}; {format_units(units, asset.scale)} {asset.code} asked",
             )
         address = await self._usable_address(user_id, asset)
-        answer: dict[str, Any] = await self._engine.submit(
+        answer: Withdrawal = await self._engine.submit(
             RequestWithdrawal(user_id, asset.code, units, rule.fee, rule.minimum, address)
         )
-        return Withdrawal.from_mapping(answer)
+        return answer
 
     async def withdrawals(self, user_id: int, coin: str | None, limit: int) -> list[Withdrawal]:
         """This user's withdrawals, newest first; never anyone else's."""
@@ -269,4 +238,4 @@ class Wallet:
         query = query.order_by(withdrawals.c.id.desc()).limit(limit)
         async with self._db.connect() as conn:
             rows = await conn.execute(query)
-            return [Withdrawal.from_mapping(row._mapping) for row in rows]
+            return [withdrawal_from_row(row) for row in rows]
