@@ -123,6 +123,31 @@ async def running_app(
 
 
 @asynccontextmanager
+async def served(settings: Settings, clock: Clock = now_ms) -> AsyncIterator[tuple[Any, str]]:
+    """The app behind a real uvicorn server on a free port (the protocol ``serve`` uses).
+
+    Yields the app and ``host:port``.
+    """
+    import uvicorn
+
+    from exchange.server import server_config
+
+    app = create_app(settings, clock=clock)
+    port = free_port()
+    config = server_config(app, settings, host="127.0.0.1", port=port)
+    config.log_level = "warning"
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await until(lambda: server.started or task.done(), 10, "the server to start")
+    assert server.started, "the server did not start"
+    try:
+        yield app, f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+@asynccontextmanager
 async def _client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
@@ -217,12 +242,12 @@ def check_database_ledger(database: str | Any) -> dict[tuple[int, str], tuple[in
     """
     from sqlalchemy import func, select
 
-    from exchange.adapters.db.database import make_sync_engine
+    from exchange.adapters.db.database import make_sync_engine, reading
     from exchange.adapters.db.tables import balances, ledger_entries
 
     engine = make_sync_engine(database) if isinstance(database, str) else database
     try:
-        with engine.connect() as conn:
+        with reading(engine).connect() as conn:  # no write lock: the app may be running
             stored = {
                 (r.user_id, r.asset): (r.available, r.frozen)
                 for r in conn.execute(select(balances))
@@ -276,13 +301,13 @@ def independent_balances(url: str, credits: dict[str, int] | None = None) -> Non
     """
     from sqlalchemy import select
 
-    from exchange.adapters.db.database import make_sync_engine
+    from exchange.adapters.db.database import make_sync_engine, reading
     from exchange.adapters.db.tables import balances, orders, trades, users, withdrawals
 
     credits = credits if credits is not None else {"BTC": 10 * 10**8, "USDT": 1_000_000 * 10**6}
     engine = make_sync_engine(url)
     try:
-        with engine.connect() as conn:
+        with reading(engine).connect() as conn:  # no write lock: the app may be running
             stored = {
                 (r.user_id, r.asset): (r.available, r.frozen)
                 for r in conn.execute(select(balances))
@@ -340,7 +365,7 @@ def audit_orders_and_withdrawals(url: str) -> None:
 
     from sqlalchemy import select
 
-    from exchange.adapters.db.database import make_sync_engine
+    from exchange.adapters.db.database import make_sync_engine, reading
     from exchange.adapters.db.tables import (
         engine_inbox,
         ledger_entries,
@@ -351,7 +376,7 @@ def audit_orders_and_withdrawals(url: str) -> None:
 
     engine = make_sync_engine(url)
     try:
-        with engine.connect() as conn:
+        with reading(engine).connect() as conn:  # no write lock: the app may be running
             all_orders = {r.id: r for r in conn.execute(select(orders))}
             all_trades = {r.id: r for r in conn.execute(select(trades))}
             all_withdrawals = {r.id: r for r in conn.execute(select(withdrawals))}

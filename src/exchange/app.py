@@ -19,8 +19,10 @@ from exchange import __version__
 from exchange.adapters.db.database import make_async_engine, make_sync_engine, migrate
 from exchange.adapters.mailer import Mailer, make_mailer
 from exchange.adapters.passwords import PasswordHashing
+from exchange.adapters.secret_key import load_secret_key
 from exchange.api.context import Services
 from exchange.api.envelope import error, error_response
+from exchange.api.front_door import FrontDoor
 from exchange.api.limits import RateLimiter
 from exchange.api.methods import ALL_METHODS, METHODS
 from exchange.api.openapi import build_openapi
@@ -49,11 +51,21 @@ class AnotherWriter(RuntimeError):
 
 
 class ExchangeApp(FastAPI):
-    """FastAPI for pages, streams and docs; the API paths go straight to the dispatcher."""
+    """FastAPI for pages, streams and docs; the API paths go straight to the dispatcher.
+
+    Every request passes the front door first (real client address, served Host).
+    """
 
     dispatcher: Dispatcher
+    front: FrontDoor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        await self.front(scope, receive, send)
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith("/api/") or path == "/router" or path == "/router/":
@@ -129,7 +141,15 @@ def create_app(
         settings=settings,
         db=db,
         clock=clock,
-        accounts=Accounts(db, mailer or make_mailer(settings), hashing, clock),
+        accounts=Accounts(
+            db,
+            mailer or make_mailer(settings),
+            hashing,
+            clock,
+            secret=load_secret_key(
+                settings.database_url, settings.secret_key, settings.secret_key_file
+            ),
+        ),
         sessions=sessions,
         engine=port,
         history=History(db),
@@ -148,6 +168,10 @@ def create_app(
         sessions,
         port,
         allowed_origins=(o.strip() for o in settings.allowed_origins.split(",") if o.strip()),
+        max_message=settings.ws_max_message,
+        max_connections=settings.ws_max_connections,
+        max_per_address=settings.ws_max_per_address,
+        auth_failures=settings.ws_auth_failures,
     )
     port.subscribe(market.on_commit)  # market data first: the stream reads it
     port.subscribe(stream.on_commit)
@@ -217,6 +241,7 @@ def create_app(
     )
     app.state.services = services
     app.dispatcher = dispatcher
+    app.front = FrontDoor(app.route, settings)
     app.router.routes.extend(
         [
             Route("/openapi.json", openapi, methods=["GET"]),

@@ -49,26 +49,18 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, demo: bool
     import uvicorn
 
     from exchange.app import create_app
+    from exchange.server import server_config
 
     configure_logging(settings)
+    settings = settings.model_copy(
+        update={"host": host or settings.host, "port": port or settings.port}
+    )
     application: Any = create_app(settings)
-    host = host or settings.host
-    port = port or settings.port
     if demo:
         from exchange.demo.bots import attach_demo
 
-        attach_demo(application, settings, f"http://{host}:{port}")
-    config = uvicorn.Config(
-        application,
-        host=host,
-        port=port,
-        proxy_headers=False,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+        attach_demo(application, settings, f"http://{settings.host}:{settings.port}")
+    config = server_config(application, settings, host=settings.host, port=settings.port)
     server = uvicorn.Server(config)
     server.run()
     if not server.started:
@@ -96,7 +88,10 @@ def serve(
         from exchange.workers import run_workers
 
         configure_logging(settings)
-        code = run_workers(settings, host or settings.host, port or settings.port, count)
+        settings = settings.model_copy(
+            update={"host": host or settings.host, "port": port or settings.port}
+        )
+        code = run_workers(settings, settings.host, settings.port, count)
         if code:
             raise SystemExit(code)
         return

@@ -36,11 +36,54 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "tls"] = Field("none", description="none, starttls, tls")
     mail_from: str = Field("exchange@localhost", description="From: address of e-mails")
 
+    secret_key: str = Field(
+        "",
+        description="the server's secret (HMAC of codes); empty = a random key in "
+        "EXCHANGE_SECRET_KEY_FILE; set the same one on every host of one database",
+    )
+    secret_key_file: str = Field(
+        "",
+        description="where a generated key is kept (default: beside the SQLite database, "
+        "or ./exchange-secret.key)",
+    )
     session_lifetime: int = Field(12 * 3600, description="absolute session lifetime, s")
     session_idle: int = Field(30 * 60, description="idle session lifetime, s")
     cookie_secure: bool = Field(False, description="add Secure to the session cookie")
     allowed_origins: str = Field(
         "", description="extra origins allowed for cookie POSTs, comma separated"
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="host names this server answers for, comma separated, besides the loopback "
+        "names and EXCHANGE_HOST; * = any (a guard against DNS rebinding)",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="reverse proxies (addresses or CIDRs, comma separated) whose "
+        "X-Forwarded-For/-Proto are honoured; empty = none",
+    )
+
+    http_max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="largest request line + headers, bytes (431 beyond)"
+    )
+    http_max_url_bytes: int = Field(
+        8 * 1024, ge=256, description="longest request URL, bytes (414 beyond)"
+    )
+    http_read_timeout: int = Field(
+        10, ge=1, description="seconds for a whole request (headers and body) to arrive"
+    )
+    http_max_connections: int = Field(
+        4096, ge=1, description="open connections per process, HTTP and WebSocket (503 beyond)"
+    )
+    ws_max_message: int = Field(
+        4096, ge=256, description="largest WebSocket message and frame, bytes"
+    )
+    ws_max_connections: int = Field(2048, ge=1, description="WebSocket connections per process")
+    ws_max_per_address: int = Field(
+        16, ge=1, description="WebSocket connections per client address, per process"
+    )
+    ws_auth_failures: str = Field(
+        "5/60", description="failed WebSocket auth messages per connection: n/seconds"
     )
 
     rate_limits: Literal["on", "off"] = Field("on", description="off for load tests")
@@ -49,6 +92,7 @@ class Settings(BaseSettings):
     )
     rate_limit_login: str = Field("20/60", description="login per client address: n/seconds")
     rate_limit_login_user: str = Field("10/60", description="login per e-mail address: n/seconds")
+    rate_limit_register: str = Field("10/60", description="regeist_user per client address")
     rate_limit_exists: str = Field("30/60", description="check_exist_name per client address")
     rate_limit_orders: str = Field("200/1", description="order placement and cancel per user")
     password_hash_memory_kib: int = Field(19 * 1024, description="argon2id memory cost")

@@ -63,20 +63,11 @@ def _worker_main(settings: Settings, sock: socket.socket, path: str, parent: int
 
     from exchange.app import create_app
     from exchange.cli import configure_logging
+    from exchange.server import server_config
 
     configure_logging(settings)
     app: Any = create_app(settings, writer_socket=path)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            proxy_headers=False,
-            loop="uvloop",
-            http="httptools",
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-    )
+    server = uvicorn.Server(server_config(app, settings))
 
     def watch_parent() -> None:
         while not server.should_exit:

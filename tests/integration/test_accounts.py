@@ -454,7 +454,8 @@ async def test_guess_limits_hold_across_worker_processes(
     settings = make_settings(database_url, mail[1])
     engines = [make_async_engine(database_url) for _ in range(3)]
     workers = [
-        Accounts(db, make_mailer(settings), PasswordHashing(), ManualClock()) for db in engines
+        Accounts(db, make_mailer(settings), PasswordHashing(), ManualClock(), secret=b"k" * 32)
+        for db in engines
     ]
     try:
 

@@ -157,10 +157,12 @@ class Fuzzed:
 
 def fuzz_settings(database_url: str, smtp_port: int | None = None, **extra: Any) -> Settings:
     # Cooldown 0: the funded user's addresses are usable at once, so `withdraw` gets
-    # past address checks; long sessions: nothing expires in the middle of a run.
+    # past address checks; long sessions: nothing expires in the middle of a run;
+    # schemathesis calls the app as host "testserver".
     return make_settings(
         database_url,
         smtp_port,
+        allowed_hosts="testserver",
         withdraw_address_cooldown=0,
         session_idle=86_400,
         session_lifetime=86_400,

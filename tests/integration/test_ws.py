@@ -10,14 +10,12 @@ from typing import Any, cast
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import ClientConnection
 
 from exchange.api.ws import Stream
-from exchange.app import create_app
-from exchange.bench.server import free_port
 from exchange.clock import ManualClock
 from exchange.domain.events import Outbox
 from exchange.domain.markets import default_assets, default_markets
@@ -26,7 +24,7 @@ from exchange.engine.commands import Credit
 from exchange.engine.engine import Engine
 from exchange.services.candle_store import CandleStore
 from exchange.services.marketdata import MarketData
-from support import Mailbox, assert_envelope, login, make_settings, register
+from support import Mailbox, assert_envelope, login, make_settings, register, served
 
 DAY0 = 1_767_225_600_000
 WAIT = 5.0
@@ -36,24 +34,8 @@ WAIT = 5.0
 async def serving(
     database_url: str, smtp_port: int, clock: ManualClock
 ) -> AsyncIterator[tuple[Any, str]]:
-    settings = make_settings(database_url, smtp_port)
-    app = create_app(settings, clock=clock)
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ws="auto", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "the server did not start"
-    try:
-        yield app, f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
+    async with served(make_settings(database_url, smtp_port), clock) as pair:
+        yield pair
 
 
 async def next_message(
@@ -321,6 +303,7 @@ class FakeSocket:
         self.closed: int | None = None
         self.cookies: dict[str, str] = {}
         self.headers: dict[str, str] = {}
+        self.client = None
 
     async def accept(self) -> None:
         return None
@@ -349,7 +332,8 @@ async def test_a_slow_client_is_dropped_and_the_engine_never_waits() -> None:
     markets = default_markets(default_assets())
     db = create_engine("sqlite://")
     engine = Engine(markets, db, lambda: DAY0)
-    market = MarketData(markets, engine, lambda: DAY0, CandleStore(cast(Any, None)))
+    unused = create_async_engine("sqlite+aiosqlite://")  # market data never reads it here
+    market = MarketData(markets, engine, lambda: DAY0, CandleStore(unused))
     stream = Stream(market, cast(Any, None), engine, queue_size=8)
     slow, fast = FakeSocket(stuck=True), FakeSocket(stuck=False)
     tasks = [asyncio.create_task(stream.endpoint(cast(Any, socket))) for socket in (slow, fast)]

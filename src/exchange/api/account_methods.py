@@ -34,8 +34,8 @@ async def login(call: Call) -> object:
     user_id, email = await call.services.accounts.login(
         text(call.params, "user", max_length=1024), text(call.params, "pass", max_length=1024)
     )
-    if call.token:
-        await call.services.sessions.delete(call.token)
+    for carried in call.carried:  # SPEC §4: login ends any session the request carried
+        await call.services.sessions.delete(carried)
     token = await call.services.sessions.create(user_id)
     call.set_session = token
     return {"user": email, "session": token}
@@ -82,6 +82,7 @@ METHODS = (
             Param("pass", required=True, description="password, 8-128 characters", max_length=1024),
             Param("valid_code", required=True, description="the 6-digit code", max_length=16),
         ),
+        limit="register",
     ),
     Method(
         "login",

@@ -40,7 +40,8 @@ class Call:
     services: Services
     params: dict[str, object]
     client: str
-    token: str | None = None
+    token: str | None = None  # the session that authenticated this call
+    carried: tuple[str, ...] = ()  # every session token the request carried
     user_id: int = 0
     set_session: str | None = None
     clear_session: bool = False

@@ -50,17 +50,21 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+#: As the dispatcher's answers: never cached, never sniffed.
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 def envelope_response(data: Any, *, ok: bool = True) -> Response:
     head = b'{"status":true,"data":' if ok else b'{"status":false,"data":'
     body = head + orjson.dumps(data) + b',"description":""}'
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", headers=NO_STORE)
 
 
 def error_response(error: ExchangeError, status: int | None = None) -> Response:
     status = status or STATUS_OF_CODE.get(error.code, 400)
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    if status == 429 and headers is None:
-        headers = {"Retry-After": "1"}
+    headers = dict(NO_STORE)
+    if error.retry_after is not None or status == 429:
+        headers["Retry-After"] = str(error.retry_after or 1)
     body = orjson.dumps({"status": False, "data": None, "description": error.description})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 

@@ -3,16 +3,38 @@
 Buckets live in process memory: they protect this process's CPU (argon2 hashing,
 SMTP) and are cheap enough for the order path. Limits are ``n/seconds`` strings
 from the settings; ``EXCHANGE_RATE_LIMITS=off`` disables them for load tests.
+
+The table of buckets is bounded: a bucket idle long enough to be full again is
+the same as no bucket, so those go first when the table is full; only if a flood
+of new keys leaves none idle are the least recently used dropped.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Mapping
 
 from exchange.config import Settings
 from exchange.domain.errors import ExchangeError
+
+
+def address_key(client: str) -> str:
+    """The key of a client address for limits: IPv6 by its /64 (one subscriber's network).
+
+    An IPv6 user is usually given a whole /64, so per-address limits keyed on
+    single IPv6 addresses would give one client 2**64 buckets.
+    """
+    if ":" not in client:
+        return client
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if address.version == 6 and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return client
 
 
 def parse_rate(text: str) -> tuple[int, int]:
@@ -29,6 +51,10 @@ class Bucket:
         self.tokens = capacity * 1.0
         self.stamp = now
 
+    def full(self, now: int) -> bool:
+        """As good as a new bucket: nothing is lost by forgetting it."""
+        return self.tokens + (now - self.stamp) * self.refill_per_ns >= self.capacity
+
     def take(self, now: int) -> int:
         """0 when allowed, else the seconds to wait for the next token."""
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.refill_per_ns)
@@ -39,30 +65,45 @@ class Bucket:
         return max(1, math.ceil((1 - self.tokens) / self.refill_per_ns / 1_000_000_000))
 
 
+MAX_BUCKETS = 100_000
+
+
 class RateLimiter:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, max_buckets: int = MAX_BUCKETS) -> None:
         self.enabled = settings.rate_limits == "on"
         self.rules: dict[str, tuple[int, int]] = {
             "code": parse_rate(settings.rate_limit_code),
             "login": parse_rate(settings.rate_limit_login),
             "login_user": parse_rate(settings.rate_limit_login_user),
+            "register": parse_rate(settings.rate_limit_register),
             "exists": parse_rate(settings.rate_limit_exists),
             "orders": parse_rate(settings.rate_limit_orders),
         }
+        self.max_buckets = max_buckets
+        #: Least recently used first: a bucket is moved to the end at each use.
         self.buckets: dict[tuple[str, str], Bucket] = {}
 
     def _take(self, rule: str, key: str, now: int) -> None:
-        bucket = self.buckets.get((rule, key))
+        buckets = self.buckets
+        bucket = buckets.pop((rule, key), None)
         if bucket is None:
-            if len(self.buckets) > 200_000:
-                self.buckets.clear()
+            if len(buckets) >= self.max_buckets:
+                self._make_room(now)
             capacity, seconds = self.rules[rule]
-            bucket = self.buckets[(rule, key)] = Bucket(capacity, seconds, now)
+            bucket = Bucket(capacity, seconds, now)
+        buckets[(rule, key)] = bucket
         wait = bucket.take(now)
         if wait:
             raise ExchangeError(
                 "rate_limited", f"too many requests; try again in {wait} s", retry_after=wait
             )
+
+    def _make_room(self, now: int) -> None:
+        kept = {key: bucket for key, bucket in self.buckets.items() if not bucket.full(now)}
+        if len(kept) > self.max_buckets * 3 // 4:  # a flood: keep the newer half
+            recent = list(kept.items())[len(kept) - self.max_buckets // 2 :]
+            kept = dict(recent)
+        self.buckets = kept  # at least a quarter of the table is free: sweeps are rare
 
     def check(self, rule: str, client: str, user_id: int, params: Mapping[str, object]) -> None:
         if not self.enabled:
@@ -71,7 +112,7 @@ class RateLimiter:
         if rule == "orders":
             self._take(rule, str(user_id), now)
             return
-        self._take(rule, client, now)
+        self._take(rule, address_key(client), now)
         if rule == "login":
             user = params.get("user")
             if isinstance(user, str):

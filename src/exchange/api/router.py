@@ -30,6 +30,13 @@ SESSION_COOKIE = "session"
 RawHeaders = list[tuple[bytes, bytes]]
 
 JSON_HEADER = (b"content-type", b"application/json")
+#: Every API answer: never cached (login's carries the session token; balances are
+#: private), and never sniffed into another content type.
+API_HEADERS = (
+    JSON_HEADER,
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+)
 
 
 class Answer:
@@ -166,16 +173,23 @@ async def request_params(query: bytes, incoming: Incoming, body: bytes) -> dict[
     return params
 
 
-def session_token(incoming: Incoming, params: Mapping[str, object]) -> tuple[str | None, bool]:
-    """The session token and whether it came from the cookie (the CSRF-relevant case)."""
+def credentials(incoming: Incoming, params: Mapping[str, object]) -> list[tuple[str, bool]]:
+    """The session tokens a request carries, in SPEC §4's order, each with "from the cookie".
+
+    The first *valid* one counts: a stale cookie left in a browser must not hide
+    the valid Bearer token of the same request.
+    """
+    found: list[tuple[str, bool]] = []
     cookie = incoming.session_cookie()
     if cookie:
-        return cookie, True
+        found.append((cookie, True))
     authorization = incoming.authorization
-    if authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip(), False
+    if authorization[:7].lower() == "bearer " and authorization[7:].strip():
+        found.append((authorization[7:].strip(), False))
     value = params.get("session")
-    return (value, False) if isinstance(value, str) and value else (None, False)
+    if isinstance(value, str) and value:
+        found.append((value, False))
+    return found
 
 
 def same_origin(incoming: Incoming, allowed: frozenset[str]) -> bool:
@@ -191,7 +205,7 @@ def error_body(error: ExchangeError) -> bytes:
 
 
 async def send_json(send: Send, status: int, body: bytes, extra: RawHeaders | None = None) -> None:
-    headers = [JSON_HEADER, (b"content-length", str(len(body)).encode())]
+    headers = [*API_HEADERS, (b"content-length", str(len(body)).encode())]
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -256,6 +270,14 @@ class Dispatcher:
                 send, ExchangeError("internal_error", "something went wrong on our side; try again")
             )
 
+    async def _first_valid(self, carried: list[tuple[str, bool]]) -> tuple[str, int] | None:
+        """(token, user id) of the first live session, in SPEC's order."""
+        for token, _from_cookie in carried:
+            user_id = await self.services.sessions.resolve(token)
+            if user_id is not None:
+                return token, user_id
+        return None
+
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, name: str, query: bytes
     ) -> None:
@@ -273,19 +295,20 @@ class Dispatcher:
         body = await read_body(incoming, receive)
         params = await request_params(query, incoming, body)
         call = Call(self.services, params, incoming.client)
-        token, from_cookie = session_token(incoming, params)
+        carried = credentials(incoming, params)
+        call.carried = tuple(token for token, _cookie in carried)
+        # CSRF: a cross-origin POST that carries the browser's cookie, or logs in or out.
         if (
             verb == "POST"
-            and (from_cookie or name == "login" or name == "logout")
+            and (name == "login" or name == "logout" or any(c for _t, c in carried))
             and not same_origin(incoming, self.allowed_origins)
         ):
             raise ExchangeError("forbidden", "cross-origin request refused")
-        call.token = token
         if method.auth:
-            user_id = await self.services.sessions.resolve(token)
-            if user_id is None:
+            winner = await self._first_valid(carried)
+            if winner is None:
                 raise ExchangeError("not_logged_in", "log in first")
-            call.user_id = user_id
+            call.token, call.user_id = winner
         if method.limit is not None:
             self.limiter.check(method.limit, incoming.client, call.user_id, params)
         result = await method.handler(call)

@@ -22,6 +22,13 @@ intervals of a pair share one counter, matching the web client's gap check).
 Private channels (``orders``, ``balances``) have ``pair`` null and need a
 session: the ``session`` cookie at the upgrade (same-origin only, so another
 site cannot read a user's stream) or an ``auth`` message first.
+
+Limits (settings ``EXCHANGE_WS_*``): connections per process and per client
+address (beyond them a connection gets a ``rate_limited`` or ``overloaded``
+error and is closed with 1013, "try again later"); the message size (the
+server's frame limit is the same, so a large frame is never read whole); failed
+``auth`` messages per connection (beyond the budget they are refused without a
+session lookup, and unknown tokens are remembered briefly by ``Sessions``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Coroutine, Iterable
 from typing import Any
@@ -36,6 +44,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket
 
+from exchange.api.limits import Bucket, address_key, parse_rate
 from exchange.api.views import order_info
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox
@@ -55,6 +64,7 @@ PRIVATE = frozenset(("orders", "balances"))
 QUEUE_SIZE = 1_000
 MAX_SUBSCRIPTIONS = 64
 MAX_MESSAGE = 4_096
+TRY_AGAIN_LATER = 1013
 #: How often private streams check that their session still lives (logout, expiry).
 REVALIDATE_MS = 2_000
 DEPTH_LEVELS = 50
@@ -83,10 +93,24 @@ def _seq_key(topic: Topic) -> tuple[str, str | None]:
 class Connection:
     """One client: its subscriptions, sequence counters and bounded outgoing queue."""
 
-    __slots__ = ("closing", "queue", "seqs", "socket", "token", "topics", "user_id")
+    __slots__ = (
+        "address",
+        "auth_failures",
+        "auth_refused_until",
+        "closing",
+        "queue",
+        "seqs",
+        "socket",
+        "token",
+        "topics",
+        "user_id",
+    )
 
-    def __init__(self, socket: Any, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(self, socket: Any, queue_size: int = QUEUE_SIZE, address: str = "") -> None:
         self.socket = socket
+        self.address = address
+        self.auth_failures: Bucket | None = None  # made at the first failed auth
+        self.auth_refused_until = 0  # monotonic ns
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self.topics: set[Topic] = set()
         self.seqs: dict[tuple[str, str | None], int] = {}
@@ -120,12 +144,21 @@ class Stream:
         *,
         allowed_origins: Iterable[str] = (),
         queue_size: int = QUEUE_SIZE,
+        max_message: int = MAX_MESSAGE,
+        max_connections: int = 2048,
+        max_per_address: int = 16,
+        auth_failures: str = "5/60",
     ) -> None:
         self.market = market
         self.sessions = sessions
         self.engine = engine
         self.allowed_origins = frozenset(allowed_origins)
         self.queue_size = queue_size
+        self.max_message = max_message
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.auth_failures = parse_rate(auth_failures)
+        self.per_address: dict[str, int] = {}
         self.connections: set[Connection] = set()
         self.subscribers: dict[Topic, set[Connection]] = defaultdict(set)
         self.dropped = 0
@@ -233,7 +266,31 @@ class Stream:
 
     async def endpoint(self, websocket: WebSocket) -> None:
         await websocket.accept()
-        connection = Connection(websocket, self.queue_size)
+        client = websocket.client
+        address = address_key(client.host) if client is not None else "unknown"
+        held = self.per_address.get(address, 0)
+        if held >= self.max_per_address or len(self.connections) >= self.max_connections:
+            code, why = (
+                ("rate_limited", "too many connections from your address")
+                if held >= self.max_per_address
+                else ("overloaded", "too many connections; try again")
+            )
+            with contextlib.suppress(Exception):
+                await websocket.send_text(_error(code, why))
+            await self._close(Connection(websocket), TRY_AGAIN_LATER, why)
+            return
+        self.per_address[address] = held + 1
+        connection = Connection(websocket, self.queue_size, address)
+        try:
+            await self._serve(websocket, connection)
+        finally:
+            left = self.per_address.get(address, 1) - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                self.per_address.pop(address, None)
+
+    async def _serve(self, websocket: WebSocket, connection: Connection) -> None:
         token = websocket.cookies.get("session")
         if token and self._same_origin(websocket):
             connection.user_id = await self._resolve(token)
@@ -294,8 +351,10 @@ class Stream:
 
     async def _handle(self, connection: Connection, text: str) -> None:
         try:
-            if len(text) > MAX_MESSAGE:
-                raise ExchangeError("invalid_argument", f"messages are at most {MAX_MESSAGE} bytes")
+            if len(text) > self.max_message:
+                raise ExchangeError(
+                    "invalid_argument", f"messages are at most {self.max_message} bytes"
+                )
             try:
                 message = orjson.loads(text)
             except orjson.JSONDecodeError:
@@ -306,8 +365,15 @@ class Stream:
             if op in ("subscribe", "unsubscribe"):
                 self._subscription(connection, message, op == "subscribe")
             elif op == "auth":
+                now = time.monotonic_ns()
+                if now < connection.auth_refused_until:  # no lookup: a guesser waits
+                    wait = -(-(connection.auth_refused_until - now) // 1_000_000_000)
+                    raise ExchangeError(
+                        "rate_limited", f"too many failed auth messages; try again in {wait} s"
+                    )
                 user_id = await self._resolve(message.get("session"))
                 if user_id is None:
+                    self._auth_failed(connection, now)
                     raise ExchangeError("not_logged_in", "the session is not valid; log in again")
                 if connection.user_id not in (None, user_id):
                     for topic in [t for t in connection.topics if t[1].startswith("#")]:
@@ -323,6 +389,15 @@ class Stream:
                 )
         except ExchangeError as refusal:
             self._reply(connection, _error(refusal.code, refusal.message))
+
+    def _auth_failed(self, connection: Connection, now: int) -> None:
+        bucket = connection.auth_failures
+        if bucket is None:
+            capacity, seconds = self.auth_failures
+            bucket = connection.auth_failures = Bucket(capacity, seconds, now)
+        wait = bucket.take(now)
+        if wait:
+            connection.auth_refused_until = now + wait * 1_000_000_000
 
     def _subscription(self, connection: Connection, message: dict[str, Any], on: bool) -> None:
         channel, pair, interval = self._topic_of(message)

@@ -6,22 +6,22 @@ configurable per-address rate limits live in the API layer.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
-from collections import defaultdict
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import login_failures, users, verification_codes
 from exchange.adapters.mailer import Mailer
 from exchange.adapters.passwords import PasswordHashing, check_password_rules
 from exchange.clock import Clock
 from exchange.domain.errors import ExchangeError
 from exchange.services.emails import normalize_email
+from exchange.services.keyed_locks import KeyedLocks
 
 CODE_TTL_MS = 10 * 60 * 1000
 CODE_RESEND_MS = 60 * 1000
@@ -30,8 +30,9 @@ LOCKOUT_WINDOW_MS = 15 * 60 * 1000
 LOCKOUT_FAILURES = 5
 
 
-def _code_hash(salt: str, email: str, code: str) -> str:
-    return hashlib.sha256(f"{salt}:{email}:{code}".encode()).hexdigest()
+def code_hmac(key: bytes, salt: str, email: str, code: str) -> str:
+    """What is stored of a code: an HMAC with the server's key (a database copy is not enough)."""
+    return hmac.new(key, f"{salt}:{email}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
 def _seconds(ms: int) -> int:
@@ -40,23 +41,31 @@ def _seconds(ms: int) -> int:
 
 class Accounts:
     def __init__(
-        self, db: AsyncEngine, mailer: Mailer, hashing: PasswordHashing, clock: Clock
+        self,
+        db: AsyncEngine,
+        mailer: Mailer,
+        hashing: PasswordHashing,
+        clock: Clock,
+        *,
+        secret: bytes,
     ) -> None:
         self._db = db
+        self._reads = reading(db)  # reads take no write lock on SQLite
         self._mailer = mailer
         self._hashing = hashing
         self._clock = clock
+        self._secret = secret
         # Serialises attempts per address inside this process so parallel guesses
         # cannot all slip past the try counter before it is written.
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks = KeyedLocks()
 
     async def user_id(self, email: str) -> int | None:
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(select(users.c.id).where(users.c.email == email))).first()
         return None if row is None else int(row.id)
 
     async def email_of(self, user_id: int) -> str | None:
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(select(users.c.email).where(users.c.id == user_id))).first()
         return None if row is None else str(row.email)
 
@@ -65,7 +74,7 @@ class Accounts:
 
     async def send_code(self, user: str) -> None:
         email = normalize_email(user)
-        async with self._locks[email]:
+        async with self._locks.hold(email):
             if await self.user_id(email) is not None:
                 raise ExchangeError("user_exists", "this e-mail address is already registered")
             now = self._clock()
@@ -98,7 +107,7 @@ class Accounts:
                     await conn.execute(
                         insert(verification_codes).values(
                             email=email,
-                            code_hash=_code_hash(salt, email, code),
+                            code_hash=code_hmac(self._secret, salt, email, code),
                             salt=salt,
                             created=now,
                             expires=now + CODE_TTL_MS,
@@ -125,7 +134,8 @@ class Accounts:
                     await conn.execute(
                         delete(verification_codes).where(
                             verification_codes.c.email == email,
-                            verification_codes.c.code_hash == _code_hash(salt, email, code),
+                            verification_codes.c.code_hash
+                            == code_hmac(self._secret, salt, email, code),
                         )
                     )
                 raise ExchangeError(
@@ -135,7 +145,7 @@ class Accounts:
     async def register(self, user: str, password: str, code: str) -> str:
         email = normalize_email(user)
         check_password_rules(password, email)
-        async with self._locks[email]:
+        async with self._locks.hold(email):
             if await self.user_id(email) is not None:
                 raise ExchangeError("user_exists", "this e-mail address is already registered")
             code_hash = await self._check_code(email, code.strip())
@@ -196,6 +206,14 @@ class Accounts:
         parallel guesses from several worker processes can never exceed the limit.
         """
         now = self._clock()
+        async with self._reads.connect() as conn:  # no write (no write lock) without a code
+            sent = (
+                await conn.execute(
+                    select(verification_codes.c.email).where(verification_codes.c.email == email)
+                )
+            ).first()
+        if sent is None:
+            raise ExchangeError("invalid_code", "no code was sent to this address; ask for one")
         async with self._db.begin() as conn:
             reserved = await conn.execute(
                 update(verification_codes)
@@ -222,7 +240,7 @@ class Accounts:
                 raise ExchangeError("invalid_code", "this code was already used; ask for a new one")
             if now >= row.expires:
                 raise ExchangeError("code_expired", "this code has expired; ask for a new one")
-            expected = _code_hash(row.salt, email, code)
+            expected = code_hmac(self._secret, row.salt, email, code)
             if hmac.compare_digest(expected, row.code_hash):
                 return expected
             # The failed try must be committed before refusing: raising inside this
@@ -233,7 +251,7 @@ class Accounts:
     async def login(self, user: str, password: str) -> tuple[int, str]:
         """Check the credentials; the same answer whether the user exists or not."""
         email = normalize_email(user)
-        async with self._locks[email]:
+        async with self._locks.hold(email):
             now = self._clock()
             since = now - LOCKOUT_WINDOW_MS
             # Count this try as a failure BEFORE looking: of parallel tries (several
@@ -247,7 +265,7 @@ class Accounts:
                         .returning(login_failures.c.id)
                     )
                 ).scalar_one()
-            async with self._db.connect() as conn:
+            async with self._reads.connect() as conn:
                 times = (
                     (
                         await conn.execute(
@@ -291,5 +309,5 @@ class Accounts:
             )
 
     async def count_users(self) -> int:
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())

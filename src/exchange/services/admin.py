@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine as SyncEngine
 
+from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import admin_audit, engine_inbox, users, withdrawals
 from exchange.clock import now_ms
 from exchange.domain.errors import ExchangeError
@@ -56,6 +57,7 @@ def actor() -> str:
 class Admin:
     def __init__(self, db: SyncEngine, database_url: str, markets: dict[str, Market]) -> None:
         self._db = db
+        self._reads = reading(db)  # reads take no write lock on SQLite
         self._url = database_url
         self._markets = markets
         self._assets = {
@@ -65,7 +67,7 @@ class Admin:
         }
 
     def user_id(self, email: str) -> int:
-        with self._db.connect() as conn:
+        with self._reads.connect() as conn:
             row = conn.execute(
                 select(users.c.id).where(users.c.email == email.strip().lower())
             ).first()
@@ -114,7 +116,7 @@ class Admin:
         return self.run("credit", payload)
 
     def withdrawal_status(self, withdrawal_id: int) -> str:
-        with self._db.connect() as conn:
+        with self._reads.connect() as conn:
             row = conn.execute(
                 select(withdrawals.c.status).where(withdrawals.c.id == withdrawal_id)
             ).first()
@@ -157,7 +159,7 @@ class Admin:
         query = select(withdrawals, users.c.email).join(users, users.c.id == withdrawals.c.user_id)
         if status:
             query = query.where(withdrawals.c.status == status)
-        with self._db.connect() as conn:
+        with self._reads.connect() as conn:
             rows = conn.execute(query.order_by(withdrawals.c.id))
             return [dict(row._mapping) for row in rows]
 
@@ -220,7 +222,7 @@ class Admin:
             if time.monotonic() >= next_try:
                 self._apply_if_no_writer()
                 next_try = time.monotonic() + 1.0
-            with self._db.connect() as conn:
+            with self._reads.connect() as conn:
                 row = conn.execute(
                     select(engine_inbox.c.status, engine_inbox.c.result).where(
                         engine_inbox.c.id == inbox_id

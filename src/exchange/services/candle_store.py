@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import candles, trades
 from exchange.domain.orders import Trade
 
@@ -47,6 +48,7 @@ def _trade(row: Any) -> Trade:
 class CandleStore:
     def __init__(self, db: AsyncEngine) -> None:
         self._db = db
+        self._reads = reading(db)  # reads take no write lock on SQLite
 
     async def load(self) -> list[CandleRow]:
         """Every persisted candle, oldest first per series."""
@@ -54,7 +56,7 @@ class CandleStore:
         query = select(
             c.market, c.period, c.time, c.open, c.high, c.low, c.close, c.volume, c.trade_id
         ).order_by(c.market, c.period, c.time)
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             result = await conn.execute(query)
             return [
                 (r.market, r.period, r.time, r.open, r.high, r.low, r.close, r.volume, r.trade_id)
@@ -71,7 +73,7 @@ class CandleStore:
                 .order_by(trades.c.id)
                 .limit(REPLAY_CHUNK)
             )
-            async with self._db.connect() as conn:
+            async with self._reads.connect() as conn:
                 chunk = [_trade(row) for row in await conn.execute(query)]
             if not chunk:
                 return
@@ -86,7 +88,7 @@ class CandleStore:
             .order_by(trades.c.id.desc())
             .limit(limit)
         )
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             found = [_trade(row) for row in await conn.execute(query)]
         found.reverse()
         return found

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import orders, trades
 from exchange.domain.orders import OPEN, PARTIALLY_FILLED, Order, Trade
 from exchange.engine.recovery import order_from_row
@@ -37,9 +38,10 @@ def trade_from_row(row: Any) -> Trade:
 class History:
     def __init__(self, db: AsyncEngine) -> None:
         self._db = db
+        self._reads = reading(db)  # reads take no write lock on SQLite
 
     async def order(self, user_id: int, order_id: int) -> tuple[Order, list[Trade]] | None:
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (
                 await conn.execute(
                     select(orders).where(orders.c.id == order_id, orders.c.user_id == user_id)
@@ -65,13 +67,13 @@ class History:
         if open_only:
             query = query.where(orders.c.status.in_((OPEN, PARTIALLY_FILLED)))
         query = query.order_by(orders.c.id.desc()).limit(limit)
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             return [order_from_row(row) for row in await conn.execute(query)]
 
     async def trades(self, user_id: int, market: str | None, limit: int) -> list[Trade]:
         """Newest first; a self-matched trade cannot exist (self-trade prevention)."""
         found: list[Trade] = []
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             for column in (trades.c.maker_user_id, trades.c.taker_user_id):
                 query = select(trades).where(column == user_id)
                 if market is not None:

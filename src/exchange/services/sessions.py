@@ -16,11 +16,16 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import sessions
 from exchange.clock import Clock
 
 CACHE_SECONDS = 5
 TOUCH_SECONDS = 60  # last_seen is written at most once a minute per session
+#: A token that names no session is remembered this long: a client repeating a bogus
+#: token (or a guesser's socket) costs one database lookup, not one per message.
+UNKNOWN_SECONDS = 30
+MAX_REMEMBERED = 100_000
 
 
 def token_hash(token: str) -> str:
@@ -38,6 +43,7 @@ class _Cached:
 class Sessions:
     def __init__(self, db: AsyncEngine, clock: Clock, *, lifetime: int, idle: int) -> None:
         self._db = db
+        self._reads = reading(db)  # reads take no write lock on SQLite
         self._clock = clock
         self._lifetime_ms = lifetime * 1000
         self._idle_ms = idle * 1000
@@ -46,6 +52,9 @@ class Sessions:
         #: caches sessions, and all of them must forget one at once, not in 5 s.
         self.on_end: Callable[[str], None] | None = None
         self._revoked: set[str] = set()
+        #: hash -> when it was found to name no session (ms). Tokens are random and
+        #: made only by ``create``, so an unknown one never becomes a live session.
+        self._unknown: dict[str, int] = {}
 
     def forget(self, key: str) -> None:
         """Drop a cached session (another worker ended it), and never cache it again.
@@ -83,9 +92,15 @@ class Sessions:
         now = self._clock()
         cached = self._cache.get(key)
         if cached is None or now - cached.checked > CACHE_SECONDS * 1000:
+            unknown = self._unknown.get(key)
+            if unknown is not None and now - unknown < UNKNOWN_SECONDS * 1000:
+                return None
             cached = await self._load(key, now)
             if cached is None:
                 self._cache.pop(key, None)
+                if len(self._unknown) >= MAX_REMEMBERED:
+                    self._unknown.clear()
+                self._unknown[key] = now
                 return None
         if now - cached.created >= self._lifetime_ms or now - cached.last_seen >= self._idle_ms:
             await self.delete_hash(key)
@@ -107,7 +122,7 @@ class Sessions:
             self.on_end(key)
 
     async def _load(self, key: str, now: int) -> _Cached | None:
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (
                 await conn.execute(
                     select(sessions.c.user_id, sessions.c.created, sessions.c.last_seen).where(

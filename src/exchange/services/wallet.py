@@ -29,6 +29,7 @@ from sqlalchemy import case, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import withdraw_addresses, withdrawals
 from exchange.clock import Clock
 from exchange.config import Settings
@@ -114,6 +115,7 @@ class Wallet:
         if cooldown_seconds < 0:
             raise ValueError("the withdrawal address cooldown cannot be negative")
         self._db = db
+        self._reads = reading(db)  # reads take no write lock on SQLite
         self._engine = engine
         self._clock = clock
         self._cooldown_ms = cooldown_seconds * 1000
@@ -149,7 +151,7 @@ class Wallet:
 
     async def address(self, user_id: int, coin: str) -> WithdrawAddress:
         code = self.asset(coin).code
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (
                 await conn.execute(
                     select(withdraw_addresses.c.address, withdraw_addresses.c.usable_from).where(
@@ -236,6 +238,6 @@ class Wallet:
         if coin is not None:
             query = query.where(withdrawals.c.coin == self.asset(coin).code)
         query = query.order_by(withdrawals.c.id.desc()).limit(limit)
-        async with self._db.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(query)
             return [withdrawal_from_row(row) for row in rows]

@@ -8,10 +8,12 @@ and the ``/ws`` stream (SPEC §1, §8). This module only renders templates, maps
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import jinja2
 from starlette.requests import Request
@@ -26,15 +28,30 @@ STATIC_DIR = WEB_DIR / "static"
 DEFAULT_PAIRS: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "ETH/BTC")
 
 # Pages run only our own scripts and talk only to our own origin (HTTP and /ws).
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src {connect}; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'; object-src 'none'"
+)
 PAGE_HEADERS: dict[str, str] = {
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'self'; "
-        "form-action 'self'; object-src 'none'"
-    ),
+    "Content-Security-Policy": CSP.format(connect="'self'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+#: A Host header that can go into a CSP source expression as it is.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+
+
+def page_headers(host: str) -> dict[str, str]:
+    """The page headers, the stream allowed only to this page's own origin.
+
+    ``'self'`` covers ``ws:``/``wss:`` of the same host in CSP Level 3 browsers
+    only, so the page's own WebSocket origin is named too — never any host.
+    """
+    if not _HOST.fullmatch(host):
+        return PAGE_HEADERS
+    connect = f"'self' ws://{host} wss://{host}"
+    return {**PAGE_HEADERS, "Content-Security-Policy": CSP.format(connect=connect)}
 
 
 DEFAULT_TAKER_FEE = Decimal("0.002")
@@ -45,11 +62,29 @@ def canonical_pair(text: str) -> str:
     return text.strip().upper().replace("_", "/").replace("-", "/")
 
 
+#: What a browser drops from a URL before parsing it (WHATWG URL: tab and newlines
+#: anywhere; C0 controls and space at either end): "/\t/evil.example" is "//evil.example".
+_URL_DROPPED = re.compile(r"[\t\n\r]")
+
+
 def safe_next(target: str | None) -> str:
-    """A same-origin path to go to after login; anything else becomes ``/account``."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A path on this origin to go to after login; anything else becomes ``/account``.
+
+    The target is read the way a browser will read it, then resolved against a
+    placeholder origin: only a path that stays on that origin is kept, so
+    ``//evil.example``, ``/\\evil.example``, ``/\t/evil.example`` or
+    ``https:evil.example`` never leave the site.
+    """
+    if not target:
         return "/account"
-    return target
+    cleaned = _URL_DROPPED.sub("", target).strip("".join(map(chr, range(0x21))))
+    if not cleaned.startswith("/") or "\\" in cleaned:
+        return "/account"
+    origin = "http://origin.invalid"
+    resolved = urlsplit(urljoin(origin + "/", cleaned))
+    if f"{resolved.scheme}://{resolved.netloc}" != origin or cleaned.startswith("//"):
+        return "/account"
+    return urlunsplit(("", "", resolved.path or "/", resolved.query, resolved.fragment))
 
 
 def asset_version(static_dir: Path) -> str:
@@ -100,7 +135,11 @@ def page_routes(
         }
         ctx.update(context or {})
         return templates.TemplateResponse(
-            request, name, ctx, status_code=status, headers=PAGE_HEADERS
+            request,
+            name,
+            ctx,
+            status_code=status,
+            headers=page_headers(request.headers.get("host", "")),
         )
 
     async def home(request: Request) -> Response:

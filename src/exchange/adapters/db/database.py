@@ -7,9 +7,11 @@ SQLAlchemy's ``dialect+driver`` syntax.
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from alembic import command
 from alembic.config import Config
@@ -18,6 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("exchange.db")
 
 
 def _driver_url(url: str, *, asynchronous: bool) -> str:
@@ -106,24 +109,59 @@ def make_sync_engine(url: str, *, synchronous: str = "FULL") -> Engine:
 
 
 def _sqlite_begin_immediate(engine: Engine) -> None:
-    """Take SQLite's write lock at BEGIN, not at the first write.
+    """Take SQLite's write lock at BEGIN, not at the first write — except for reads.
 
     With the default deferred BEGIN, two transactions that read then write can both
     hold a read snapshot and one fails with "database is locked" mid-way; BEGIN
     IMMEDIATE makes the second wait (busy_timeout) instead, so read-modify-write
-    service code is serialised correctly.
+    service code is serialised correctly. Connections of ``reading(engine)`` only
+    read (a ``connect()`` block never commits): they begin deferred, so in WAL mode
+    they never wait for, nor hold up, a writer.
     """
 
     @event.listens_for(engine, "begin")
     def do_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READS):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+READS = "exchange_reads"
+
+
+@overload
+def reading(engine: AsyncEngine) -> AsyncEngine: ...
+@overload
+def reading(engine: Engine) -> Engine: ...
+def reading(engine: AsyncEngine | Engine) -> AsyncEngine | Engine:
+    """The same engine and pool, for ``connect()`` blocks that only read.
+
+    On SQLite such a read takes no write lock; on PostgreSQL nothing changes.
+    """
+    return engine.execution_options(**{READS: True})
+
+
+def create_private(path: Path) -> None:
+    """Create a new SQLite file readable by its owner only (0600).
+
+    SQLite gives the ``-wal`` and ``-shm`` files the mode of the database file,
+    so they are private too. An existing file keeps its mode (an operator's
+    choice), with a warning if others can read it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            log.warning("the database %s is readable by other users: chmod 600 it", path)
 
 
 def migrate(url: str) -> None:
     """Create or upgrade the schema to the newest revision (idempotent)."""
     path = sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(path)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", _driver_url(url, asynchronous=False))
@@ -137,4 +175,11 @@ def migrate(url: str) -> None:
         engine.dispose()
 
 
-__all__ = ["is_sqlite", "make_async_engine", "make_sync_engine", "migrate", "sqlite3"]
+__all__ = [
+    "is_sqlite",
+    "make_async_engine",
+    "make_sync_engine",
+    "migrate",
+    "reading",
+    "sqlite3",
+]

@@ -7,9 +7,15 @@ const password = document.getElementById('login-password');
 const remembered = sessionStorage.getItem('register-email');
 if (remembered && !email.value) email.value = remembered;
 
+// Only a page of this site: the target is resolved the way the browser will follow
+// it ("/\t/evil.example" is "//evil.example" to a URL parser), and kept only if it
+// stays on this origin.
 function target() {
-  const next = form.dataset.next || '/account';
-  return next.startsWith('/') && !next.startsWith('//') ? next : '/account';
+  try {
+    const url = new URL(form.dataset.next || '/account', location.origin);
+    if (url.origin === location.origin) return url.pathname + url.search + url.hash;
+  } catch (_) { /* not a URL at all */ }
+  return '/account';
 }
 
 form.addEventListener('submit', (ev) => {
@@ -24,6 +30,6 @@ form.addEventListener('submit', (ev) => {
     setLoggedIn(true);
     showMessage('Logged in.', 'ok');
     const next = target();
-    location.href = next.startsWith(ROOT) ? next : ROOT + next;
+    location.href = new URL(next.startsWith(ROOT) ? next : ROOT + next, location.origin).href;
   });
 });

@@ -1,0 +1,228 @@
+"""The HTTP server every entry point runs: uvicorn, with the limits a public service needs.
+
+uvicorn with httptools reads a request's headers without a size limit or a time
+limit, and a connection that never finishes them stays open and keeps growing
+(a review saw 128 MiB of headers streamed into one connection). The protocol
+below is uvicorn's, with four limits added before any application code runs:
+
+* the request line (URL) and the headers have a maximum size (414 / 431);
+* a request must arrive whole — headers and body — within a read timeout from
+  its first byte (or from the connection's start), else the connection is
+  closed (408 when no response has started): slow clients cannot hold sockets;
+* a process accepts at most ``max_connections`` connections at once (HTTP and
+  WebSocket together); beyond that a new one is answered 503 and closed.
+
+Refusals are the API's envelope (SPEC §2) with a stable code, never uvicorn's
+plain text. WebSocket frames are limited to the stream's message size by
+uvicorn's own ``ws_max_size``. ``server_config`` is the one place the uvicorn
+settings are chosen, for ``exchange serve``, each HTTP worker and the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from exchange.config import Settings
+
+__all__ = ["HttpLimits", "guarded_protocol", "server_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    max_header_bytes: int
+    max_url_bytes: int
+    read_timeout: float  # float-ok: seconds
+    max_connections: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> HttpLimits:
+        return cls(
+            max_header_bytes=settings.http_max_header_bytes,
+            max_url_bytes=settings.http_max_url_bytes,
+            read_timeout=settings.http_read_timeout,
+            max_connections=settings.http_max_connections,
+        )
+
+
+class _Refused(Exception):
+    """Raised in a parser callback: the request breaks a limit and is answered at once."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def refusal(status: int, code: str, message: str, retry_after: int | None = None) -> bytes:
+    """A whole HTTP/1.1 response carrying the envelope; the connection closes after it."""
+    body = orjson.dumps({"status": False, "data": None, "description": f"{code}: {message}"})
+    head = [
+        STATUS_LINE[status],
+        b"content-type: application/json\r\n",
+        b"content-length: " + str(len(body)).encode() + b"\r\n",
+        b"cache-control: no-store\r\n",
+        b"connection: close\r\n",
+    ]
+    if retry_after is not None:
+        head.append(b"retry-after: " + str(retry_after).encode() + b"\r\n")
+    return b"".join(head) + b"\r\n" + body
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with size, time and connection limits."""
+
+    LIMITS: ClassVar[HttpLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading_headers = True  # a request's line and headers are still arriving
+        self._reading = True  # a request (headers or body) is still arriving
+        self._raw_bytes = 0  # bytes received since the request began, headers incomplete
+        self._head_bytes = 0  # URL and complete header lines of the current request
+        self._timer: asyncio.TimerHandle | None = None
+        self._refused: _Refused | None = None
+
+    # -- connection ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.LIMITS.max_connections:
+            self._answer_and_close(
+                refusal(503, "overloaded", "too many connections; try again", retry_after=1)
+            )
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(self.LIMITS.read_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or not self._reading:
+            return
+        if self._reading_headers:  # no response can have started: say why
+            self._answer_and_close(
+                refusal(408, "invalid_argument", "the request did not arrive in time")
+            )
+        else:  # the application is reading the body: it sees a disconnect
+            self.transport.close()
+
+    def _answer_and_close(self, response: bytes) -> None:
+        self._disarm()
+        self._reading = False
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()
+
+    # -- data ---------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        if self._reading_headers:
+            self._raw_bytes += len(data)
+        super().data_received(data)
+        # Headers still incomplete after this chunk: what the parser buffers counts too.
+        if (
+            self._reading_headers
+            and self._raw_bytes > self.LIMITS.max_header_bytes
+            and not self.transport.is_closing()
+        ):
+            self._answer_and_close(self._too_large())
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn calls this for every parser error; a limit's own refusal goes first."""
+        error = self._refused
+        if error is not None:
+            self._answer_and_close(refusal(error.status, error.code, error.message))
+            return
+        self._answer_and_close(refusal(400, "invalid_argument", "this is not a valid HTTP request"))
+
+    def _too_large(self) -> bytes:
+        limit = self.LIMITS.max_header_bytes // 1024
+        return refusal(431, "invalid_argument", f"the request headers are larger than {limit} KiB")
+
+    def _refuse_in_callback(self, status: int, code: str, message: str) -> None:
+        # Raising in a callback makes httptools fail the feed; uvicorn then calls
+        # send_400_response, which answers with this refusal instead.
+        self._refused = _Refused(status, code, message)
+        raise self._refused
+
+    # -- parser callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading_headers = True
+        self._reading = True
+        self._head_bytes = 0
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        if self._head_bytes > self.LIMITS.max_url_bytes:
+            limit = self.LIMITS.max_url_bytes // 1024
+            self._refuse_in_callback(414, "invalid_argument", f"the URL is longer than {limit} KiB")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.LIMITS.max_header_bytes:
+            limit = self.LIMITS.max_header_bytes // 1024
+            self._refuse_in_callback(
+                431, "invalid_argument", f"the request headers are larger than {limit} KiB"
+            )
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._raw_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._reading = False
+        self._disarm()
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._reading = False
+        self._disarm()
+        super().handle_websocket_upgrade()
+
+
+def guarded_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol bound to these limits (uvicorn takes a class)."""
+    return type("GuardedHttpToolsProtocol", (_GuardedProtocol,), {"LIMITS": limits})
+
+
+def server_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config:
+    """uvicorn's settings for this exchange; ``where`` is host/port (or nothing for sockets)."""
+    return uvicorn.Config(
+        app,
+        **where,
+        proxy_headers=False,  # the app honours X-Forwarded-* from EXCHANGE_TRUSTED_PROXIES only
+        loop="uvloop",
+        http=guarded_protocol(HttpLimits.of(settings)),
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_message,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
