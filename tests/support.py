@@ -19,7 +19,7 @@ import psycopg
 from aiosmtpd.controller import Controller
 
 from exchange.app import create_app
-from exchange.bench.server import free_port
+from exchange.bench.server import free_port, scratch_key_file
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings
 from exchange.engine.hub import WriterHub
@@ -78,6 +78,7 @@ def postgres_database() -> Iterator[str]:
 def make_settings(database_url: str, smtp_port: int | None = None, **extra: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
+        "secret_key_file": scratch_key_file(database_url),
         "smtp_host": "127.0.0.1" if smtp_port else "",
         "smtp_port": smtp_port or 25,
         "sqlite_synchronous": "NORMAL",

@@ -234,7 +234,7 @@ async def test_a_database_copy_does_not_give_codes_away(
         # What a copy of the database holds is not the old salted SHA-256 of the code ...
         assert row.code_hash != hashlib.sha256(f"{row.salt}:{EMAIL}:{code}".encode()).hexdigest()
         # ... but an HMAC with a key that lives outside the database.
-        path = key_file(database_url)
+        path = key_file(database_url, settings.secret_key_file)
         key = bytes.fromhex(path.read_text().strip())
         assert row.code_hash == code_hmac(key, row.salt, EMAIL, code)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -261,9 +261,11 @@ async def test_the_sqlite_files_and_the_key_are_private(
     previous = os.umask(0o022)  # a usual umask: files would be world-readable
     try:
         url = f"sqlite:///{tmp_path / 'private.db'}"
-        async with running_app(make_settings(url, mail[1])) as (_app, client):
+        settings = make_settings(url, mail[1], secret_key_file="")  # the default place
+        async with running_app(settings) as (_app, client):
             await client.post("/api/check_exist_name", data={"user": EMAIL})
-            for name in ("private.db", "private.db-wal", "private.db-shm", "private.db.secret-key"):
+            names = ("private.db", "private.db-wal", "private.db-shm", "private.db.secret-key")
+            for name in names:
                 mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
                 assert mode & 0o077 == 0, (name, oct(mode))
     finally:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def scratch_key_file(database_url: str) -> str:
+    """A secret key file for a throwaway database, outside the working directory."""
+    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"exchange-{digest}.secret-key")
+
+
 def exchange_env(database_url: str, smtp_port: int | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
     env.update(
@@ -30,6 +38,7 @@ def exchange_env(database_url: str, smtp_port: int | None = None, **extra: str) 
             "EXCHANGE_DATABASE_URL": database_url,
             "EXCHANGE_RATE_LIMITS": "off",
             "EXCHANGE_LOG_LEVEL": "warning",
+            "EXCHANGE_SECRET_KEY_FILE": scratch_key_file(database_url),
         }
     )
     if smtp_port:
