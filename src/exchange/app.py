@@ -38,6 +38,7 @@ from exchange.engine.writer_lock import WriterLock
 from exchange.services.accounts import Accounts
 from exchange.services.candle_store import CandleStore
 from exchange.services.history import History
+from exchange.services.housekeeping import Housekeeping
 from exchange.services.marketdata import MarketData
 from exchange.services.sessions import Sessions
 from exchange.services.wallet import Wallet, withdraw_rules
@@ -131,6 +132,7 @@ def create_app(
             queue_size=settings.queue_size,
             batch_size=settings.batch_size,
             lock=lock,
+            client_id_ttl_ms=settings.client_order_id_ttl * 1000,
         )
     else:
         port = client = EngineClient(writer_socket, markets)
@@ -176,6 +178,7 @@ def create_app(
     port.subscribe(market.on_commit)  # market data first: the stream reads it
     port.subscribe(stream.on_commit)
     dispatcher = Dispatcher(services, METHODS, RateLimiter(settings))
+    housekeeping = Housekeeping(services.accounts, sessions, settings.prune_interval)
     openapi_body = orjson.dumps(build_openapi(ALL_METHODS, version=__version__))
 
     @asynccontextmanager
@@ -191,8 +194,10 @@ def create_app(
             await engine.start()
             market.start()
             stream.start()
+            housekeeping.start()
             yield
         finally:
+            await housekeeping.stop()
             await engine.stop()
             await stream.stop()
             await market.stop()  # the last candle flush, while the database is open
@@ -240,6 +245,7 @@ def create_app(
         },
     )
     app.state.services = services
+    app.state.housekeeping = housekeeping
     app.dispatcher = dispatcher
     app.front = FrontDoor(app.route, settings)
     app.router.routes.extend(

@@ -106,6 +106,15 @@ class Settings(BaseSettings):
         "keys tick, step, min_amount, min_notional, maker_fee, taker_fee; a new pair of the "
         "listed assets (BTC, ETH, USDT) adds a market",
     )
+    client_order_id_ttl: int = Field(
+        86_400,
+        ge=60,
+        description="seconds a client_order_id keeps naming its order (idempotent retries); "
+        "kept at most a quarter longer, then the id may name a new order",
+    )
+    prune_interval: int = Field(
+        600, ge=1, description="seconds between deletions of expired sessions, codes and failures"
+    )
     queue_size: int = Field(10_000, description="engine command queue; full = 503 overloaded")
     batch_size: int = Field(2_000, description="most commands committed in one transaction")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(

@@ -651,3 +651,47 @@ async def test_a_failed_or_cancelled_flush_is_written_later() -> None:
     assert store.saved[("ETH/BTC", "1min", DAY0)][-1] == 1
     assert await market.flush() == 0
     db.dispose()
+
+
+async def test_candle_memory_is_bounded_and_answers_do_not_change(database_url: str) -> None:
+    """Each series keeps only its newest candles; a ``since`` older than memory reads the
+    table, and every answer is the one an unbounded series gives (before and after a
+    restart, which loads only the newest candles)."""
+    from exchange.adapters.db.database import make_async_engine, migrate
+    from exchange.services.candle_store import CandleStore
+    from exchange.services.candles import CandleSeries
+
+    migrate(database_url)
+    markets = default_markets(default_assets())
+    db = make_async_engine(database_url)
+    kept, symbol = 40, "ETH/BTC"
+    clock = ManualClock(DAY0)
+    engine = cast(Any, None)  # market data reads no depth here
+    market = MarketData(markets, engine, clock, CandleStore(db), kept=kept)
+    reference = {name: CandleSeries(markets[symbol], name, kept=10**9) for name in WIDTHS}
+    at = DAY0
+    for trade_id in range(1, 400):
+        at += MIN * (1 + trade_id % 3)  # gaps of 0 to 2 minutes between traded minutes
+        price = 50_000 + (trade_id * 37) % 900
+        trade = DomainTrade(trade_id, symbol, price, 10**6, 0, "buy", 1, 2, 1, 2, 0, 0, at)
+        market.on_commit(Outbox([], [trade], [], set()), at)
+        for series in reference.values():
+            series.add_trade(at, price, 10**6, trade_id)
+    await market.flush()
+    now = at + 5 * MIN
+    minutes = market.series[symbol]["1min"]
+    assert len(minutes) <= kept + 256 and not minutes.complete
+
+    async def same_answers(data: MarketData) -> None:
+        for name, width in WIDTHS.items():
+            for limit in (1, 7, 60, 1500):
+                for since in (None, DAY0 - DAY, DAY0, DAY0 + 17 * width + 5, at - 30 * width, at):
+                    got = await data.klines(symbol, name, limit, since, now)
+                    assert got == reference[name].rows(now, limit, since), (name, limit, since)
+
+    await same_answers(market)
+    restarted = MarketData(markets, engine, clock, CandleStore(db), kept=kept)
+    await restarted.load()
+    assert len(restarted.series[symbol]["1min"]) <= kept
+    await same_answers(restarted)
+    await db.dispose()

@@ -359,9 +359,9 @@ async def test_readers_of_a_failed_batch_get_503_while_the_database_is_away(
         commit_gate.wait(10)
         raise OSError("the disk is gone")
 
-    def blocked_load() -> Any:
+    def blocked_load(client_ids_since: int) -> Any:
         load_gate.wait(10)  # the database is still away
-        return real_load()
+        return real_load(client_ids_since)
 
     engine.journal.commit = failing_commit
     engine._load = blocked_load

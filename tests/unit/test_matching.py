@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from exchange.domain.client_ids import ClientIds
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import PlaceResult
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, FEE_ACCOUNT
@@ -649,7 +650,7 @@ def test_restore_rebuilds_books_with_time_priority(engine: MatchingEngine) -> No
     engine.cancel(4, closed.order.id, now=0)
     orders = [_copy(o) for o in reversed(engine.open_orders())]  # any order in
     rows = list(engine.ledger.accounts())
-    clients = [(1, "a", 1), (4, "gone", closed.order.id)]
+    clients = [(1, "a", 1, 1_000), (4, "gone", closed.order.id, 1_000)]
     fresh = MatchingEngine(MARKETS)
     fresh.restore(orders, rows, engine.next_order_id, engine.next_trade_id, clients)
     fresh.check_invariants()
@@ -726,3 +727,38 @@ def test_withdrawal_minimum_and_fee_are_checked_on_what_is_taken(
     with pytest.raises(ExchangeError) as unknown:
         engine.request_withdrawal(2, "DOGE", U("10"), 1, 5, "0xabc", 1)
     assert unknown.value.code == "unknown_coin"
+
+
+def test_client_ids_are_kept_for_their_window_then_forgotten() -> None:
+    hour = 3_600_000
+    engine = MatchingEngine(MARKETS, client_id_ttl_ms=4 * hour)
+    engine.credit(2, "USDT", START_USDT)
+    first = engine.place(2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k", now=0)
+    again = engine.place(
+        2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k", now=4 * hour
+    )
+    assert again.duplicate and again.order_id == first.order_id  # within the window
+    later = engine.place(
+        2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k", now=5 * hour + 1
+    )
+    assert not later.duplicate and later.order_id != first.order_id  # a new order now
+    engine.check_invariants()
+
+
+def test_the_idempotency_window_is_between_ttl_and_a_slice_more() -> None:
+    ids = ClientIds(1000, parts=4)
+    ids.add((1, "a"), 7, 0)
+    for now in (0, 999, 1000, 1249):
+        assert ids.get((1, "a"), now) == 7, now
+    assert ids.get((1, "a"), 1250) is None  # at most ttl + ttl/4
+    for n in range(1000):  # many keys over time: only the window stays
+        ids.add((1, str(n)), n, n * 10)
+    assert len(ids) <= 126
+    ids.restore([(1, "x", 1, 100), (1, "x", 2, 200), (1, "y", 3, 5_000)], now=5_000)
+    assert ids.get((1, "y"), 5_000) == 3 and ids.get((1, "x"), 5_000) is None
+    ids.restore([(1, "x", 1, 4_500), (1, "x", 2, 4_600)], now=5_000)
+    assert ids.get((1, "x"), 5_000) == 1  # the first use wins
+    ids.discard((1, "x"), 2)
+    assert ids.get((1, "x"), 5_000) == 1
+    ids.discard((1, "x"), 1)
+    assert ids.get((1, "x"), 5_000) is None

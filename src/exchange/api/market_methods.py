@@ -78,7 +78,7 @@ async def get_coin_k_line(call: Call) -> object:
     limit = integer(params, "limit", 500, low=1, high=MAX_LIMIT)
     since = integer(params, "since", NO_SINCE, low=0, high=2**62)
     services = call.services
-    return services.market.klines(
+    return await services.market.klines(
         market.symbol, interval, limit, None if since == NO_SINCE else since, services.clock()
     )
 

@@ -63,10 +63,12 @@ def order_figures(seconds: float, clients: int, database: str, workers: int = 1)
 def memory_figures(orders: int) -> list[Figure]:
     from exchange.bench import memory
 
-    result = memory.run(orders)
+    result = memory.measure(orders)
+    with_ids = memory.measure(orders, client_ids=True)
     return [
         ("memory_resting_orders", float(result["resting_orders"]), "orders"),
         ("memory_rss", result["rss_bytes"] / 10**6, "MB"),
+        ("memory_rss_with_client_ids", with_ids["rss_bytes"] / 10**6, "MB"),
     ]
 
 

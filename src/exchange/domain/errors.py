@@ -19,3 +19,11 @@ class ExchangeError(Exception):
     @property
     def description(self) -> str:
         return f"{self.code}: {self.message}"
+
+    def __reduce__(self) -> tuple[object, tuple[str, str, int | None]]:
+        # Picklable (a benchmark's child process may raise one): keyword-only retry_after.
+        return _rebuild, (self.code, self.message, self.retry_after)
+
+
+def _rebuild(code: str, message: str, retry_after: int | None) -> ExchangeError:
+    return ExchangeError(code, message, retry_after=retry_after)

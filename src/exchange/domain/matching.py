@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from exchange.domain.book import Level, OrderBook
+from exchange.domain.client_ids import ClientIds
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox, PlaceResult
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, Ledger
@@ -63,9 +64,11 @@ from exchange.domain.orders import (
 from exchange.domain.withdrawals import MAX_ADDRESS, MAX_TXID, PENDING, SENT, Withdrawal
 from exchange.domain.withdrawals import REJECTED as W_REJECTED
 
-__all__ = ["CLIENT_ORDER_ID_MAX", "MAX_BALANCE", "MatchingEngine"]
+__all__ = ["CLIENT_ID_TTL_MS", "CLIENT_ORDER_ID_MAX", "MAX_BALANCE", "MatchingEngine"]
 
 CLIENT_ORDER_ID_MAX = 36
+#: How long a client_order_id names its order (at least; see ``ClientIds``).
+CLIENT_ID_TTL_MS = 24 * 3600 * 1000
 #: Money columns are BIGINT: a deposit that would push the total of an asset past this
 #: could never be committed (and would fail every command batched with it).
 MAX_BALANCE = 2**63 - 1
@@ -107,7 +110,13 @@ class MatchingEngine:
         "withdrawals",
     )
 
-    def __init__(self, markets: Mapping[str, Market], ledger: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        markets: Mapping[str, Market],
+        ledger: Ledger | None = None,
+        *,
+        client_id_ttl_ms: int = CLIENT_ID_TTL_MS,
+    ) -> None:
         self.markets: dict[str, Market] = dict(markets)
         if ledger is None:
             assets: dict[str, Asset] = {}
@@ -122,7 +131,7 @@ class MatchingEngine:
         self.next_withdrawal_id = 1
         self._open: dict[int, Order] = {}
         self._closed: dict[int, Order] = {}
-        self._client_ids: dict[tuple[int, str], int] = {}
+        self._client_ids = ClientIds(client_id_ttl_ms)
         #: Pending withdrawals by id (approved and rejected ones are only in the database).
         self.withdrawals: dict[int, Withdrawal] = {}
         self._out_orders: dict[int, Order] = {}
@@ -135,7 +144,7 @@ class MatchingEngine:
         self._before: dict[int, tuple[int, int, int, str, int]] = {}
         #: Pending withdrawals as they were before their first change.
         self._before_withdrawals: dict[int, Withdrawal] = {}
-        self._new_client_ids: list[tuple[int, str]] = []
+        self._new_client_ids: list[tuple[tuple[int, str], int]] = []
 
     # -- reading ------------------------------------------------------------
 
@@ -144,6 +153,11 @@ class MatchingEngine:
         if market is None:
             raise ExchangeError("unknown_pair", f"{symbol[:40]!r} is not a listed pair")
         return market
+
+    @property
+    def client_ids_kept_ms(self) -> int:
+        """How far back a start-up must load client ids (the window and its last slice)."""
+        return self._client_ids.kept_ms
 
     def order(self, order_id: int) -> Order | None:
         """An open order, or a closed one still remembered in memory."""
@@ -192,7 +206,7 @@ class MatchingEngine:
                     raise _invalid(
                         f"client_order_id is longer than {CLIENT_ORDER_ID_MAX} characters"
                     )
-                known = self._client_ids.get((user_id, client_order_id))
+                known = self._client_ids.get((user_id, client_order_id), now)
                 if known is not None:
                     original = self._open.get(known) or self._closed.get(known)
                     if original is not None:
@@ -298,8 +312,8 @@ class MatchingEngine:
         self._out_orders[order_id] = order  # registered before any change (rollback)
         if client_order_id is not None:
             key = (user_id, client_order_id)
-            self._client_ids[key] = order_id
-            self._new_client_ids.append(key)
+            self._client_ids.add(key, order_id, now)
+            self._new_client_ids.append((key, order_id))
         if outcome != OPEN:
             self._forget(order)
             return PlaceResult(order, [], False, order_id)
@@ -788,9 +802,8 @@ class MatchingEngine:
             level.orders.clear()
             level.orders.extend(resting)
             level.total = sum(o.amount - o.filled for o in resting)
-        for client_key in self._new_client_ids:
-            if self._client_ids.get(client_key, 0) >= first_new:
-                del self._client_ids[client_key]
+        for client_key, order_id in self._new_client_ids:
+            self._client_ids.discard(client_key, order_id)
         for withdrawal_id in self._out_withdrawals:
             if withdrawal_id >= first_withdrawal:
                 self.withdrawals.pop(withdrawal_id, None)
@@ -804,14 +817,17 @@ class MatchingEngine:
         balances: Iterable[tuple[int, str, int, int]],
         next_order_id: int,
         next_trade_id: int,
-        client_ids: Iterable[tuple[int, str, int]] = (),
+        client_ids: Iterable[tuple[int, str, int, int]] = (),
         withdrawals: Iterable[Withdrawal] = (),
         next_withdrawal_id: int = 1,
+        now: int | None = None,
     ) -> None:
         """Rebuild from persisted state; id order is time priority within a level.
 
-        ``withdrawals`` are the pending ones: their holds let the frozen-balance
-        invariant tell them from order holds.
+        ``client_ids`` are (user, client id, order id, created) of the orders
+        placed within the idempotency window before ``now``; ``withdrawals`` are
+        the pending ones: their holds let the frozen-balance invariant tell them
+        from order holds.
         """
         pending = sorted(withdrawals, key=lambda item: item.id)
         self.ledger.restore(balances, [(w.user_id, w.coin, w.amount) for w in pending])
@@ -825,7 +841,10 @@ class MatchingEngine:
                 raise AssertionError(f"order {order.id} is not open, it cannot rest")
             self.books[order.market].add(order)
             self._open[order.id] = order
-        self._client_ids = {(user, coid): order_id for user, coid, order_id in client_ids}
+        rows = list(client_ids)
+        if now is None:
+            now = max((row[3] for row in rows), default=0)
+        self._client_ids.restore(rows, now)
         self.withdrawals = {w.id: w for w in pending}
         self.next_order_id = next_order_id
         self.next_trade_id = next_trade_id

@@ -43,7 +43,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox
 from exchange.domain.ledger import SYSTEM_ACCOUNTS
 from exchange.domain.markets import Market
-from exchange.domain.matching import MatchingEngine
+from exchange.domain.matching import CLIENT_ID_TTL_MS, MatchingEngine
 from exchange.domain.money import format_units
 from exchange.domain.withdrawals import Withdrawal
 from exchange.engine.commands import (
@@ -139,9 +139,10 @@ class Engine:
         queue_size: int = 10_000,
         batch_size: int = 2_000,
         lock: WriterLock | None = None,
+        client_id_ttl_ms: int = CLIENT_ID_TTL_MS,
     ) -> None:
         self.markets = markets
-        self.core = MatchingEngine(markets)
+        self.core = MatchingEngine(markets, client_id_ttl_ms=client_id_ttl_ms)
         self.assets = self.core.ledger.assets
         self.journal = Journal(db)
         self._db = db
@@ -187,7 +188,7 @@ class Engine:
                 await task
         self._tasks.clear()
 
-    def _restore(self, state: State) -> None:
+    def _restore(self, state: State, now: int) -> None:
         self.core.restore(
             state.open_orders,
             state.balances,
@@ -196,6 +197,7 @@ class Engine:
             state.client_ids,
             state.pending_withdrawals,
             state.next_withdrawal_id,
+            now=now,
         )
         self.core.check_invariants()
 
@@ -205,17 +207,18 @@ class Engine:
         delay_ms = 200
         while True:
             try:
-                state = await asyncio.to_thread(self._load)
+                now = self._clock()
+                state = await asyncio.to_thread(self._load, now - self.core.client_ids_kept_ms)
                 break
             except Exception as error:  # the database is down: wait, never give up
                 log.error("cannot load the engine state (%s); retrying in %d ms", error, delay_ms)
                 await asyncio.sleep(delay_ms / 1000)
                 delay_ms = min(delay_ms * 2, 5000)
-        self._restore(state)
+        self._restore(state, now)
         self._inbox_seen.clear()
         self._ready = True
 
-    def _load(self) -> State:
+    def _load(self, client_ids_since: int) -> State:
         # The writer lock first (taken again if a lost connection released it): with
         # another writer about, this memory would be stale and its writes wrong.
         if self._lock is not None and not self._lock.ensure():
@@ -228,7 +231,7 @@ class Engine:
                 .where(engine_inbox.c.status == "claimed")
                 .values(status="pending")
             )
-            return load_state(conn)
+            return load_state(conn, client_ids_since)
 
     # -- submitting -----------------------------------------------------------
 

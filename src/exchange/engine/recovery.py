@@ -22,7 +22,7 @@ from exchange.domain.withdrawals import PENDING, WITHDRAWAL_FIELDS, Withdrawal
 class State:
     balances: list[tuple[int, str, int, int]]
     open_orders: list[Order]
-    client_ids: list[tuple[int, str, int]]
+    client_ids: list[tuple[int, str, int, int]]
     next_order_id: int
     next_trade_id: int
     next_withdrawal_id: int
@@ -56,7 +56,8 @@ def withdrawal_from_row(row: Any) -> Withdrawal:
     return Withdrawal(*(mapping[name] for name in WITHDRAWAL_FIELDS))
 
 
-def load_state(conn: Connection) -> State:
+def load_state(conn: Connection, client_ids_since: int = 0) -> State:
+    """The committed state; client ids only of orders created at or after ``client_ids_since``."""
     balance_rows = [
         (r.user_id, r.asset, r.available, r.frozen)
         for r in conn.execute(
@@ -68,10 +69,10 @@ def load_state(conn: Connection) -> State:
     )
     open_orders = [order_from_row(row) for row in open_rows]
     client_ids = [
-        (r.user_id, r.client_order_id, r.id)
+        (r.user_id, r.client_order_id, r.id, r.created)
         for r in conn.execute(
-            select(orders.c.user_id, orders.c.client_order_id, orders.c.id).where(
-                orders.c.client_order_id.is_not(None)
+            select(orders.c.user_id, orders.c.client_order_id, orders.c.id, orders.c.created).where(
+                orders.c.client_order_id.is_not(None), orders.c.created >= client_ids_since
             )
         )
     ]

@@ -28,6 +28,8 @@ CODE_RESEND_MS = 60 * 1000
 CODE_MAX_TRIES = 5
 LOCKOUT_WINDOW_MS = 15 * 60 * 1000
 LOCKOUT_FAILURES = 5
+#: A spent or expired code's row is deleted this long after its expiry.
+CODE_KEPT_AFTER_MS = 60 * 60 * 1000
 
 
 def code_hmac(key: bytes, salt: str, email: str, code: str) -> str:
@@ -299,14 +301,24 @@ class Accounts:
                 await conn.execute(delete(login_failures).where(login_failures.c.email == email))
             return int(row.id), email
 
-    async def prune(self) -> None:
-        """Drop stale login failures (called from time to time, keeps the table small)."""
+    async def prune(self) -> dict[str, int]:
+        """Delete what no rule needs any more (``Housekeeping`` calls this periodically).
+
+        Login failures count only within the lockout window. A code row is kept
+        for an hour past its expiry (a late try still hears "expired", not "no
+        code"), and a used one as long: after that it only takes room.
+        """
+        now = self._clock()
         async with self._db.begin() as conn:
-            await conn.execute(
-                delete(login_failures).where(
-                    login_failures.c.time < self._clock() - LOCKOUT_WINDOW_MS
+            failures = await conn.execute(
+                delete(login_failures).where(login_failures.c.time < now - LOCKOUT_WINDOW_MS)
+            )
+            codes = await conn.execute(
+                delete(verification_codes).where(
+                    verification_codes.c.expires < now - CODE_KEPT_AFTER_MS
                 )
             )
+        return {"login_failures": failures.rowcount, "codes": codes.rowcount}
 
     async def count_users(self) -> int:
         async with self._reads.connect() as conn:

@@ -18,13 +18,20 @@ from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import candles, trades
 from exchange.domain.orders import Trade
 
-__all__ = ["CandleRow", "CandleStore"]
+__all__ = ["CandleRow", "CandleStore", "CandleValues"]
 
 #: (market, period, time, open, high, low, close, volume, trade_id)
 CandleRow = tuple[str, str, int, int, int, int, int, int, int]
+#: (time, open, high, low, close, volume, trade_id): a Candle's constructor arguments
+CandleValues = tuple[int, int, int, int, int, int, int]
 
 REPLAY_CHUNK = 10_000
 _VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "trade_id")
+_VALUES = (candles.c.time, *(candles.c[name] for name in _VALUE_COLUMNS))
+
+
+def _values(row: Any) -> CandleValues:
+    return (row.time, row.open, row.high, row.low, row.close, row.volume, row.trade_id)
 
 
 def _trade(row: Any) -> Trade:
@@ -50,18 +57,40 @@ class CandleStore:
         self._db = db
         self._reads = reading(db)  # reads take no write lock on SQLite
 
-    async def load(self) -> list[CandleRow]:
-        """Every persisted candle, oldest first per series."""
+    async def newest(self, market: str, period: str, count: int) -> list[CandleValues]:
+        """The newest ``count`` persisted candles of one series, oldest first."""
         c = candles.c
-        query = select(
-            c.market, c.period, c.time, c.open, c.high, c.low, c.close, c.volume, c.trade_id
-        ).order_by(c.market, c.period, c.time)
+        query = (
+            select(*_VALUES)
+            .where(c.market == market, c.period == period)
+            .order_by(c.time.desc())
+            .limit(count)
+        )
         async with self._reads.connect() as conn:
-            result = await conn.execute(query)
-            return [
-                (r.market, r.period, r.time, r.open, r.high, r.low, r.close, r.volume, r.trade_id)
-                for r in result
-            ]
+            found = [_values(r) for r in await conn.execute(query)]
+        found.reverse()
+        return found
+
+    async def window(self, market: str, period: str, start: int, span: int) -> list[CandleValues]:
+        """Candles of one series for the ``span`` ms from ``start``, oldest first.
+
+        With the candle at or before ``start`` (its close fills a leading gap); if
+        there is none, ``start`` is before the first trade and the window starts at
+        the first candle instead, as the rows of SPEC §5 do.
+        """
+        c = candles.c
+        series = (c.market == market, c.period == period)
+        before = select(*_VALUES).where(*series, c.time <= start).order_by(c.time.desc()).limit(1)
+        async with self._reads.connect() as conn:
+            first = [_values(r) for r in await conn.execute(before)]
+            if not first:
+                after = select(*_VALUES).where(*series, c.time > start).order_by(c.time).limit(1)
+                first = [_values(r) for r in await conn.execute(after)]
+                if not first:
+                    return []
+                start = first[0][0]
+            rest = select(*_VALUES).where(*series, c.time > start, c.time <= start + span)
+            return first + [_values(r) for r in await conn.execute(rest.order_by(c.time))]
 
     async def trades_after(self, market: str, after_id: int) -> AsyncIterator[list[Trade]]:
         """Trades of ``market`` newer than ``after_id`` in id order, in chunks."""

@@ -12,6 +12,12 @@ a day, and a day starts at a multiple of 86,400,000 ms.
 A stored candle caches its formatted row (decimal strings), rebuilt only after
 a trade changes it, so that reading 500 candles is a loop over cached lists
 (the 2 ms target of DESIGN.md), not 2,500 decimal formattings.
+
+Memory is bounded: a series keeps its newest ``KEPT`` traded candles. That is
+more than any request without ``since`` can reach (``MAX_LIMIT`` intervals hold
+at most ``MAX_LIMIT`` candles, so the candle before the window is in memory
+too) and more than the 24 h ticker needs; older ones are read from the
+``candles`` table when a ``since`` asks for them (``covers``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from exchange.domain.markets import Market
 __all__ = [
     "ALIASES",
     "INTERVALS",
+    "KEPT",
     "MAX_LIMIT",
     "SIMPLE_POINTS",
     "Candle",
@@ -51,6 +58,9 @@ ALIASES: dict[str, str] = {
     "1day": "1d",
 }
 MAX_LIMIT = 1500
+#: Candles a series keeps in memory: above MAX_LIMIT + 1 and the 1,440 minutes of a day.
+KEPT = 2_000
+_TRIM = 256  # dropped in chunks: a list's front is costly to delete one by one
 SIMPLE_POINTS = 48
 SIMPLE_WIDTH = INTERVALS["30min"]
 
@@ -111,16 +121,28 @@ class Candle:
 class CandleSeries:
     """All traded candles of one market and interval, oldest first (sorted by ``time``)."""
 
-    __slots__ = ("candles", "interval", "last_trade_id", "market", "times", "width")
+    __slots__ = (
+        "candles",
+        "complete",
+        "interval",
+        "kept",
+        "last_trade_id",
+        "market",
+        "times",
+        "width",
+    )
 
-    def __init__(self, market: Market, interval: str) -> None:
+    def __init__(self, market: Market, interval: str, kept: int = KEPT) -> None:
         self.market = market
         self.interval = interval
         self.width = INTERVALS[interval]
+        self.kept = kept
         self.times: list[int] = []
         self.candles: list[Candle] = []
         #: The newest trade folded into this series: replays skip what is already in.
         self.last_trade_id = 0
+        #: False once older candles exist only in the database.
+        self.complete = True
 
     def __len__(self) -> int:
         return len(self.candles)
@@ -154,7 +176,34 @@ class CandleSeries:
         candle = Candle(start, price, price, price, price, amount, trade_id)
         self.times.append(start)
         candles.append(candle)
+        if len(candles) > self.kept + _TRIM:
+            self.forget_oldest()
         return candle
+
+    def forget_oldest(self) -> None:
+        """Keep the newest ``kept`` candles; the others stay in the database only."""
+        extra = len(self.candles) - self.kept
+        if extra > 0:
+            del self.candles[:extra]
+            del self.times[:extra]
+            self.complete = False
+
+    def covers(self, now: int, limit: int, since: int | None) -> bool:
+        """Whether memory alone answers ``rows(now, limit, since)``.
+
+        It does when nothing was forgotten, or when the first interval asked for
+        starts at or after the oldest candle kept (then the candle before it, whose
+        close fills a leading gap, is kept too).
+        """
+        if self.complete or not self.times:
+            return True
+        width = self.width
+        if since is None:
+            end = max(now - now % width, self.times[-1])
+            start = end - (limit - 1) * width
+        else:
+            start = -(-since // width) * width
+        return start >= self.times[0]
 
     def restore(self, candle: Candle) -> None:
         """Put back a persisted candle (any order; loading sorts as it goes)."""

@@ -35,7 +35,14 @@ from exchange.domain.markets import Market
 from exchange.domain.orders import Trade
 from exchange.engine.port import EnginePort
 from exchange.services.candle_store import CandleRow, CandleStore
-from exchange.services.candles import INTERVALS, SIMPLE_POINTS, Candle, CandleSeries, format_volume
+from exchange.services.candles import (
+    INTERVALS,
+    KEPT,
+    SIMPLE_POINTS,
+    Candle,
+    CandleSeries,
+    format_volume,
+)
 from exchange.services.tickers import DAY, WINDOW, Ticker, change_percent
 
 __all__ = ["DEALS_KEPT", "FLUSH_SECONDS", "MarketData"]
@@ -71,6 +78,7 @@ class MarketData:
         store: CandleStore,
         *,
         persist: bool = True,
+        kept: int = KEPT,
     ) -> None:
         self.markets = markets
         self.clock = clock
@@ -78,8 +86,9 @@ class MarketData:
         self._store = store
         #: Only the writer writes candles; a worker's copy is rebuilt from the trades.
         self.persist = persist
+        self.kept = kept
         self.series: dict[str, dict[str, CandleSeries]] = {
-            symbol: {name: CandleSeries(market, name) for name in INTERVALS}
+            symbol: {name: CandleSeries(market, name, kept) for name in INTERVALS}
             for symbol, market in markets.items()
         }
         self.tickers: dict[str, Ticker] = {symbol: Ticker() for symbol in markets}
@@ -207,10 +216,28 @@ class MarketData:
             cached[2][limit] = levels
         return {"timetick": now, "bids": levels[0], "asks": levels[1]}
 
-    def klines(
+    async def klines(
         self, symbol: str, interval: str, limit: int, since: int | None, now: int
     ) -> list[list[Any]]:
-        return self.series[symbol][interval].rows(now, limit, since)
+        """Candle rows from memory; a ``since`` older than memory reads the database."""
+        series = self.series[symbol][interval]
+        if series.covers(now, limit, since):
+            return series.rows(now, limit, since)
+        width = series.width
+        if since is None:
+            end = max(now - now % width, series.times[-1])
+            start = end - (limit - 1) * width
+        else:
+            start = -(-since // width) * width
+        older = CandleSeries(series.market, interval)
+        for values in await self._store.window(symbol, interval, start, (limit - 1) * width):
+            older.restore(Candle(*values))
+        if older.times:
+            last = older.times[-1]
+            for candle in series.candles:  # memory is newer than the table (unflushed)
+                if candle.time <= last:
+                    older.restore(candle)
+        return older.rows(now, limit, since)
 
     def simple_klines(self, symbol: str, now: int) -> list[list[Any]]:
         return self.series[symbol]["30min"].closes(now, SIMPLE_POINTS)
@@ -229,12 +256,15 @@ class MarketData:
     # -- life cycle: load, background flush, stop ------------------------------
 
     async def load(self) -> None:
-        """Persisted candles, then a replay of newer trades, tickers and recent trades."""
-        for row in await self._store.load():
-            symbol, period, *values = row
-            series = self.series.get(symbol, {}).get(period)
-            if series is not None:
-                series.restore(Candle(*values))
+        """The newest persisted candles, a replay of newer trades, tickers and recent trades."""
+        for by_interval in self.series.values():
+            for series in by_interval.values():
+                found = await self._store.newest(
+                    series.market.symbol, series.interval, series.kept + 1
+                )
+                for values in found:
+                    series.restore(Candle(*values))
+                series.forget_oldest()  # more than kept: the oldest is in the database only
         now = self.clock()
         for symbol, by_interval in self.series.items():
             after = min(series.last_trade_id for series in by_interval.values())
@@ -262,7 +292,9 @@ class MarketData:
         Loaded aside and swapped in at the end: until then (or if the database
         fails) the previous data keeps being served, never a half-loaded state.
         """
-        fresh = MarketData(self.markets, self._engine, self.clock, self._store, persist=False)
+        fresh = MarketData(
+            self.markets, self._engine, self.clock, self._store, persist=False, kept=self.kept
+        )
         await fresh.load()
         self.series, self.tickers, self.deals = fresh.series, fresh.tickers, fresh.deals
         self._through = fresh._through

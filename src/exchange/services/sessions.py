@@ -113,6 +113,23 @@ class Sessions:
                 )
         return cached.user_id
 
+    async def prune(self) -> int:
+        """Delete sessions past their absolute or idle lifetime; the number deleted.
+
+        ``last_seen`` is written at most once a minute, so the idle test allows that
+        minute: no live session is ever deleted.
+        """
+        now = self._clock()
+        idle_before = now - self._idle_ms - TOUCH_SECONDS * 1000
+        async with self._db.begin() as conn:
+            gone = await conn.execute(
+                delete(sessions).where(
+                    (sessions.c.created <= now - self._lifetime_ms)
+                    | (sessions.c.last_seen < idle_before)
+                )
+            )
+        return int(gone.rowcount)
+
     async def delete_hash(self, key: str) -> None:
         self._cache.pop(key, None)
         async with self._db.begin() as conn:

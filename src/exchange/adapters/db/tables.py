@@ -16,7 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -106,7 +106,14 @@ orders = Table(
     Column("client_order_id", String(36), nullable=True),
     Column("created", BigInteger, nullable=False),
     Column("updated", BigInteger, nullable=False),
-    UniqueConstraint("user_id", "client_order_id", name="uq_orders_user_client_order_id"),
+    # Not unique: an id names one order for the idempotency window only.
+    Index("ix_orders_user_client_order_id", "user_id", "client_order_id"),
+    Index(
+        "ix_orders_client_id_created",
+        "created",
+        sqlite_where=text("client_order_id IS NOT NULL"),
+        postgresql_where=text("client_order_id IS NOT NULL"),
+    ),
     Index("ix_orders_user_id", "user_id", "id"),
     Index("ix_orders_status", "status"),
 )
