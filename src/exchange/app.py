@@ -165,6 +165,7 @@ def create_app(
             rules=withdraw_rules(settings, port.assets),
         ),
     )
+    limiter = RateLimiter(settings)  # one table of buckets for the API and the stream
     stream = Stream(
         market,
         sessions,
@@ -174,10 +175,11 @@ def create_app(
         max_connections=settings.ws_max_connections,
         max_per_address=settings.ws_max_per_address,
         auth_failures=settings.ws_auth_failures,
+        limiter=limiter,
     )
     port.subscribe(market.on_commit)  # market data first: the stream reads it
     port.subscribe(stream.on_commit)
-    dispatcher = Dispatcher(services, METHODS, RateLimiter(settings))
+    dispatcher = Dispatcher(services, METHODS, limiter)
     housekeeping = Housekeeping(services.accounts, sessions, settings.prune_interval)
     openapi_body = orjson.dumps(build_openapi(ALL_METHODS, version=__version__))
 

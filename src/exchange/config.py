@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     rate_limit_register: str = Field("10/60", description="regeist_user per client address")
     rate_limit_exists: str = Field("30/60", description="check_exist_name per client address")
     rate_limit_orders: str = Field("200/1", description="order placement and cancel per user")
+    rate_limit_auth_failures: str = Field(
+        "30/60", description="requests or WebSocket auths with no valid session, per address"
+    )
     password_hash_memory_kib: int = Field(19 * 1024, description="argon2id memory cost")
     password_hash_time_cost: int = Field(2, description="argon2id iterations")
 

@@ -113,9 +113,19 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
 
+    def _earlier_answer_pending(self) -> bool:
+        """A pipelined request's headers are arriving while we still answer the one before.
+
+        (The current request's cycle is made only when its headers are complete.)
+        """
+        return self._reading_headers and self.cycle is not None and not self.cycle.response_complete
+
     def _too_slow(self) -> None:
         self._timer = None
         if self.transport.is_closing() or not self._reading:
+            return
+        if self._earlier_answer_pending() or (not self._reading_headers and self.flow.read_paused):
+            self._arm()  # we are the slow side (or stopped reading): not the client's fault
             return
         if self._reading_headers:  # no response can have started: say why
             self._answer_and_close(
@@ -125,11 +135,19 @@ class _GuardedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _answer_and_close(self, response: bytes) -> None:
+        """Refuse the request being read; never in the middle of an earlier answer."""
         self._disarm()
         self._reading = False
-        if not self.transport.is_closing():
-            self.transport.write(response)
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        if self._earlier_answer_pending():
+            # The answer to the request before is still to be written: it is, and the
+            # connection closes after it; the refused request gets no answer.
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.transport.write(response)
+        self.transport.close()
 
     # -- data ---------------------------------------------------------------------
 

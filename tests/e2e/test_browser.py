@@ -164,6 +164,29 @@ def test_register_login_and_balances(page: Page, exchange: Exchange) -> None:
     expect(balances.locator('.balance-row[data-coin="ETH"] .available')).to_have_text("0.00000000")
 
 
+def test_login_never_leaves_the_site(page: Page, exchange: Exchange) -> None:
+    """After login the page goes to its ``next`` only if that stays on this site, read
+    the way the browser reads a URL ("/%2e//evil.example" is "//evil.example")."""
+    email = "redirect@example.com"
+    exchange.new_user(email)
+    for next_page, lands in (
+        ("/trade/BTC_USDT", r"/trade/BTC_USDT$"),
+        ("/%2e//evil.example", r"/account$"),
+        ("/\t/evil.example", r"/account$"),
+    ):
+        page.context.clear_cookies()
+        page.goto("/login")
+        # As if the server had let it through: the script must refuse it by itself.
+        page.evaluate(
+            "next => { document.getElementById('login-form').dataset.next = next; }", next_page
+        )
+        page.locator("#login-email").fill(email)
+        page.locator("#login-password").fill(PASSWORD)
+        page.locator("#login-submit").click()
+        expect(page).to_have_url(re.compile(lands))
+        assert page.url.startswith(exchange.url), page.url
+
+
 def test_trade_crosses_a_resting_sell_and_cancels(
     page: Page, exchange: Exchange, traders: dict[str, str]
 ) -> None:

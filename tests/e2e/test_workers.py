@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
@@ -488,6 +489,35 @@ def test_websocket_on_each_worker_gets_the_trade(tmp_path: Path) -> None:
                 for seqs in counted.values():
                     assert seqs == list(range(1, len(seqs) + 1)), counted
     check_database_ledger(url)
+
+
+def test_every_worker_enforces_the_request_limits(tmp_path: Path) -> None:
+    """Workers run the same guarded protocol: oversized headers and URLs get the envelope."""
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    env = exchange_env(
+        url, EXCHANGE_HTTP_MAX_HEADER_BYTES="4096", EXCHANGE_HTTP_MAX_URL_BYTES="2048"
+    )
+    with running_server(free_port(), env, tmp_path / "server.log", args=WORKERS) as server:
+        assert server.process is not None
+        wait_for_workers(server.process.pid)
+        for attempt in range(20):  # new connections: the kernel spreads them over both
+            big = b"X-Big: " + b"a" * 8000
+            for request, status in (
+                (b"GET /api/get_rank HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big + b"\r\n\r\n", 431),
+                (
+                    b"GET /api/get_rank?q=" + b"u" * 3000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                    414,
+                ),
+            ):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=20) as conn:
+                    conn.sendall(request)
+                    raw = b""
+                    while chunk := conn.recv(65536):
+                        raw += chunk
+                head, _, body = raw.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 %d" % status), (attempt, head)
+                assert orjson.loads(body)["description"].startswith("invalid_argument: ")
+        assert httpx.get(f"{server.url}/api/get_rank").status_code == 200
 
 
 # -- 3. logout reaches every worker at once -------------------------------------------------

@@ -295,3 +295,80 @@ async def test_a_command_that_breaks_the_domain_is_set_aside_alone(
     seller_coins = assert_envelope(await client.post("/api/get_user_coin", headers=seller), 200)
     assert seller_coins["BTC"]["frozen"] == "0.00000000"  # 29 sells, all filled by 30 buys
     assert seller_coins["BTC"]["available"] == "9.71000000"
+
+
+async def test_depth_read_during_a_batch_that_is_rolled_back_is_not_served_after(
+    app_client: Pair, mailbox: Any
+) -> None:
+    """Depth read mid-batch may show the batch; once a part is rolled back (and nothing
+    commits on that market again), the cached answer must not keep showing it."""
+    app, client = app_client
+    engine = app.state.services.engine
+    user = await new_trader(app, client, mailbox, "d@example.com", BTC="1", USDT="100000")
+    poison_orders(app)
+    poisoned = {"pair": "ETH/BTC", "amount": "1", "price": "0.05", "client_order_id": POISON}
+    ordinary = {"pair": "BTC/USDT", "amount": "0.001", "price": "20000"}
+    with writer_held(engine) as gate:
+        first = asyncio.ensure_future(client.post("/api/buy", data=poisoned, headers=user))
+        await until(lambda: engine._busy, what="the batch in flight")
+        others = [
+            asyncio.ensure_future(client.post("/api/buy", data=ordinary, headers=user))
+            for _ in range(3)
+        ]
+        await until(lambda: engine._queue.qsize() >= 3, what="the others queued")
+        if not hasattr(app.state, "worker"):  # one process reads live books meanwhile
+            seen = assert_envelope(await client.get("/api/get_depth?pair=ETH/BTC"), 200)
+            assert seen["bids"] == [["0.050000", "1.00000000"]]
+        gate.set()
+        assert_envelope(await first, 500, "internal_error")
+        for other in others:
+            assert_envelope(await other, 200)
+    after = assert_envelope(await client.get("/api/get_depth?pair=ETH/BTC"), 200)
+    assert after["bids"] == []
+    check_books_and_ledger(app)
+
+
+async def test_rows_the_database_refuses_are_refused_one_by_one_without_a_reload(
+    app_client: Pair, mailbox: Any
+) -> None:
+    """Every order row refused (a trigger, here): each order fails alone (an attacker's
+    burst of such commands must not become everyone's 503), the database stays in use
+    for everything else, and nothing is reloaded. A database that cannot be used at
+    all (read-only, missing tables, no permission) is told apart by its error class
+    (tests/unit/test_database_errors.py) and answered 503 as a whole."""
+    app, client = app_client
+    engine = app.state.services.engine
+    user = await new_trader(app, client, mailbox, "e@example.com", USDT="100000")
+    db = engine.journal.engine
+    with db.begin() as conn:
+        if db.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON orders "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    "BEGIN RAISE EXCEPTION 'refused'; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON orders FOR EACH ROW "
+                    "EXECUTE FUNCTION refuse()"
+                )
+            )
+    order = {"pair": "BTC/USDT", "amount": "0.001", "price": "20000"}
+    reloads, batches = engine.reloads, engine.batches
+    answers = await one_batch(
+        app, [client.post("/api/buy", data=order, headers=user) for _ in range(32)]
+    )
+    assert {answer.status_code for answer in answers} == {500}
+    assert engine.reloads == reloads and engine.ready
+    assert engine.batches == batches  # nothing of theirs was committed
+    await new_trader(app, client, mailbox, "f@example.com", USDT="5")  # other writes go on
+    assert engine.batches > batches
+    check_books_and_ledger(app)

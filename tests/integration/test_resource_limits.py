@@ -257,3 +257,57 @@ async def test_failed_auth_messages_are_throttled_and_unknown_tokens_remembered(
                 answer = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
                 assert answer["description"].startswith("not_logged_in: ")
         assert len(lookups) == 1
+    # Many sockets from one address share that address's budget of failed auths.
+    async with server(
+        sqlite_url,
+        clock,
+        rate_limits="on",
+        ws_auth_failures="5/60",
+        rate_limit_auth_failures="4/60",
+    ) as (app, host, port):
+        sessions = app.state.services.sessions
+        lookups.clear()
+        real_load = sessions._load
+        sessions._load = counted
+        refused = 0
+        for socket_number in range(4):
+            async with websockets.connect(f"ws://{host}:{port}/ws") as ws:
+                for n in range(3):
+                    await ws.send(json.dumps({"op": "auth", "session": f"s{socket_number}-{n}"}))
+                    answer = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+                    refused += answer["description"].startswith("rate_limited: ")
+        assert len(lookups) == 4 and refused == 8
+
+
+async def test_a_slow_answer_is_not_cut_off_by_the_next_pipelined_request(
+    sqlite_url: str, clock: ManualClock
+) -> None:
+    """The read deadline is the client's, not ours: while the answer to a request is
+    still being made, the pipelined request behind it is not refused over it."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async with server(sqlite_url, clock, http_read_timeout=1) as (app, host, port):
+        release = asyncio.Event()
+
+        async def slow(_request: Any) -> PlainTextResponse:
+            await release.wait()
+            return PlainTextResponse("slow done")
+
+        app.router.routes.insert(0, Route("/slow", slow))
+        reader, writer = await asyncio.open_connection(host, port)
+        # A whole request, then the start of a second that never ends.
+        writer.write(
+            b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /api/get_rank HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(2.5)  # the scenario: the deadline passes while we answer /slow
+        release.set()
+        raw = await asyncio.wait_for(reader.read(), WAIT)
+        writer.close()
+        first, _, rest = raw.partition(b"slow done")
+        assert first.startswith(b"HTTP/1.1 200"), raw[:200]
+        if rest:  # then the unfinished request is refused, after the answer
+            status, _body = parse_response(rest)
+            assert status == 408

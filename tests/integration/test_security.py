@@ -309,3 +309,34 @@ async def test_api_answers_are_never_cached_and_pages_connect_only_home(
     assert connect is not None
     sources = connect.group(1).split()
     assert sources == ["'self'", "ws://127.0.0.1:8088", "wss://127.0.0.1:8088"], sources
+
+
+async def test_unknown_sessions_are_limited_per_address(
+    sqlite_url: str, mail: tuple[Mailbox, int]
+) -> None:
+    """A guesser with fresh random tokens costs a lookup each: at most the budget."""
+    settings = make_settings(sqlite_url, mail[1], rate_limits="on", rate_limit_auth_failures="3/60")
+    async with running_app(settings) as (app, _client):
+        sessions = front(app).state.services.sessions
+        lookups: list[str] = []
+        real_load = sessions._load
+
+        async def counted(key: str, now: int) -> Any:
+            lookups.append(key)
+            return await real_load(key, now)
+
+        sessions._load = counted
+        async with client_at(app, "198.51.100.30") as guesser:
+            for n in range(3):
+                bogus = {"Authorization": f"Bearer guess-{n}"}
+                answer = await guesser.post("/api/get_user_coin", headers=bogus)
+                assert_envelope(answer, 401, "not_logged_in")
+            for n in range(3, 20):
+                bogus = {"Authorization": f"Bearer guess-{n}"}
+                limited = await guesser.post("/api/get_user_coin", headers=bogus)
+                assert_envelope(limited, 429, "rate_limited")
+                assert int(limited.headers["retry-after"]) >= 1
+        assert len(lookups) == 3
+        async with client_at(app, "198.51.100.31") as other:  # another address is not held
+            answer = await other.post("/api/get_user_coin", headers={"Authorization": "Bearer x"})
+            assert_envelope(answer, 401, "not_logged_in")

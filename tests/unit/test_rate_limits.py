@@ -85,6 +85,11 @@ async def test_keyed_locks_keep_only_keys_in_use() -> None:
         ("/trade/BTC_USDT?x=1#a", "/trade/BTC_USDT?x=1#a"),
         ("/account", "/account"),
         ("/\t/evil.example", "/account"),  # the review's case: browsers drop the tab
+        ("/%2e//evil.example", "/account"),  # a browser takes %2e as a dot: "//evil.example"
+        ("/%2E%2e//evil.example", "/account"),
+        ("/.//evil.example", "/account"),
+        ("/a/..//evil.example", "/account"),
+        ("/a/%2e%2e/b", "/b"),
         ("/\n/evil.example", "/account"),
         ("/\r\n/evil.example", "/account"),
         ("//evil.example", "/account"),

@@ -11,6 +11,7 @@ of new keys leaves none idle are the least recently used dropped.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import time
@@ -55,6 +56,13 @@ class Bucket:
         """As good as a new bucket: nothing is lost by forgetting it."""
         return self.tokens + (now - self.stamp) * self.refill_per_ns >= self.capacity
 
+    def wait(self, now: int) -> int:
+        """0 if a token is there now, else the seconds until one is (nothing taken)."""
+        tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.refill_per_ns)
+        if tokens >= 1:
+            return 0
+        return max(1, math.ceil((1 - tokens) / self.refill_per_ns / 1_000_000_000))
+
     def take(self, now: int) -> int:
         """0 when allowed, else the seconds to wait for the next token."""
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.refill_per_ns)
@@ -78,6 +86,7 @@ class RateLimiter:
             "register": parse_rate(settings.rate_limit_register),
             "exists": parse_rate(settings.rate_limit_exists),
             "orders": parse_rate(settings.rate_limit_orders),
+            "auth_failures": parse_rate(settings.rate_limit_auth_failures),
         }
         self.max_buckets = max_buckets
         #: Least recently used first: a bucket is moved to the end at each use.
@@ -97,6 +106,32 @@ class RateLimiter:
             raise ExchangeError(
                 "rate_limited", f"too many requests; try again in {wait} s", retry_after=wait
             )
+
+    def refuse_failed_auth(self, client: str) -> None:
+        """Refuse, with no session lookup, a client that spent its failed-auth budget.
+
+        Each lookup of a token that names no session costs a database query; a
+        guesser with fresh random tokens (HTTP Bearer or WebSocket ``auth``) is held
+        to ``EXCHANGE_RATE_LIMIT_AUTH_FAILURES`` of them per address.
+        """
+        if not self.enabled:
+            return
+        bucket = self.buckets.get(("auth_failures", address_key(client)))
+        if bucket is not None:
+            wait = bucket.wait(time.monotonic_ns())
+            if wait:
+                raise ExchangeError(
+                    "rate_limited",
+                    f"too many unknown sessions from your address; try again in {wait} s",
+                    retry_after=wait,
+                )
+
+    def failed_auth(self, client: str) -> None:
+        """Count one failed session lookup of this client address."""
+        if not self.enabled:
+            return
+        with contextlib.suppress(ExchangeError):
+            self._take("auth_failures", address_key(client), time.monotonic_ns())
 
     def _make_room(self, now: int) -> None:
         kept = {key: bucket for key, bucket in self.buckets.items() if not bucket.full(now)}

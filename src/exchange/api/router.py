@@ -305,8 +305,12 @@ class Dispatcher:
         ):
             raise ExchangeError("forbidden", "cross-origin request refused")
         if method.auth:
+            if carried:
+                self.limiter.refuse_failed_auth(incoming.client)
             winner = await self._first_valid(carried)
             if winner is None:
+                if carried:
+                    self.limiter.failed_auth(incoming.client)
                 raise ExchangeError("not_logged_in", "log in first")
             call.token, call.user_id = winner
         if method.limit is not None:

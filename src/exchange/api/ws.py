@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket
 
-from exchange.api.limits import Bucket, address_key, parse_rate
+from exchange.api.limits import Bucket, RateLimiter, address_key, parse_rate
 from exchange.api.views import order_info
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox
@@ -148,6 +148,7 @@ class Stream:
         max_connections: int = 2048,
         max_per_address: int = 16,
         auth_failures: str = "5/60",
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.market = market
         self.sessions = sessions
@@ -158,7 +159,10 @@ class Stream:
         self.max_connections = max_connections
         self.max_per_address = max_per_address
         self.auth_failures = parse_rate(auth_failures)
+        #: Failed auths per client address, shared with the HTTP API's dispatcher.
+        self.limiter = limiter
         self.per_address: dict[str, int] = {}
+        self.active = 0  # connections admitted (counted before any await)
         self.connections: set[Connection] = set()
         self.subscribers: dict[Topic, set[Connection]] = defaultdict(set)
         self.dropped = 0
@@ -269,7 +273,7 @@ class Stream:
         client = websocket.client
         address = address_key(client.host) if client is not None else "unknown"
         held = self.per_address.get(address, 0)
-        if held >= self.max_per_address or len(self.connections) >= self.max_connections:
+        if held >= self.max_per_address or self.active >= self.max_connections:
             code, why = (
                 ("rate_limited", "too many connections from your address")
                 if held >= self.max_per_address
@@ -280,10 +284,12 @@ class Stream:
             await self._close(Connection(websocket), TRY_AGAIN_LATER, why)
             return
         self.per_address[address] = held + 1
+        self.active += 1
         connection = Connection(websocket, self.queue_size, address)
         try:
             await self._serve(websocket, connection)
         finally:
+            self.active -= 1
             left = self.per_address.get(address, 1) - 1
             if left > 0:
                 self.per_address[address] = left
@@ -371,9 +377,13 @@ class Stream:
                     raise ExchangeError(
                         "rate_limited", f"too many failed auth messages; try again in {wait} s"
                     )
+                if self.limiter is not None:  # and so does an address with many sockets
+                    self.limiter.refuse_failed_auth(connection.address)
                 user_id = await self._resolve(message.get("session"))
                 if user_id is None:
                     self._auth_failed(connection, now)
+                    if self.limiter is not None:
+                        self.limiter.failed_auth(connection.address)
                     raise ExchangeError("not_logged_in", "the session is not valid; log in again")
                 if connection.user_id not in (None, user_id):
                     for topic in [t for t in connection.topics if t[1].startswith("#")]:

@@ -98,6 +98,22 @@ class _SetAside(Exception):
         self.rest = rest
 
 
+#: SQLSTATE classes that are about the rows being written, not about the database:
+#: data exceptions (22: too long, out of range, bad encoding), integrity constraints
+#: (23), program limits such as an index row too large (54), and an exception raised
+#: by a trigger or function (P0). Every other class (connection, resources, read-only
+#: transaction after a failover, missing table, privileges, internal) means the
+#: database cannot take any batch now.
+ROW_SQLSTATE_CLASSES = frozenset(("22", "23", "54", "P0"))
+#: sqlite3's errors that are a row's fault: constraints, and values it cannot bind.
+_SQLITE_ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+)
+
+
 def database_unavailable(error: BaseException) -> bool:
     """Whether ``error`` says the database cannot be used now (down, unreachable, full, locked).
 
@@ -108,13 +124,21 @@ def database_unavailable(error: BaseException) -> bool:
     """
     if isinstance(error, OSError):  # the file system or the network under the database
         return True
-    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+    if isinstance(error, sa_exc.TimeoutError):  # no connection free in the pool
         return True
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(
-        error, (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
-    )
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        if isinstance(error.orig, BaseException):
+            error = error.orig
+    if isinstance(error, psycopg.Error):
+        state = error.sqlstate
+        if state is None:  # raised by the client: only a lost connection is the database's
+            return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+        return state[:2] not in ROW_SQLSTATE_CLASSES
+    if isinstance(error, sqlite3.Error):
+        return not isinstance(error, _SQLITE_ROW_ERRORS)
+    return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError))
 
 
 def command_from_inbox(kind: str, payload: dict[str, Any], inbox_id: int) -> Command:
@@ -163,6 +187,7 @@ class Engine:
         self.commands = 0
         self.commit_ns = 0  # total time spent in group commits, for operators and benchmarks
         self.reloads = 0  # times memory was rebuilt from the database after the start
+        self.rollbacks = 0  # batches (or parts) whose changes were taken back
         self.refused_unstorable = 0  # commands set aside because their rows cannot be written
 
     # -- life cycle -----------------------------------------------------------
@@ -300,8 +325,12 @@ class Engine:
         return self.balances(user_id)
 
     def depth_key(self, symbol: str) -> object:
-        """Changes when the book is rebuilt, so cached depth is never served across a reload."""
-        return self.core.books[symbol]
+        """Changes when the book is rebuilt or rolled back: cached depth never outlives either.
+
+        (Depth read during a batch may show its changes; if the batch is rolled back,
+        what was cached from it must go.)
+        """
+        return self.core.books[symbol], self.rollbacks
 
     def depth(self, symbol: str, limit: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         return self.core.depth(symbol, limit)
@@ -320,8 +349,11 @@ class Engine:
             self._busy = True
             try:
                 await self._process(items)
-            except Exception:  # never let the writer die; the batch was already answered
-                log.exception("engine batch failed")
+            except Exception:  # never let the writer die; memory is rebuilt to be sure
+                log.exception("engine batch failed: answering the rest and reloading")
+                with contextlib.suppress(Exception):
+                    failed = ExchangeError("internal_error", "the request failed; try again")
+                    await self._fail(items, failed)
             finally:
                 self._busy = False
                 for _ in items:
@@ -340,63 +372,65 @@ class Engine:
             try:
                 await self._commit_group(group)
             except _Unavailable:
-                await self._fail(
-                    [item for rest in (group, *groups) for item in rest], unavailable()
-                )
+                left = [item for rest in (group, *groups) for item in rest]
+                await self._fail(left, unavailable())
                 return
             except _SetAside as aside:
                 if aside.rest:
                     groups.appendleft(aside.rest)
             except _Poisoned as error:
-                if len(group) == 1:
-                    log.error(
-                        "cannot store %r (%r): refused with internal_error",
-                        group[0][0],
-                        error.__cause__ or error,
-                    )
-                    await self._refuse_alone(group[0], not_stored())
-                else:  # the culprit is in one half (or both): commit each on its own
+                if len(group) > 1:  # the culprit is in one half (or both): each on its own
                     half = len(group) // 2
                     groups.extendleft((group[half:], group[:half]))
+                    continue
+                log.error(
+                    "cannot store %r (%r): refused with internal_error",
+                    group[0][0],
+                    error.__cause__ or error,
+                )
+                await self._refuse_alone(group[0], not_stored())
 
     async def _commit_group(self, group: list[_Item]) -> None:
         """Apply, commit and answer one group of commands; memory is rolled back on failure."""
         now = self._clock()
         batch = Batch(now)
         results: list[Any] = []
-        for index, (command, _future, inbox_id) in enumerate(group):
+        for index, (command, _future, _inbox_id) in enumerate(group):
             try:
                 result: Any = self._apply(command, now)
             except ExchangeError as refusal:
                 result = refusal
             except Exception as bug:
                 log.exception("engine bug while applying %r: refusing it alone", command)
-                self.core.rollback()
+                self._rollback()
                 failed = ExchangeError("internal_error", "the request failed; try again")
                 await self._refuse_alone(group[index], failed)
                 # The others again, from the state before the group.
                 raise _SetAside(group[:index] + group[index + 1 :]) from bug
             results.append(result)
-            if inbox_id:
+        try:  # from here to the commit, any failure takes the group back
+            for (_command, _future, inbox_id), result in zip(group, results, strict=True):
+                if not inbox_id:
+                    continue
                 if isinstance(result, ExchangeError):
                     batch.inbox.append((inbox_id, "failed", result.description))
                 else:
-                    batch.inbox.append((inbox_id, "done", json.dumps(_inbox_result(result))))
-        outbox = self.core.outbox()
-        batch.orders = outbox.orders
-        batch.trades = outbox.trades
-        batch.entries = outbox.entries
-        ledger = self.core.ledger
-        batch.balances = [(u, a, *ledger.balance(u, a)) for u, a in outbox.accounts]
-        batch.withdrawals = outbox.withdrawals
-        try:
+                    done = json.dumps(_inbox_result(result), default=str)
+                    batch.inbox.append((inbox_id, "done", done))
+            outbox = self.core.outbox()
+            batch.orders = outbox.orders
+            batch.trades = outbox.trades
+            batch.entries = outbox.entries
+            ledger = self.core.ledger
+            batch.balances = [(u, a, *ledger.balance(u, a)) for u, a in outbox.accounts]
+            batch.withdrawals = outbox.withdrawals
             # Off the loop: SQLite transactions of the async services hold the write
             # lock across awaits, so a commit that blocked the loop could deadlock.
             started = time.perf_counter_ns()
             await asyncio.to_thread(self.journal.commit, batch)
             self.commit_ns += time.perf_counter_ns() - started
         except Exception as error:
-            self.core.rollback()
+            self._rollback()
             if database_unavailable(error):
                 log.error("group commit failed (%s): answering 503 and reloading", error)
                 raise _Unavailable() from error
@@ -421,6 +455,10 @@ class Engine:
                 listener(outbox, now)
             except Exception:
                 log.exception("engine listener failed")
+
+    def _rollback(self) -> None:
+        self.core.rollback()
+        self.rollbacks += 1
 
     async def _refuse_alone(self, item: _Item, answer: ExchangeError) -> None:
         """The one command that cannot be carried out: it alone gets an error."""

@@ -39,6 +39,7 @@ class EnginePort(Protocol):
         """The balances if they can be had without waiting, else None."""
 
     def depth_key(self, symbol: str) -> object:
-        """An identity that changes whenever the book is replaced wholesale."""
+        """A value (compared with ``==``) that changes whenever the book is replaced or
+        rolled back wholesale: depth cached under another key is stale."""
 
     def depth(self, symbol: str, limit: int) -> Levels: ...

@@ -97,6 +97,7 @@ class MarketData:
         }
         self._version: dict[str, int] = dict.fromkeys(markets, 0)
         self._tickers: dict[str, _TickerView] = {}
+        #: symbol -> (the engine's depth key, version, formatted levels per limit)
         self._depth: dict[str, tuple[object, int, dict[int, Levels]]] = {}
         self._dirty: dict[tuple[str, str, int], Candle] = {}
         #: The newest trade folded in per market: a batch that overlaps a load (a
@@ -199,7 +200,7 @@ class MarketData:
         book = engine.depth_key(symbol)
         version = self._version[symbol]
         cached = self._depth.get(symbol)
-        if cached is None or cached[0] is not book or cached[1] != version:
+        if cached is None or cached[0] != book or cached[1] != version:
             cached = (book, version, {})
             self._depth[symbol] = cached
         levels = cached[2].get(limit)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
 from starlette.requests import Request
@@ -65,26 +65,52 @@ def canonical_pair(text: str) -> str:
 #: What a browser drops from a URL before parsing it (WHATWG URL: tab and newlines
 #: anywhere; C0 controls and space at either end): "/\t/evil.example" is "//evil.example".
 _URL_DROPPED = re.compile(r"[\t\n\r]")
+_ENCODED_DOT = re.compile(r"%2e", re.IGNORECASE)
 
 
 def safe_next(target: str | None) -> str:
     """A path on this origin to go to after login; anything else becomes ``/account``.
 
-    The target is read the way a browser will read it, then resolved against a
-    placeholder origin: only a path that stays on that origin is kept, so
-    ``//evil.example``, ``/\\evil.example``, ``/\t/evil.example`` or
-    ``https:evil.example`` never leave the site.
+    The target is read the way a browser will read it — tabs and newlines
+    dropped, ``%2e`` taken as a dot — then resolved against a placeholder origin:
+    only a path that stays on that origin and does not begin with ``//`` (which a
+    browser follows to another host) is kept, already normalised. So
+    ``//evil.example``, ``/\\evil.example``, ``/\t/evil.example``,
+    ``/%2e//evil.example`` or ``https:evil.example`` never leave the site.
     """
     if not target:
         return "/account"
     cleaned = _URL_DROPPED.sub("", target).strip("".join(map(chr, range(0x21))))
-    if not cleaned.startswith("/") or "\\" in cleaned:
+    cleaned = _ENCODED_DOT.sub(".", cleaned)
+    if not cleaned.startswith("/") or "\\" in cleaned or cleaned.startswith("//"):
         return "/account"
-    origin = "http://origin.invalid"
-    resolved = urlsplit(urljoin(origin + "/", cleaned))
-    if f"{resolved.scheme}://{resolved.netloc}" != origin or cleaned.startswith("//"):
+    parts = urlsplit(cleaned)
+    path = _browser_path(parts.path)
+    if parts.scheme or parts.netloc or path.startswith("//"):
         return "/account"
-    return urlunsplit(("", "", resolved.path or "/", resolved.query, resolved.fragment))
+    return urlunsplit(("", "", path, parts.query, parts.fragment))
+
+
+def _browser_path(path: str) -> str:
+    """``path`` with its dot segments resolved as the WHATWG URL parser does.
+
+    (``urljoin`` differs: it turns ``/..//x`` into ``/x`` where a browser makes ``//x``.)
+    """
+    segments = path.split("/")[1:]
+    kept: list[str] = []
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "..":
+            if kept:
+                kept.pop()
+            if last:
+                kept.append("")
+        elif segment == ".":
+            if last:
+                kept.append("")
+        else:
+            kept.append(segment)
+    return "/" + "/".join(kept)
 
 
 def asset_version(static_dir: Path) -> str:

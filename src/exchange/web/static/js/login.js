@@ -8,14 +8,21 @@ const remembered = sessionStorage.getItem('register-email');
 if (remembered && !email.value) email.value = remembered;
 
 // Only a page of this site: the target is resolved the way the browser will follow
-// it ("/\t/evil.example" is "//evil.example" to a URL parser), and kept only if it
-// stays on this origin.
-function target() {
+// it ("/\t/evil.example" and "/%2e//evil.example" are "//evil.example" to a URL
+// parser), and kept only as an absolute URL on this origin whose path does not
+// begin with "//" (which, written as a link, would name another host).
+function onThisSite(path) {
   try {
-    const url = new URL(form.dataset.next || '/account', location.origin);
-    if (url.origin === location.origin) return url.pathname + url.search + url.hash;
+    const url = new URL(path, location.origin);
+    if (url.origin === location.origin && !url.pathname.startsWith('//')) return url;
   } catch (_) { /* not a URL at all */ }
-  return '/account';
+  return null;
+}
+
+function target() {
+  const next = form.dataset.next || '/account';
+  const url = onThisSite(next.startsWith(ROOT) ? next : ROOT + next);
+  return (url || new URL(ROOT + '/account', location.origin)).href;
 }
 
 form.addEventListener('submit', (ev) => {
@@ -29,7 +36,6 @@ form.addEventListener('submit', (ev) => {
     sessionStorage.removeItem('register-email');
     setLoggedIn(true);
     showMessage('Logged in.', 'ok');
-    const next = target();
-    location.href = new URL(next.startsWith(ROOT) ? next : ROOT + next, location.origin).href;
+    location.href = target();
   });
 });
