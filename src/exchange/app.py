@@ -64,7 +64,15 @@ class ExchangeApp(FastAPI):
         if scope["type"] == "lifespan":
             await super().__call__(scope, receive, send)
             return
-        await self.front(scope, receive, send)
+        front = self.front
+        if front.proxied:
+            await front(scope, receive, send)
+            return
+        refused = front.admits(scope)  # inline: this is every request's path
+        if refused is not None:
+            await front.refuse(scope, send, refused)
+            return
+        await self.route(scope, receive, send)
 
     async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

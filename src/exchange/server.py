@@ -21,6 +21,7 @@ settings are chosen, for ``exchange serve``, each HTTP worker and the tests.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,10 +84,12 @@ class _GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_headers = True  # a request's line and headers are still arriving
-        self._reading = True  # a request (headers or body) is still arriving
+        self._refusing = False  # a limit's refusal was sent (or is due after an answer)
         self._raw_bytes = 0  # bytes received since the request began, headers incomplete
-        self._head_bytes = 0  # URL and complete header lines of the current request
-        self._timer: asyncio.TimerHandle | None = None
+        self._url_bytes = 0
+        #: When the request being read must be complete (loop time; 0 = nothing due).
+        #: One sweep per second checks every connection: no timer per request.
+        self._deadline = 0.0
         self._refused: _Refused | None = None
 
     # -- connection ---------------------------------------------------------------
@@ -98,20 +101,19 @@ class _GuardedProtocol(HttpToolsProtocol):
                 refusal(503, "overloaded", "too many connections; try again", retry_after=1)
             )
             return
+        _watched(self.loop).add(self)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        _watched(self.loop).discard(self)
         super().connection_lost(exc)
 
     def _arm(self) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(self.LIMITS.read_timeout, self._too_slow)
+        self._deadline = self.loop.time() + self.LIMITS.read_timeout
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
 
     def _earlier_answer_pending(self) -> bool:
         """A pipelined request's headers are arriving while we still answer the one before.
@@ -121,23 +123,30 @@ class _GuardedProtocol(HttpToolsProtocol):
         return self._reading_headers and self.cycle is not None and not self.cycle.response_complete
 
     def _too_slow(self) -> None:
-        self._timer = None
-        if self.transport.is_closing() or not self._reading:
+        self._deadline = 0.0
+        if self.transport.is_closing() or self._refusing:
             return
-        if self._earlier_answer_pending() or (not self._reading_headers and self.flow.read_paused):
-            self._arm()  # we are the slow side (or stopped reading): not the client's fault
-            return
-        if self._reading_headers:  # no response can have started: say why
+        if self._reading_headers:
+            if self._earlier_answer_pending():
+                self._arm()  # we are the slow side, answering the request before
+                return
+            # No response can have started: say why.
             self._answer_and_close(
                 refusal(408, "invalid_argument", "the request did not arrive in time")
             )
-        else:  # the application is reading the body: it sees a disconnect
-            self.transport.close()
+            return
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body:
+            return  # the request arrived whole (the deadline was for it)
+        if self.flow.read_paused:
+            self._arm()  # we stopped reading, not the client
+            return
+        self.transport.close()  # the body stalls: the application sees a disconnect
 
     def _answer_and_close(self, response: bytes) -> None:
         """Refuse the request being read; never in the middle of an earlier answer."""
         self._disarm()
-        self._reading = False
+        self._refusing = True
         if self.transport.is_closing():
             return
         if self._earlier_answer_pending():
@@ -188,40 +197,65 @@ class _GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_headers = True
-        self._reading = True
-        self._head_bytes = 0
+        self._url_bytes = 0
         self._arm()
 
     def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        if self._head_bytes > self.LIMITS.max_url_bytes:
+        self._url_bytes += len(url)
+        if self._url_bytes > self.LIMITS.max_url_bytes:
             limit = self.LIMITS.max_url_bytes // 1024
             self._refuse_in_callback(414, "invalid_argument", f"the URL is longer than {limit} KiB")
         super().on_url(url)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.LIMITS.max_header_bytes:
+    def on_headers_complete(self) -> None:
+        # Counted once the headers are whole (a header per callback would cost each
+        # request a Python call per header); unfinished ones are counted raw above.
+        size = self._url_bytes
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+        if size > self.LIMITS.max_header_bytes:
             limit = self.LIMITS.max_header_bytes // 1024
             self._refuse_in_callback(
                 431, "invalid_argument", f"the request headers are larger than {limit} KiB"
             )
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
         self._reading_headers = False
         self._raw_bytes = 0
         super().on_headers_complete()
 
-    def on_message_complete(self) -> None:
-        self._reading = False
-        self._disarm()
-        super().on_message_complete()
-
     def handle_websocket_upgrade(self) -> None:
-        self._reading = False
+        # The connection now belongs to the WebSocket protocol (its own limits apply).
         self._disarm()
+        _watched(self.loop).discard(self)
         super().handle_websocket_upgrade()
+
+
+#: The open connections of each event loop, swept once a second for missed deadlines.
+_WATCHED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[_GuardedProtocol]] = (
+    weakref.WeakKeyDictionary()
+)
+SWEEP_SECONDS = 1.0  # float-ok: seconds between deadline sweeps
+
+
+def _watched(loop: asyncio.AbstractEventLoop) -> set[_GuardedProtocol]:
+    found = _WATCHED.get(loop)
+    if found is None:
+        found = _WATCHED[loop] = set()
+        loop.call_later(SWEEP_SECONDS, _sweep, loop)
+    return found
+
+
+def _sweep(loop: asyncio.AbstractEventLoop) -> None:
+    """Drop the connections whose request is overdue (a deadline is a second late at most)."""
+    watched = _WATCHED.get(loop)
+    if watched is None or loop.is_closed():
+        return
+    now = loop.time()
+    for protocol in [p for p in watched if p._deadline and p._deadline <= now]:
+        try:
+            protocol._too_slow()
+        except Exception:  # one broken connection never stops the sweep
+            watched.discard(protocol)
+    loop.call_later(SWEEP_SECONDS, _sweep, loop)
 
 
 def guarded_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:

@@ -58,9 +58,14 @@ class FrontDoor:
 
     def __init__(self, app: ASGI, settings: Settings) -> None:
         self.hosts = allowed_hosts(settings)
+        #: Host header as sent -> the refused name, or None (served). Clients send a
+        #: handful of spellings: this saves parsing the header on every request.
+        self._decided: dict[bytes, str | None] = {}
         proxies = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
         self._inner = app
         self._entry: ASGI = self._checked
+        #: Whether requests pass uvicorn's proxy middleware first (else ``admits`` alone).
+        self.proxied = bool(proxies)
         if proxies:
             middleware: Any = ProxyHeadersMiddleware(
                 cast(Any, self._checked), trusted_hosts=proxies
@@ -76,8 +81,15 @@ class FrontDoor:
             return None
         for key, value in scope.get("headers", ()):
             if key == b"host":
+                decided = self._decided.get(value, "")
+                if decided != "":
+                    return decided
                 name = host_name(value.decode("latin-1"))
-                return None if name in self.hosts else name
+                refused = None if name in self.hosts else name
+                if len(self._decided) >= 1024:  # random Host headers: forget, stay bounded
+                    self._decided.clear()
+                self._decided[value] = refused
+                return refused
         return None  # HTTP/1.0 without Host: no browser sends that
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,6 +97,10 @@ class FrontDoor:
         if refused is None:
             await self._inner(scope, receive, send)
             return
+        await self.refuse(scope, send, refused)
+
+    async def refuse(self, scope: Scope, send: Send, refused: str) -> None:
+        """Answer a request for a host this server does not serve."""
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
