@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import login_failures, sessions, verification_codes
 from exchange.clock import ManualClock
 from support import (
@@ -24,7 +25,8 @@ HOUR = 60 * MINUTE
 
 
 def count(app: Any, table: Any) -> int:
-    with app.state.services.engine.journal.engine.connect() as conn:
+    # A read: no write lock, which the app's own awaited transactions may hold (on this thread).
+    with reading(app.state.services.engine.journal.engine).connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 

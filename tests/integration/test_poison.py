@@ -27,6 +27,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
+from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import orders
 from exchange.api.methods import ALL_METHODS
 from support import (
@@ -81,7 +82,8 @@ def writer_held(engine: Any) -> Iterator[threading.Event]:
 
 
 def stored_orders(app: Any) -> int:
-    with app.state.services.engine.journal.engine.connect() as conn:
+    # A read: no write lock, which the app's own awaited transactions may hold (on this thread).
+    with reading(app.state.services.engine.journal.engine).connect() as conn:
         return int(conn.execute(select(func.count()).select_from(orders)).scalar_one())
 
 
