@@ -39,6 +39,7 @@ chromium:
 test: $(DEV) chromium
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 	@echo "the integration suite again, through an HTTP worker (exchange serve --workers N)"
 	EXCHANGE_TEST_THROUGH_WORKER=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration
@@ -47,6 +48,7 @@ lint: $(DEV)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(RUNTIME)
 	@command -v wrk >/dev/null 2>&1 || { \

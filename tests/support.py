@@ -104,19 +104,19 @@ async def running_app(
     the writer's app, so tests can still read the engine's books and ledger.
     """
     app = create_app(settings, clock=clock)
-    async with app.router.lifespan_context(app):
+    async with app.runtime.running():
         if not (THROUGH_WORKER if through_worker is None else through_worker):
             async with _client(app) as client:
                 yield app, client
             return
         directory = tempfile.mkdtemp(prefix="xw-")  # short: Unix socket paths are <= 107 bytes
-        hub = WriterHub(app.state.services.engine, os.path.join(directory, "writer.sock"))
+        hub = WriterHub(app.runtime.services.engine, os.path.join(directory, "writer.sock"))
         await hub.start()
         app.state.hub = hub
         try:
             worker = create_app(settings, clock=clock, writer_socket=hub.path)
             app.state.worker = worker
-            async with worker.router.lifespan_context(worker), _client(worker) as client:
+            async with worker.runtime.running(), _client(worker) as client:
                 yield app, client
         finally:
             await hub.stop()
@@ -188,10 +188,6 @@ def assert_envelope(answer: httpx.Response, status: int, code: str | None = None
     return body["data"]
 
 
-async def drain(seconds: float = 0.05) -> None:
-    await asyncio.sleep(seconds)
-
-
 async def until(
     condition: Callable[[], bool | Awaitable[bool]], seconds: float = 10.0, what: str = ""
 ) -> None:
@@ -212,13 +208,13 @@ async def new_trader(
     app: Any, client: httpx.AsyncClient, mailbox: Mailbox, email: str, **funds: str
 ) -> dict[str, str]:
     """Register, log in and fund a user; returns the Bearer header of its session."""
+    from exchange.domain.commands import Credit
     from exchange.domain.money import parse_decimal, to_units
-    from exchange.engine.commands import Credit
 
     await register(client, mailbox, email)
     token = await login(client, email)
     client.cookies.clear()
-    services = app.state.services
+    services = app.runtime.services
     user_id = await services.accounts.user_id(email)
     for asset, amount in funds.items():
         scale = services.engine.assets[asset].scale
@@ -230,7 +226,7 @@ async def new_trader(
 
 def check_books_and_ledger(app: Any) -> None:
     """The engine's invariants: conservation per asset, frozen == open orders, sane books."""
-    core = app.state.services.engine.core
+    core = app.runtime.services.engine.core
     core.check_invariants()
     totals = core.ledger.totals()
     assert totals and all(total == 0 for total in totals.values()), totals

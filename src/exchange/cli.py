@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Annotated, Any, NoReturn
 
@@ -10,6 +9,7 @@ import typer
 
 from exchange.config import Settings, get_settings
 from exchange.domain.errors import ExchangeError
+from exchange.logs import configure_logging
 
 
 def _settings_help() -> str:
@@ -38,13 +38,6 @@ JSON_OPTION = typer.Option("--json", help="print a JSON summary too")
 WORKERS_OPTION = typer.Option(min=1, max=64, help="the server's HTTP workers (serve --workers)")
 
 
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def _serve(settings: Settings, host: str | None, port: int | None, *, demo: bool) -> None:
     import uvicorn
 
@@ -59,7 +52,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, demo: bool
     if demo:
         from exchange.demo.bots import attach_demo
 
-        attach_demo(application, settings, f"http://{settings.host}:{settings.port}")
+        attach_demo(application.runtime, f"http://{settings.host}:{settings.port}")
     config = server_config(application, settings, host=settings.host, port=settings.port)
     server = uvicorn.Server(config)
     server.run()
@@ -109,8 +102,8 @@ def demo(
 
 def _admin() -> Any:
     from exchange.adapters.db.database import make_sync_engine, migrate
-    from exchange.app import configured_markets
-    from exchange.services.admin import Admin
+    from exchange.admin import Admin
+    from exchange.runtime import configured_markets
 
     settings = get_settings()
     migrate(settings.database_url)
@@ -151,7 +144,7 @@ def list_withdrawals(
     except ExchangeError as error:
         _fail(error)
     for row in rows:
-        scale = tool._assets[row["coin"]].scale
+        scale = tool.assets[row["coin"]].scale
         typer.echo(
             f"{row['id']}\t{row['status']}\t{row['email']}\t{row['coin']}\t"
             f"{format_units(row['amount'], scale)}\tfee {format_units(row['fee'], scale)}\t"

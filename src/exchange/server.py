@@ -25,11 +25,12 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from exchange.api.envelope import error_body
 from exchange.config import Settings
+from exchange.domain.errors import ExchangeError
 
 __all__ = ["HttpLimits", "guarded_protocol", "server_config"]
 
@@ -63,7 +64,7 @@ class _Refused(Exception):
 
 def refusal(status: int, code: str, message: str, retry_after: int | None = None) -> bytes:
     """A whole HTTP/1.1 response carrying the envelope; the connection closes after it."""
-    body = orjson.dumps({"status": False, "data": None, "description": f"{code}: {message}"})
+    body = error_body(ExchangeError(code, message))
     head = [
         STATUS_LINE[status],
         b"content-type: application/json\r\n",

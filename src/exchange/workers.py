@@ -62,7 +62,7 @@ def _worker_main(settings: Settings, sock: socket.socket, path: str, parent: int
     import uvicorn
 
     from exchange.app import create_app
-    from exchange.cli import configure_logging
+    from exchange.logs import configure_logging
     from exchange.server import server_config
 
     configure_logging(settings)
@@ -143,18 +143,17 @@ class _Workers:
 
 
 async def _writer(settings: Settings, workers: _Workers) -> int:
-    from exchange.app import create_app
-    from exchange.engine.engine import Engine
     from exchange.engine.hub import WriterHub
+    from exchange.runtime import build_runtime
 
-    app = create_app(settings)
-    engine = app.state.services.engine
-    assert isinstance(engine, Engine)
+    runtime = build_runtime(settings)  # the writer serves no HTTP: no app here
+    engine = runtime.writer
+    assert engine is not None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
-    async with app.router.lifespan_context(app):
+    async with runtime.running():
         hub = WriterHub(engine, workers.path)
         await hub.start()
         try:
@@ -183,7 +182,7 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
     """Serve with ``count`` HTTP workers; the exit status (3: could not start)."""
     import uvloop
 
-    from exchange.app import AnotherWriter
+    from exchange.runtime import AnotherWriter
 
     try:
         sock = bind(host, port)

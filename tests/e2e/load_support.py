@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,10 +22,10 @@ from sqlalchemy import select
 
 from exchange.adapters.db.database import make_sync_engine
 from exchange.adapters.db.tables import orders, trades, withdrawals
-from exchange.app import configured_markets
+from exchange.admin import Admin
 from exchange.bench.server import Server
 from exchange.config import Settings
-from exchange.services.admin import Admin
+from exchange.runtime import configured_markets
 from support import (
     Mailbox,
     audit_orders_and_withdrawals,
@@ -161,6 +162,66 @@ async def client_loop(
                 acks.orders[data["order_id"]] = data
                 if data["status"] in ("open", "partially_filled"):
                     mine.append(data["order_id"])
+
+
+#: Words that must never reach a client: stack traces, SQL, driver names, paths.
+LEAKS = (
+    "Traceback",
+    'File "',
+    ".py",
+    "psycopg",
+    "sqlite",
+    "sqlalchemy",
+    "SELECT",
+    "INSERT",
+    "/tmp",
+)
+#: Refusals any mixed load meets: a cancel of an order that filled first, an order
+#: beyond what the client still holds.
+EXPECTED_REFUSALS = frozenset({(404, "order_not_found"), (400, "insufficient_balance")})
+#: What a 500 says when a worker's link to the writer broke with the command in flight.
+UNKNOWN_OUTCOME = "may or may not have been applied"
+
+
+def assert_clear_503(outcome: Outcome) -> None:
+    """A refusal for an unavailable database: the envelope, 503, a plain sentence."""
+    assert outcome.status == 503, outcome
+    assert set(outcome.body) == {"status", "data", "description"}, outcome
+    assert outcome.body["status"] is False and outcome.body["data"] is None
+    description: str = outcome.body["description"]
+    assert description.startswith("overloaded: "), outcome
+    assert not any(word in description for word in LEAKS), description
+
+
+def check_outcomes(
+    acks: Acks, *, failure_allowed: Callable[[Outcome], bool] = lambda _outcome: False
+) -> list[Outcome]:
+    """Every answer is the envelope, every refusal an expected one; returns the failures.
+
+    A failure is no answer, a clear 503 ``overloaded``, or a 500 whose outcome is
+    unknown; each must be one the caller allows (``failure_allowed``).
+    """
+    failures = []
+    for outcome in acks.outcomes:
+        if outcome.status is None:
+            failures.append(outcome)
+            continue
+        body = outcome.body
+        assert isinstance(body, dict) and set(body) == {"status", "data", "description"}, outcome
+        if outcome.status == 200:
+            assert body["status"] is True, outcome
+            continue
+        code = body["description"].split(":")[0]
+        if (outcome.status, code) in EXPECTED_REFUSALS:
+            continue
+        if (outcome.status, code) == (500, "internal_error"):
+            assert UNKNOWN_OUTCOME in body["description"], outcome
+        else:
+            assert_clear_503(outcome)
+        failures.append(outcome)
+    for outcome in failures:
+        assert failure_allowed(outcome), outcome
+    return failures
 
 
 def check_acknowledged(url: str, acks: Acks) -> None:

@@ -38,9 +38,9 @@ from load_support import (
     PAIR,
     SCALE,
     Acks,
-    Outcome,
     check_acknowledged,
     check_money,
+    check_outcomes,
     client_loop,
     credit,
     start_users,
@@ -63,18 +63,6 @@ from support import (
 
 BTC_ADDRESS = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"
 USDT_ADDRESS = "0x" + "5a" * 20
-#: Words that must never reach a client: stack traces, SQL, driver names, paths.
-LEAKS = (
-    "Traceback",
-    'File "',
-    ".py",
-    "psycopg",
-    "sqlite",
-    "sqlalchemy",
-    "SELECT",
-    "INSERT",
-    "/tmp",
-)
 
 
 # -- the world: a server with funded users (the load and its checks: load_support.py) ----
@@ -107,16 +95,6 @@ def stored_balances(url: str) -> dict[tuple[int, str], tuple[int, int]]:
         engine.dispose()
 
 
-def assert_clear_503(outcome: Outcome) -> None:
-    """A refusal for an unavailable database: the envelope, 503, a plain sentence."""
-    assert outcome.status == 503, outcome
-    assert set(outcome.body) == {"status", "data", "description"}, outcome
-    assert outcome.body["status"] is False and outcome.body["data"] is None
-    description: str = outcome.body["description"]
-    assert description.startswith("overloaded: "), outcome
-    assert not any(word in description for word in LEAKS), description
-
-
 def timeline(acks: Acks, origin: float) -> str:
     """Answers per half second since ``origin``: for the failure messages."""
     slots: dict[int, dict[str, int]] = {}
@@ -125,22 +103,6 @@ def timeline(acks: Acks, origin: float) -> str:
         slot = slots.setdefault(int((o.started - origin) * 2), {})
         slot[key] = slot.get(key, 0) + 1
     return "; ".join(f"{k / 2:+.1f}s {v}" for k, v in sorted(slots.items()))
-
-
-def check_answers(acks: Acks, allowed: set[tuple[int, str]]) -> list[Outcome]:
-    """No 500 ever, every answer is the envelope, every refusal is expected; the 503s."""
-    refused = []
-    for outcome in acks.outcomes:
-        assert outcome.status is not None, f"no answer: {outcome}"
-        assert set(outcome.body) == {"status", "data", "description"}, outcome
-        if outcome.status == 200:
-            continue
-        code = outcome.body["description"].split(":")[0]
-        assert (outcome.status, code) in allowed, outcome
-        if outcome.status == 503:
-            assert_clear_503(outcome)
-            refused.append(outcome)
-    return refused
 
 
 # -- 1. kill -9 during a mixed load ------------------------------------------------------
@@ -185,7 +147,7 @@ def test_kill_9_during_mixed_load(db_url: str, tmp_path: Path) -> None:
         # The requests cut by the kill got no answer; they are the unacknowledged ones.
         assert any(o.status is None for o in acks.outcomes)
         answered = Acks(outcomes=[o for o in acks.outcomes if o.status is not None])
-        check_answers(answered, {(404, "order_not_found"), (400, "insufficient_balance")})
+        check_outcomes(answered)  # every answer expected: no failure allowed
 
         check_acknowledged(db_url, acks)
         check_money(db_url)
@@ -446,9 +408,7 @@ def test_postgres_unreachable_then_back(tmp_path: Path) -> None:
             )
             assert server.process.poll() is None and server.process.pid == pid  # no restart
 
-            refused = check_answers(
-                acks, {(503, "overloaded"), (404, "order_not_found"), (400, "insufficient_balance")}
-            )
+            refused = check_outcomes(acks, failure_allowed=lambda o: o.status == 503)
             during = [o for o in acks.outcomes if cut <= o.started < restored]
             assert len(during) >= 20, "the clients were not asking during the outage"
             story = f"cut at 0, restored at {restored - cut:.1f}: " + timeline(acks, cut)
@@ -538,9 +498,7 @@ def test_sqlite_disk_full_then_space_again(small_disk: Path, tmp_path: Path) -> 
             )
             assert server.process.poll() is None and server.process.pid == pid  # no restart
             story = f"full at 0, freed at {freed - full:.1f}: " + timeline(acks, full)
-            refused = check_answers(
-                acks, {(503, "overloaded"), (404, "order_not_found"), (400, "insufficient_balance")}
-            )
+            refused = check_outcomes(acks, failure_allowed=lambda o: o.status == 503)
             assert len(refused) >= 20, story
             assert all(full - 0.5 <= o.started < freed + 10 for o in refused), story
             assert max(o.elapsed for o in acks.outcomes) < 10, story

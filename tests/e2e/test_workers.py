@@ -37,9 +37,9 @@ import websockets
 from load_support import (
     PAIR,
     Acks,
-    Outcome,
     check_acknowledged,
     check_money,
+    check_outcomes,
     client_loop,
     credit,
     start_users,
@@ -54,6 +54,7 @@ from support import (
     check_database_ledger,
     register_over_http,
     smtp_server,
+    until,
 )
 
 WORKERS = ("--workers", "2")
@@ -593,45 +594,6 @@ def trade(
     )
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-UNKNOWN_OUTCOME = "may or may not have been applied"
-
-
-def check_outcomes(load: Acks, *, failures_allowed: Callable[[Outcome], bool]) -> list[Outcome]:
-    """Every answer is the envelope; the refusals are expected ones; returns the failures.
-
-    A failure is no answer, a 500 ``internal_error`` whose outcome is unknown (the
-    worker's connection to the writer broke with it in flight) or a 503.
-    """
-    failures = []
-    for outcome in load.outcomes:
-        if outcome.status is None:
-            failures.append(outcome)
-            continue
-        body = outcome.body
-        assert isinstance(body, dict) and set(body) == {"status", "data", "description"}, outcome
-        if outcome.status == 200:
-            assert body["status"] is True, outcome
-            continue
-        code = body["description"].split(":")[0]
-        if (outcome.status, code) in ((404, "order_not_found"), (400, "insufficient_balance")):
-            continue
-        if (outcome.status, code) == (500, "internal_error"):
-            assert UNKNOWN_OUTCOME in body["description"], outcome
-        else:
-            assert (outcome.status, code) == (503, "overloaded"), outcome
-        failures.append(outcome)
-    for outcome in failures:
-        assert failures_allowed(outcome), outcome
-    return failures
-
-
 # -- 4. kill -9 of one worker ---------------------------------------------------------------
 
 
@@ -647,12 +609,12 @@ async def _load_killing_a_worker(
 
     async def operator() -> None:
         try:
-            await wait_until(lambda: len(load.orders) >= 100, 30, "100 orders")
+            await until(lambda: len(load.orders) >= 100, 30, "100 orders")
             await asyncio.sleep(random.uniform(0.0, 0.2))
             victim = min(pids)
             moments.append(time.monotonic())
             os.kill(victim, signal.SIGKILL)
-            await wait_until(lambda: not alive(victim), 10, "the worker to die")
+            await until(lambda: not alive(victim), 10, "the worker to die")
             assert server.process is not None
             parent = server.process.pid
             fresh: set[int] = set()
@@ -662,10 +624,10 @@ async def _load_killing_a_worker(
                 fresh.update(worker_pids(parent))
                 return len(fresh) == 2 and victim not in fresh
 
-            await wait_until(two_again, 30, "a new worker")
+            await until(two_again, 30, "a new worker")
             respawned.update(fresh)
             moments.append(time.monotonic())
-            await wait_until(lambda: load.orders_since(moments[1]) >= 100, 30, "100 orders more")
+            await until(lambda: load.orders_since(moments[1]) >= 100, 30, "100 orders more")
         finally:
             stop.set()
 
@@ -687,7 +649,7 @@ def test_kill_9_of_a_worker_under_load(db_url: str, tmp_path: Path) -> None:
             assert server.process.poll() is None and server.process.pid == parent
             assert len(now_pids) == 2 and now_pids & pids and now_pids - pids
             # Failures only for requests that were under way when the worker died.
-            failures = check_outcomes(load, failures_allowed=lambda o: o.started < killed + 1.0)
+            failures = check_outcomes(load, failure_allowed=lambda o: o.started < killed + 1.0)
             assert any(a["trades"] for a in load.orders.values()), "nothing traded"
             assert load.orders_since(back) >= 100
 
@@ -717,7 +679,7 @@ async def _load_killing_the_writer(server: Server, tokens: list[str]) -> tuple[A
     async def operator() -> None:
         assert server.process is not None
         try:
-            await wait_until(lambda: len(load.orders) >= 150, 30, "150 orders")
+            await until(lambda: len(load.orders) >= 150, 30, "150 orders")
             await asyncio.sleep(random.uniform(0.0, 0.2))
             moments.append(time.monotonic())
             os.kill(server.process.pid, signal.SIGKILL)
@@ -759,7 +721,7 @@ def test_kill_9_of_the_writer(tmp_path: Path) -> None:
                 shutil.rmtree(socket_path.parent, ignore_errors=True)
         # What the clients saw after the kill: no answer, or 503 (the writer is gone), or an
         # unknown outcome for what was in flight; never a 200 for an order that is lost.
-        failures = check_outcomes(load, failures_allowed=lambda o: o.started >= killed - 1.0)
+        failures = check_outcomes(load, failure_allowed=lambda o: o.started >= killed - 1.0)
         kinds = sorted({f.error.split("(")[0] or f.body["description"][:40] for f in failures})
         print(f"{len(failures)} failures: {kinds}")
         check_acknowledged(url, load)

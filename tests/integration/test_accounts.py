@@ -112,10 +112,15 @@ async def test_used_code_cannot_register_again_after_account_removal(
     app, client = app_client
     await register(client, mailbox, EMAIL)
     code = mailbox.code_for(EMAIL)
+    from exchange.adapters.db.database import make_async_engine
     from exchange.adapters.db.tables import users
 
-    async with app.state.services.db.begin() as conn:
-        await conn.execute(users.delete())
+    db = make_async_engine(app.runtime.services.settings.database_url)
+    try:
+        async with db.begin() as conn:
+            await conn.execute(users.delete())
+    finally:
+        await db.dispose()
     answer = await client.post(
         "/api/regeist_user", data={"user": EMAIL, "pass": PASSWORD, "valid_code": code}
     )

@@ -153,6 +153,7 @@ class Fuzzed:
     app: Any
     database_url: str
     bearer: dict[str, str]
+    cases: int = 0  # schemathesis cases sent so far in this run
 
 
 def fuzz_settings(database_url: str, smtp_port: int | None = None, **extra: Any) -> Settings:
@@ -285,6 +286,7 @@ EXCLUDED = [positive_data_acceptance]
 
 def bind(case: Any, fuzzed: Fuzzed) -> Method:
     """Point the case (and the checks that re-send it) at the app; its method-table row."""
+    fuzzed.cases += 1
     case.operation.schema.app = fuzzed.app
     case.operation.app = fuzzed.app
     return METHODS[case.path.removeprefix("/api/")]
@@ -347,6 +349,12 @@ def test_served_document_is_the_one_fuzzed(fuzzed: Fuzzed) -> None:
 
 
 def test_schemathesis_runs_kept_conservation(fuzzed: Fuzzed) -> None:
+    """After the generated cases (collected above, so run before): money is conserved.
+
+    The fixture checks it again when the module ends, whatever ran.
+    """
+    if fuzzed.cases == 0:
+        pytest.skip("no schemathesis case ran before this test: nothing to check yet")
     check_conservation(fuzzed.app, fuzzed.database_url)
 
 
@@ -687,7 +695,14 @@ async def test_router_method_table(
         assert answer.status in (400, 403, 404), answer  # CSRF: never done
         assert answer.status != 200
     if method.auth and auth in ("none", "bad-bearer"):
-        assert answer.status in (400, 401, 404), answer
+        refused = (400, 401, 404)
+        if auth == "bad-bearer" and answer.body.startswith(b'{"status":false,"data":null,'):
+            # Rate limits are on here: after 30 unknown sessions from one address in a
+            # minute, the failed-session throttle answers 429 before any lookup.
+            refused += (
+                (429,) if b'"description":"rate_limited: too many unknown' in answer.body else ()
+            )
+        assert answer.status in refused, answer
     check_books_and_ledger(app)
 
 

@@ -26,7 +26,7 @@ HOUR = 60 * MINUTE
 
 def count(app: Any, table: Any) -> int:
     # A read: no write lock, which the app's own awaited transactions may hold (on this thread).
-    with reading(app.state.services.engine.journal.engine).connect() as conn:
+    with reading(app.runtime.services.engine.journal.engine).connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
 
 
@@ -44,7 +44,7 @@ async def test_housekeeping_deletes_what_no_rule_needs(
         await client.post("/api/make_valid_code", data={"user": "pending@example.com"})
         assert count(app, sessions) == 1 and count(app, login_failures) == 3
         assert count(app, verification_codes) == 2  # one used, one pending
-        housekeeping = app.state.housekeeping
+        housekeeping = app.runtime.housekeeping
         assert await housekeeping.run_once() == {"login_failures": 0, "codes": 0, "sessions": 0}
 
         clock.advance(2 * HOUR)  # past the lockout window, the codes' expiry + 1 h, idle
@@ -95,7 +95,7 @@ async def test_a_client_order_id_names_its_order_for_the_window_only(
         assert later["order_id"] != first["order_id"]  # a new order now
         clock.advance(30 * MINUTE)
     async with running_app(settings, clock) as (app, client):  # nothing old is loaded
-        assert len(app.state.services.engine.core._client_ids) == 0
+        assert len(app.runtime.services.engine.core._client_ids) == 0
         orders = assert_envelope(await client.post("/api/get_orders", headers=user), 200)
         assert sorted(o["order_id"] for o in orders) == sorted(
             {first["order_id"], later["order_id"]}

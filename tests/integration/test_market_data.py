@@ -21,10 +21,10 @@ from exchange.adapters.db.database import make_sync_engine
 from exchange.adapters.db.tables import candles
 from exchange.clock import ManualClock
 from exchange.config import Settings
+from exchange.domain.commands import Credit
 from exchange.domain.events import Outbox
 from exchange.domain.markets import default_assets, default_markets
 from exchange.domain.orders import Trade as DomainTrade
-from exchange.engine.commands import Credit
 from exchange.engine.engine import Engine
 from exchange.services.marketdata import MarketData
 from support import Mailbox, assert_envelope, login, make_settings, register, running_app
@@ -89,7 +89,7 @@ async def trader(app: Any, client: httpx.AsyncClient, mailbox: Mailbox, email: s
     await register(client, mailbox, email)
     token = await login(client, email)
     client.cookies.clear()  # each trader authenticates with its own bearer token
-    services = app.state.services
+    services = app.runtime.services
     user_id = await services.sessions.resolve(token)
     assert user_id is not None
     for asset, units in (("USDT", 10**15), ("BTC", 10**12), ("ETH", 10**12)):
@@ -589,7 +589,7 @@ async def two_traders_again(app: Any, client: httpx.AsyncClient) -> tuple[Trader
     for email in ("maker@example.com", "taker@example.com"):
         token = await login(client, email)
         client.cookies.clear()
-        user_id = await app.state.services.sessions.resolve(token)
+        user_id = await app.runtime.services.sessions.resolve(token)
         found.append(Trader(client, token, user_id))
     return found[0], found[1]
 
@@ -615,9 +615,11 @@ class FlakyStore:
         self.saved: dict[tuple[str, str, int], tuple[int, ...]] = {}
         self.fail = False
         self.hang = False
+        self.hanging = asyncio.Event()  # a save is stuck in the hang
 
     async def save(self, rows: list[tuple[Any, ...]]) -> None:
         if self.hang:
+            self.hanging.set()
             await asyncio.Event().wait()
         if self.fail:
             raise OSError("disk on fire")
@@ -641,7 +643,7 @@ async def test_a_failed_or_cancelled_flush_is_written_later() -> None:
     commit(2, DAY0 + 10 * MIN)
     store.hang, store.fail = True, False
     task = asyncio.create_task(market.flush())
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(store.hanging.wait(), 5)  # cancelled mid-write, not before it
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -657,9 +659,9 @@ async def test_candle_memory_is_bounded_and_answers_do_not_change(database_url: 
     """Each series keeps only its newest candles; a ``since`` older than memory reads the
     table, and every answer is the one an unbounded series gives (before and after a
     restart, which loads only the newest candles)."""
+    from exchange.adapters.db.candle_store import CandleStore
     from exchange.adapters.db.database import make_async_engine, migrate
-    from exchange.services.candle_store import CandleStore
-    from exchange.services.candles import CandleSeries
+    from exchange.domain.candles import CandleSeries
 
     migrate(database_url)
     markets = default_markets(default_assets())

@@ -54,7 +54,7 @@ POSTGRES_TRIGGER = (
 
 def poison_orders(app: Any) -> None:
     """Make the database refuse every order row with client_order_id 'poison'."""
-    db = app.state.services.engine.journal.engine
+    db = app.runtime.services.engine.journal.engine
     with db.begin() as conn:
         if db.dialect.name == "sqlite":
             conn.execute(text(SQLITE_TRIGGER))
@@ -83,13 +83,13 @@ def writer_held(engine: Any) -> Iterator[threading.Event]:
 
 def stored_orders(app: Any) -> int:
     # A read: no write lock, which the app's own awaited transactions may hold (on this thread).
-    with reading(app.state.services.engine.journal.engine).connect() as conn:
+    with reading(app.runtime.services.engine.journal.engine).connect() as conn:
         return int(conn.execute(select(func.count()).select_from(orders)).scalar_one())
 
 
 async def one_batch(app: Any, requests: list[Any]) -> list[httpx.Response]:
     """Send every request while the writer is held, so that they are applied as one batch."""
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     with writer_held(engine) as gate:
         first = asyncio.ensure_future(requests[0])  # the writer blocks in its commit
         await until(lambda: engine._busy, what="the writer to start a batch")
@@ -103,7 +103,7 @@ async def test_a_poisoned_order_fails_alone_in_a_batch_of_200(
     app_client: Pair, mailbox: Any
 ) -> None:
     app, client = app_client
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     users = [
         await new_trader(app, client, mailbox, f"u{n}@example.com", USDT="100000", BTC="10")
         for n in range(4)
@@ -139,7 +139,7 @@ async def test_surrogates_among_ordinary_orders_refuse_nothing_else(
 ) -> None:
     """The review's reproduction: 40 bodies with a lone surrogate shuffled among 150 buys."""
     app, client = app_client
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     attacker = await new_trader(app, client, mailbox, "a@example.com", USDT="100000")
     trader = await new_trader(app, client, mailbox, "t@example.com", USDT="100000")
     bad = '{"pair":"BTC/USDT","amount":"0.001","price":"10000","client_order_id":"\\ud800"}'
@@ -176,7 +176,7 @@ async def test_surrogates_among_ordinary_orders_refuse_nothing_else(
 async def test_forty_poisoned_orders_among_150_fail_alone(app_client: Pair, mailbox: Any) -> None:
     """The same mix past the input layer: rows the database refuses, in one batch."""
     app, client = app_client
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     attacker = await new_trader(app, client, mailbox, "a@example.com", USDT="100000")
     trader = await new_trader(app, client, mailbox, "t@example.com", USDT="100000")
     poison_orders(app)
@@ -268,7 +268,7 @@ async def test_a_command_that_breaks_the_domain_is_set_aside_alone(
     """An engine bug hit by one command (here: raised after it changed memory) fails it
     alone: its changes are rolled back and the rest of its batch is applied again."""
     app, client = app_client
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     seller = await new_trader(app, client, mailbox, "s@example.com", BTC="10")
     buyer = await new_trader(app, client, mailbox, "b@example.com", USDT="100000")
     real_apply = engine._apply
@@ -305,7 +305,7 @@ async def test_depth_read_during_a_batch_that_is_rolled_back_is_not_served_after
     """Depth read mid-batch may show the batch; once a part is rolled back (and nothing
     commits on that market again), the cached answer must not keep showing it."""
     app, client = app_client
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     user = await new_trader(app, client, mailbox, "d@example.com", BTC="1", USDT="100000")
     poison_orders(app)
     poisoned = {"pair": "ETH/BTC", "amount": "1", "price": "0.05", "client_order_id": POISON}
@@ -339,7 +339,7 @@ async def test_rows_the_database_refuses_are_refused_one_by_one_without_a_reload
     all (read-only, missing tables, no permission) is told apart by its error class
     (tests/unit/test_database_errors.py) and answered 503 as a whole."""
     app, client = app_client
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     user = await new_trader(app, client, mailbox, "e@example.com", USDT="100000")
     db = engine.journal.engine
     with db.begin() as conn:

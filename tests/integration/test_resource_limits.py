@@ -232,7 +232,7 @@ async def test_failed_auth_messages_are_throttled_and_unknown_tokens_remembered(
     sqlite_url: str, clock: ManualClock
 ) -> None:
     async with server(sqlite_url, clock, ws_auth_failures="5/60") as (app, host, port):
-        sessions = app.state.services.sessions
+        sessions = app.runtime.services.sessions
         lookups: list[str] = []
         real_load = sessions._load
 
@@ -265,7 +265,7 @@ async def test_failed_auth_messages_are_throttled_and_unknown_tokens_remembered(
         ws_auth_failures="5/60",
         rate_limit_auth_failures="4/60",
     ) as (app, host, port):
-        sessions = app.state.services.sessions
+        sessions = app.runtime.services.sessions
         lookups.clear()
         real_load = sessions._load
         sessions._load = counted

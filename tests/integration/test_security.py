@@ -93,7 +93,7 @@ async def test_random_addresses_leave_no_state_behind(
     app_client: tuple[Any, httpx.AsyncClient],
 ) -> None:
     app, client = app_client
-    accounts = front(app).state.services.accounts
+    accounts = front(app).runtime.services.accounts
     for n in range(300):
         data = {"user": f"r{n}@example.com", "pass": "correct-horse-42", "valid_code": "123456"}
         assert_envelope(await client.post("/api/regeist_user", data=data), 400, "invalid_code")
@@ -228,7 +228,7 @@ async def test_a_database_copy_does_not_give_codes_away(
     async with running_app(settings) as (app, client):
         assert_envelope(await client.post("/api/make_valid_code", data={"user": EMAIL}), 200)
         code = mailbox.code_for(EMAIL)
-        engine = reading(app.state.services.engine.journal.engine)  # never the write lock
+        engine = reading(app.runtime.services.engine.journal.engine)  # never the write lock
         with engine.connect() as conn:
             row = conn.execute(select(verification_codes)).one()
         # What a copy of the database holds is not the old salted SHA-256 of the code ...
@@ -317,7 +317,7 @@ async def test_unknown_sessions_are_limited_per_address(
     """A guesser with fresh random tokens costs a lookup each: at most the budget."""
     settings = make_settings(sqlite_url, mail[1], rate_limits="on", rate_limit_auth_failures="3/60")
     async with running_app(settings) as (app, _client):
-        sessions = front(app).state.services.sessions
+        sessions = front(app).runtime.services.sessions
         lookups: list[str] = []
         real_load = sessions._load
 

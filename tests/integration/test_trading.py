@@ -68,7 +68,7 @@ async def test_two_users_trade_with_exact_fees(
         "ETH": {"available": "0.00000000", "frozen": "0.00000000"},
         "USDT": {"available": "20000.000000", "frozen": "0.000000"},
     }
-    ledger = app.state.services.engine.core.ledger
+    ledger = app.runtime.services.engine.core.ledger
     assert ledger.balance(FEE_ACCOUNT, "BTC") == (100_000, 0)  # 0.001 BTC
     assert ledger.balance(FEE_ACCOUNT, "USDT") == (20_000_000, 0)  # 20 USDT
 
@@ -304,7 +304,7 @@ async def test_client_order_id_reused_across_markets(
         assert_envelope(await client.post("/api/cancel_order", data=oid, headers=user), 200)
         await _reuse_checks(client, user, ask, other, first["order_id"])
     async with running_app(settings, clock) as (app, client):  # the order is in the database only
-        assert app.state.services.engine.core.order(first["order_id"]) is None
+        assert app.runtime.services.engine.core.order(first["order_id"]) is None
         await _reuse_checks(client, user, ask, other, first["order_id"])
         check_books_and_ledger(app)
 
@@ -411,7 +411,7 @@ async def test_books_and_balances_survive_a_restart(database_url: str, mail: Any
                 data={"pair": "BTC/USDT", "amount": "0.015", "price": str(20003 - i)},
                 headers=b,
             )
-        core = app.state.services.engine.core
+        core = app.runtime.services.engine.core
         before = (
             sorted(core.ledger.accounts()),
             core.depth("BTC/USDT", 100),
@@ -420,7 +420,7 @@ async def test_books_and_balances_survive_a_restart(database_url: str, mail: Any
             core.next_trade_id,
         )
     async with running_app(settings) as (app, client):
-        core = app.state.services.engine.core
+        core = app.runtime.services.engine.core
         after = (
             sorted(core.ledger.accounts()),
             core.depth("BTC/USDT", 100),

@@ -21,15 +21,20 @@ from sqlalchemy.engine import Engine as SyncEngine
 
 from exchange.adapters.db.database import make_sync_engine
 from exchange.adapters.db.tables import admin_audit, ledger_entries
+from exchange.admin import Admin
 from exchange.api import schemas
 from exchange.clock import ManualClock
 from exchange.config import Settings
+from exchange.domain.commands import Credit
 from exchange.domain.errors import ExchangeError
-from exchange.domain.ledger import DEPOSIT_ACCOUNT, FEE_ACCOUNT, WITHDRAWAL_ACCOUNT
+from exchange.domain.ledger import (
+    DEPOSIT_ACCOUNT,
+    FEE_ACCOUNT,
+    SYSTEM_ACCOUNTS,
+    WITHDRAWAL_ACCOUNT,
+)
 from exchange.domain.markets import default_assets
 from exchange.domain.money import parse_decimal, to_units
-from exchange.engine.commands import Credit
-from exchange.services.admin import Admin
 from exchange.services.wallet import WithdrawRule, withdraw_rules
 from support import (
     Mailbox,
@@ -87,7 +92,7 @@ def sync_db(database_url: str) -> Iterator[SyncEngine]:
 @pytest.fixture
 def admin(wallet_app: Pair, sync_db: SyncEngine, database_url: str) -> Admin:
     """The operator service the CLI uses; the running app's engine applies its commands."""
-    return Admin(sync_db, database_url, wallet_app[0].state.services.markets)
+    return Admin(sync_db, database_url, wallet_app[0].runtime.services.markets)
 
 
 async def new_user(client: httpx.AsyncClient, mailbox: Mailbox, email: str) -> Headers:
@@ -100,7 +105,7 @@ async def new_user(client: httpx.AsyncClient, mailbox: Mailbox, email: str) -> H
 
 async def fund(app: Any, email: str, asset: str, amount: str) -> None:
     """A deposit straight through the engine (tests that are not about the admin path)."""
-    services = app.state.services
+    services = app.runtime.services
     user_id = await services.accounts.user_id(email)
     units = to_units(parse_decimal(amount), services.engine.assets[asset].scale, asset)
     await services.engine.submit(Credit(user_id, asset, units, 0))
@@ -171,7 +176,7 @@ async def test_lifecycle_credit_address_cooldown_withdraw_approve(
 ) -> None:
     app, client = wallet_app
     alice = await new_user(client, mailbox, "alice@example.com")
-    user_id = await app.state.services.accounts.user_id("alice@example.com")
+    user_id = await app.runtime.services.accounts.user_id("alice@example.com")
 
     credited = await asyncio.to_thread(admin.credit, "Alice@Example.com", "btc", "1.5", "wire 42")
     assert credited == {"user_id": user_id, "asset": "BTC", "amount": 150_000_000}
@@ -233,7 +238,8 @@ async def test_lifecycle_credit_address_cooldown_withdraw_approve(
     sent = await asyncio.to_thread(admin.approve, wid, "f4184fc596403b9d638783cf57adfe4c75c605f6")
     assert sent["status"] == "sent"
     assert await coin_balance(client, alice, "BTC") == ("1.00000000", "0.00000000")
-    system = app.state.services.engine.system_balances()
+    engine = app.runtime.services.engine
+    system = {account: engine.balances(account) for account in SYSTEM_ACCOUNTS}
     assert system[WITHDRAWAL_ACCOUNT]["BTC"] == (49_950_000, 0)  # amount - fee left
     assert system[FEE_ACCOUNT]["BTC"] == (50_000, 0)  # the fee stayed
     assert system[DEPOSIT_ACCOUNT]["BTC"] == (-150_000_000, 0)
@@ -307,13 +313,14 @@ async def test_reject_returns_the_funds_and_cannot_be_approved(
     rejected = await asyncio.to_thread(admin.reject, pending["withdrawal_id"], "address on a list")
     assert rejected["status"] == "rejected"
     assert await coin_balance(client, bob, "USDT") == ("250.500000", "0.000000")
-    system = app.state.services.engine.system_balances()
+    engine = app.runtime.services.engine
+    system = {account: engine.balances(account) for account in SYSTEM_ACCOUNTS}
     assert system[WITHDRAWAL_ACCOUNT]["USDT"] == (0, 0)
     assert system[FEE_ACCOUNT]["USDT"] == (0, 0)
     [row] = await ok(client, "get_withdrawals", bob)
     assert (row["status"], row["reason"], row["txid"]) == ("rejected", "address on a list", None)
     wid = pending["withdrawal_id"]
-    user_id = await app.state.services.accounts.user_id("bob@example.com")
+    user_id = await app.runtime.services.accounts.user_id("bob@example.com")
     assert await asyncio.to_thread(entries_of, sync_db, wid) == [
         (user_id, "USDT", -250_500_000, 250_500_000, "withdrawal"),
         (user_id, "USDT", 250_500_000, -250_500_000, "withdrawal_rejected"),
@@ -649,7 +656,7 @@ async def test_a_pending_withdrawal_survives_a_restart(
             check_books_and_ledger(app)  # the hold was rebuilt as a withdrawal hold, not an order's
             second = await ok(client, "withdraw", user, coin="BTC", amount="0.2")
             assert second["withdrawal_id"] == first["withdrawal_id"] + 1
-            operator = Admin(db, database_url, app.state.services.markets)
+            operator = Admin(db, database_url, app.runtime.services.markets)
             await asyncio.to_thread(operator.approve, first["withdrawal_id"], "tx-1")
             assert await coin_balance(client, user, "BTC") == ("0.50000000", "0.20000000")
             await check_all(app, db)

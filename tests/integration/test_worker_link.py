@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from exchange.app import create_app
+from exchange.domain.commands import Credit, PlaceOrder
 from exchange.domain.errors import ExchangeError
-from exchange.engine.commands import Credit, PlaceOrder
 from exchange.engine.wire import decode_command, encode_command, frame, read_frame
 from support import (
     Mailbox,
@@ -26,6 +26,7 @@ from support import (
     make_settings,
     new_trader,
     running_app,
+    until,
 )
 
 PAIR = "BTC/USDT"
@@ -45,8 +46,8 @@ async def depth(client: httpx.AsyncClient) -> Any:
 
 
 def writer_depth(app: Any) -> dict[str, list[list[str]]]:
-    market = app.state.services.markets[PAIR]
-    bids, asks = app.state.services.engine.depth(PAIR, 500)
+    market = app.runtime.services.markets[PAIR]
+    bids, asks = app.runtime.services.engine.depth(PAIR, 500)
     return {
         "bids": [[market.format_price(p), market.format_amount(a)] for p, a in bids],
         "asks": [[market.format_price(p), market.format_amount(a)] for p, a in asks],
@@ -58,14 +59,6 @@ async def place(client: httpx.AsyncClient, who: dict[str, str], side: str, price
         f"/api/{side}", data={"pair": PAIR, "amount": "0.01", "price": price}, headers=who
     )
     return assert_envelope(answer, 200)
-
-
-async def until(condition: Any, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if await condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the condition never held")
 
 
 async def test_worker_depth_is_the_writers_after_every_answer(
@@ -88,12 +81,12 @@ async def test_worker_follows_a_writer_reload(
 ) -> None:
     """A reload (after a failed commit or a lost lock) replaces the books wholesale."""
     app, client = linked
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
     for price in ("21000", "21001", "21002"):
         await place(client, seller, "sell", price)
     # Spoil the worker's replica: only a whole-book frame after the reload mends it.
-    app.state.worker.state.services.engine.books[PAIR].asks.clear()
+    app.state.worker.runtime.services.engine.books[PAIR].asks.clear()
     await engine._reload()  # what the writer does after a failed commit
     await place(client, seller, "sell", "21003")
     view = await depth(client)
@@ -105,7 +98,7 @@ async def test_dropped_link_refuses_then_resyncs_market_data(
     linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox, database_url: str
 ) -> None:
     app, client = linked
-    engine = app.state.services.engine
+    engine = app.runtime.services.engine
     hub = app.state.hub
     seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
     buyer = await new_trader(app, client, mailbox, "b@example.com", USDT="500000")
@@ -121,13 +114,13 @@ async def test_dropped_link_refuses_then_resyncs_market_data(
     else:  # already back: an ordinary fill
         assert assert_envelope(answer, 200)["status"] == "filled"
     # Batches the worker cannot have seen: committed while it may be away.
-    user = await app.state.services.accounts.user_id("b@example.com")
+    user = await app.runtime.services.accounts.user_id("b@example.com")
     for _ in range(3):
         await engine.submit(PlaceOrder(user, PAIR, "buy", 1_000_000, 2_000_000))
 
     async def reconnected() -> bool:
         deals = await client.get("/api/get_deal_record", params={"pair": PAIR})
-        writer_deals = app.state.services.market.deal_records(PAIR, 60)
+        writer_deals = app.runtime.services.market.deal_records(PAIR, 60)
         return bool(hub.workers) and assert_envelope(deals, 200) == writer_deals
 
     await until(reconnected)
@@ -151,7 +144,7 @@ async def test_malformed_frames_are_refused_without_harm(
         decode_command({"t": "cmd", "id": 1, "k": "Credit", "c": {"user_id": 1}})
     reader, writer = await asyncio.open_unix_connection(hub.path)
     hello = await read_frame(reader)
-    assert hello["t"] == "hello" and set(hello["books"]) == set(app.state.services.markets)
+    assert hello["t"] == "hello" and set(hello["books"]) == set(app.runtime.services.markets)
     # A deposit smuggled in as a command frame: refused with the envelope's code.
     credit = {"user_id": 1, "asset": "BTC", "amount": 10**8, "ref": 0}
     writer.write(frame({"t": "cmd", "id": 7, "k": "Credit", "c": credit}))
@@ -163,7 +156,7 @@ async def test_malformed_frames_are_refused_without_harm(
         while True:
             assert (await read_frame(reader))["t"] in ("events", "revoke")
     writer.close()
-    assert app.state.services.engine.core.ledger.balance(1, "BTC") == (0, 0)
+    assert app.runtime.services.engine.core.ledger.balance(1, "BTC") == (0, 0)
     # The real worker's link is untouched.
     assert_envelope(await client.get("/api/get_depth", params={"pair": PAIR}), 200)
 
@@ -174,11 +167,11 @@ async def test_logout_while_cut_off_reaches_the_other_workers(
     """A revocation made while a worker's link is down is sent when the link is back."""
     app, first = linked
     hub = app.state.hub
-    cut_off = app.state.worker.state.services.engine
+    cut_off = app.state.worker.runtime.services.engine
     other = create_app(make_settings(database_url, mail[1]), writer_socket=hub.path)
     transport = httpx.ASGITransport(app=other, client=("127.0.0.1", 50001))
     async with (
-        other.router.lifespan_context(other),
+        other.runtime.running(),
         httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8088") as second,
     ):
         who = await new_trader(app, first, mailbox, "u@example.com", USDT="1")
@@ -188,14 +181,14 @@ async def test_logout_while_cut_off_reaches_the_other_workers(
         real_path, cut_off.path = cut_off.path, "/nonexistent/writer.sock"
         assert cut_off._writer is not None
         cut_off._writer.close()  # this worker's link only
-        await until(lambda: _true(not cut_off.connected and hub.workers == 1))
+        await until(lambda: not cut_off.connected and hub.workers == 1)
         assert_envelope(await first.post("/api/logout", headers=who), 200)
         assert cut_off._unsent_revokes  # held, not lost
         # Cut off, the other worker cannot know yet: its cache still says yes.
         assert_envelope(await second.post("/api/get_user_coin", headers=who), 200)
 
         cut_off.path = real_path
-        await until(lambda: _true(hub.workers == 2 and not cut_off._unsent_revokes))
+        await until(lambda: hub.workers == 2 and not cut_off._unsent_revokes)
 
         async def refused_everywhere() -> bool:
             answers = [await c.post("/api/get_user_coin", headers=who) for c in (first, second)]
@@ -204,28 +197,25 @@ async def test_logout_while_cut_off_reaches_the_other_workers(
         await until(refused_everywhere, seconds=2)
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def test_snapshot_and_balances_wait_for_the_batch_in_flight(
     linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
 ) -> None:
     """A batch whose commit is in flight (here: about to fail) is never shown to a worker."""
     app, client = linked
-    engine, hub = app.state.services.engine, app.state.hub
+    engine, hub = app.runtime.services.engine, app.state.hub
     await new_trader(app, client, mailbox, "s@example.com", BTC="5")
-    user = await app.state.services.accounts.user_id("s@example.com")
-    gate = threading.Event()
+    user = await app.runtime.services.accounts.user_id("s@example.com")
+    gate, committing = threading.Event(), threading.Event()
     real_commit = engine.journal.commit
 
     def failing_commit(batch: Any) -> None:
+        committing.set()
         gate.wait(10)
         raise OSError("the disk is gone")
 
     engine.journal.commit = failing_commit
     order = asyncio.ensure_future(engine.submit(PlaceOrder(user, PAIR, "sell", 10**8, 2_100_000)))
-    await asyncio.sleep(0.1)  # applied in memory, commit blocked
+    await until(committing.is_set, what="the batch applied in memory, its commit blocked")
     reader, writer = await asyncio.open_unix_connection(hub.path)
     writer.write(frame({"t": "bal", "id": 1, "u": user}))
     first = asyncio.ensure_future(read_frame(reader))
@@ -241,7 +231,7 @@ async def test_snapshot_and_balances_wait_for_the_batch_in_flight(
     assert snapshot["t"] == "hello" and snapshot["books"][PAIR][1] == []
     writer.write(frame({"t": "bal", "id": 2, "u": user}))
     answer = await read_frame(reader)
-    assert answer["t"] == "ok" and answer["v"]["BTC"]["frozen"] == "0.00000000"
+    assert answer["t"] == "ok" and answer["v"]["BTC"][1] == 0  # [available, frozen] in units
     writer.close()
     view = await depth(client)
     assert view["asks"] == []
@@ -251,11 +241,11 @@ async def test_a_newcomer_does_not_stop_whole_books_reaching_the_others(
     linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
 ) -> None:
     app, client = linked
-    engine, hub = app.state.services.engine, app.state.hub
+    engine, hub = app.runtime.services.engine, app.state.hub
     seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
     for price in ("21000", "21001", "21002"):
         await place(client, seller, "sell", price)
-    app.state.worker.state.services.engine.books[PAIR].asks.clear()  # spoil the replica
+    app.state.worker.runtime.services.engine.books[PAIR].asks.clear()  # spoil the replica
     await engine._reload()
     reader, writer = await asyncio.open_unix_connection(hub.path)  # another worker arrives
     assert (await read_frame(reader))["t"] == "hello"
@@ -269,13 +259,13 @@ async def test_trades_committed_during_a_load_are_listed_once(
     linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
 ) -> None:
     app, client = linked
-    engine = app.state.services.engine
-    worker_market = app.state.worker.state.services.market
+    engine = app.runtime.services.engine
+    worker_market = app.state.worker.runtime.services.market
     store = worker_market._store
     await new_trader(app, client, mailbox, "s@example.com", BTC="5")
     await new_trader(app, client, mailbox, "b@example.com", USDT="500000")
-    seller = await app.state.services.accounts.user_id("s@example.com")
-    buyer = await app.state.services.accounts.user_id("b@example.com")
+    seller = await app.runtime.services.accounts.user_id("s@example.com")
+    buyer = await app.runtime.services.accounts.user_id("b@example.com")
 
     async def trade() -> None:
         await engine.submit(PlaceOrder(seller, PAIR, "sell", 10**6, 2_000_000))
@@ -290,7 +280,7 @@ async def test_trades_committed_during_a_load_are_listed_once(
         return await real(symbol, limit, through)
 
     store.recent_trades = racing
-    worker_engine = app.state.worker.state.services.engine
+    worker_engine = app.state.worker.runtime.services.engine
     assert worker_engine._writer is not None
     worker_engine._writer.close()  # reconnect: the worker loads market data again
 
@@ -300,7 +290,7 @@ async def test_trades_committed_during_a_load_are_listed_once(
     await until(synced)
     store.recent_trades = real
     worker_ids = [row["id"] for row in worker_market.deal_records(PAIR, 50)]
-    writer_ids = [row["id"] for row in app.state.services.market.deal_records(PAIR, 50)]
+    writer_ids = [row["id"] for row in app.runtime.services.market.deal_records(PAIR, 50)]
     assert worker_ids == writer_ids and len(set(worker_ids)) == 2
 
 
@@ -309,8 +299,8 @@ async def test_a_link_lost_during_a_reload_starts_one_clean_reload(
 ) -> None:
     """The reload of a dead link is stopped: had it finished late, its older data would win."""
     app, client = linked
-    worker_engine = app.state.worker.state.services.engine
-    worker_market = app.state.worker.state.services.market
+    worker_engine = app.state.worker.runtime.services.engine
+    worker_market = app.state.worker.runtime.services.market
     store = worker_market._store
     seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
     buyer = await new_trader(app, client, mailbox, "b@example.com", USDT="500000")
@@ -329,16 +319,18 @@ async def test_a_link_lost_during_a_reload_starts_one_clean_reload(
     store.recent_trades = slow_first
     assert worker_engine._writer is not None
     worker_engine._writer.close()
-    await until(lambda: _true(len(calls) == 1))
+    await until(lambda: len(calls) == 1)
     # While the first reload sleeps: a trade (held by the worker), then the link drops again.
-    user = await app.state.services.accounts.user_id("b@example.com")
-    await app.state.services.engine.submit(PlaceOrder(user, PAIR, "buy", 1_000_000, 2_000_000))
+    user = await app.runtime.services.accounts.user_id("b@example.com")
+    await app.runtime.services.engine.submit(PlaceOrder(user, PAIR, "buy", 1_000_000, 2_000_000))
     for peer in list(app.state.hub._peers):
         peer.close()
-    await until(lambda: _true(len(calls) >= 2 and worker_engine.connected))
+    await until(lambda: len(calls) >= 2 and worker_engine.connected)
     await asyncio.sleep(1.2)  # past the first reload's wake-up, had it not been stopped
     store.recent_trades = real
-    assert worker_market.deal_records(PAIR, 50) == app.state.services.market.deal_records(PAIR, 50)
+    assert worker_market.deal_records(PAIR, 50) == app.runtime.services.market.deal_records(
+        PAIR, 50
+    )
     assert len(worker_market.deal_records(PAIR, 50)) == 1
     assert_envelope(await client.post("/api/get_user_coin", headers=buyer), 200)
 
@@ -349,13 +341,14 @@ async def test_readers_of_a_failed_batch_get_503_while_the_database_is_away(
     """Balance reads waiting on a batch whose commit fails are refused at once, not parked
     until the database is back; a new worker's snapshot waits for the reload."""
     app, client = linked
-    engine, hub = app.state.services.engine, app.state.hub
+    engine, hub = app.runtime.services.engine, app.state.hub
     await new_trader(app, client, mailbox, "s@example.com", BTC="5")
-    user = await app.state.services.accounts.user_id("s@example.com")
-    commit_gate, load_gate = threading.Event(), threading.Event()
+    user = await app.runtime.services.accounts.user_id("s@example.com")
+    commit_gate, load_gate, committing = threading.Event(), threading.Event(), threading.Event()
     real_commit, real_load = engine.journal.commit, engine._load
 
     def failing_commit(batch: Any) -> None:
+        committing.set()
         commit_gate.wait(10)
         raise OSError("the disk is gone")
 
@@ -369,11 +362,12 @@ async def test_readers_of_a_failed_batch_get_503_while_the_database_is_away(
         order = asyncio.ensure_future(
             engine.submit(PlaceOrder(user, PAIR, "sell", 10**8, 2_100_000))
         )
-        await asyncio.sleep(0.1)
+        await until(committing.is_set, what="the batch's commit to block")
         reader, writer = await asyncio.open_unix_connection(hub.path)
         writer.write(frame({"t": "bal", "id": 1, "u": user}))
         local = asyncio.ensure_future(engine.read_balances(user))
-        await asyncio.sleep(0.1)
+        # All wait for the batch: the new peer's hello, its balance read and this one.
+        await until(lambda: len(engine._on_idle) == 3, what="hello and both reads parked")
         engine.journal.commit = real_commit
         commit_gate.set()
         with pytest.raises(ExchangeError):

@@ -15,16 +15,16 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import ClientConnection
 
+from exchange.adapters.db.candle_store import CandleStore
 from exchange.api.ws import Stream
 from exchange.clock import ManualClock
+from exchange.domain.commands import Credit
 from exchange.domain.events import Outbox
 from exchange.domain.markets import default_assets, default_markets
 from exchange.domain.orders import Trade
-from exchange.engine.commands import Credit
 from exchange.engine.engine import Engine
-from exchange.services.candle_store import CandleStore
 from exchange.services.marketdata import MarketData
-from support import Mailbox, assert_envelope, login, make_settings, register, served
+from support import Mailbox, assert_envelope, login, make_settings, register, served, until
 
 DAY0 = 1_767_225_600_000
 WAIT = 5.0
@@ -65,10 +65,10 @@ async def user(app: Any, http: httpx.AsyncClient, mailbox: Mailbox, email: str) 
     await register(http, mailbox, email)
     token = await login(http, email)
     http.cookies.clear()
-    user_id = await app.state.services.sessions.resolve(token)
+    user_id = await app.runtime.services.sessions.resolve(token)
     assert user_id is not None
     for asset, units in (("USDT", 10**12), ("BTC", 10**10)):
-        await app.state.services.engine.submit(Credit(user_id, asset, units, 0))
+        await app.runtime.services.engine.submit(Credit(user_id, asset, units, 0))
     return token, user_id
 
 
@@ -284,7 +284,7 @@ async def test_logout_ends_the_private_stream(
             ended = await next_message(ws, lambda m: m.get("op") == "error")
             assert ended["description"].startswith("not_logged_in: ")
             # Balance changes of that user no longer reach this socket.
-            await app.state.services.engine.submit(Credit(user_id, "BTC", 10**8, 0))
+            await app.runtime.services.engine.submit(Credit(user_id, "BTC", 10**8, 0))
             await nothing_more(ws, 0.5)
             await send(ws, op="subscribe", channel="orders")
             assert json.loads(await ws.recv())["description"].startswith("not_logged_in: ")
@@ -339,14 +339,19 @@ async def test_a_slow_client_is_dropped_and_the_engine_never_waits() -> None:
     tasks = [asyncio.create_task(stream.endpoint(cast(Any, socket))) for socket in (slow, fast)]
     for socket in (slow, fast):
         socket.say(op="subscribe", channel="trades", pair="BTC/USDT")
-    await asyncio.sleep(0.05)
-    assert len(fast.sent) == 1 and json.loads(fast.sent[0])["op"] == "subscribed"
+    topic = ("trades", "BTC/USDT")
+    await until(
+        lambda: len(stream.subscribers.get(topic, ())) == 2 and len(fast.sent) == 1,
+        WAIT,
+        "both subscribed",
+    )
+    assert json.loads(fast.sent[0])["op"] == "subscribed"
     for trade_id in range(1, 41):
         outbox = Outbox([], [trade(trade_id)], [], set())
         market.on_commit(outbox, DAY0)
         stream.on_commit(outbox, DAY0)  # synchronous: returns without waiting on anyone
         await asyncio.sleep(0)
-    await asyncio.sleep(0.05)
+    await until(lambda: len(fast.sent) == 41 and slow.closed is not None, WAIT, "the fan-out")
     assert slow.closed == 1008 and stream.dropped == 1
     assert fast.closed is None
     seqs = [json.loads(text)["seq"] for text in fast.sent[1:]]

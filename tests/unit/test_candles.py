@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from exchange.domain.candles import ALIASES, INTERVALS, CandleSeries
 from exchange.domain.markets import default_assets, default_markets
-from exchange.services.candles import ALIASES, INTERVALS, CandleSeries
-from exchange.services.tickers import Ticker, change_percent
+from exchange.domain.tickers import Ticker, change_percent
 
 BTC = default_markets(default_assets())["BTC/USDT"]
 DAY0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from exchange.app import configured_markets
 from exchange.config import Settings
+from exchange.domain.commands import PlaceOrder
 from exchange.domain.ledger import FEE_ACCOUNT
 from exchange.domain.matching import MatchingEngine
+from exchange.runtime import configured_markets
 
 
 def test_fee_rate_setting_applies_to_every_market() -> None:
@@ -17,8 +18,8 @@ def test_fee_rate_setting_applies_to_every_market() -> None:
     engine = MatchingEngine(markets)
     engine.credit(1, "BTC", 10**8)
     engine.credit(2, "USDT", 100_000 * 10**6)
-    engine.place(1, "BTC/USDT", "sell", 10**8, 2_000_000, now=1)  # 1 BTC at 20000.00
-    engine.place(2, "BTC/USDT", "buy", 10**8, 2_000_000, now=2)
+    engine.place(PlaceOrder(1, "BTC/USDT", "sell", 10**8, 2_000_000), now=1)  # 1 BTC at 20000.00
+    engine.place(PlaceOrder(2, "BTC/USDT", "buy", 10**8, 2_000_000), now=2)
     assert engine.ledger.balance(FEE_ACCOUNT, "BTC") == (100_000, 0)  # 0.1 % of 1 BTC
     assert engine.ledger.balance(FEE_ACCOUNT, "USDT") == (20 * 10**6, 0)  # 0.1 % of 20000
     engine.check_invariants()

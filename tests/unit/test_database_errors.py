@@ -10,7 +10,7 @@ import pytest
 from psycopg import errors
 from sqlalchemy import exc as sa_exc
 
-from exchange.engine.engine import database_unavailable
+from exchange.adapters.db.errors import database_unavailable
 
 UNAVAILABLE = [
     OSError("the disk is gone"),

@@ -6,6 +6,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import pytest
 
+from exchange.domain.commands import PlaceOrder
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import (
     Asset,
@@ -15,6 +16,7 @@ from exchange.domain.markets import (
     default_markets,
     normalize_pair,
 )
+from exchange.domain.matching import MatchingEngine
 
 ASSETS = default_assets()
 MARKETS = default_markets(ASSETS)
@@ -63,10 +65,25 @@ def test_parse_price_rejects(value: str) -> None:
     assert caught.value.code == "invalid_argument"
 
 
-@pytest.mark.parametrize("value", ["0", "-0.1", "1e400", "NaN", "0.000001", "0.123456789"])
+@pytest.mark.parametrize("value", ["0", "-0.1", "1e400", "NaN", "0.123456789"])
 def test_parse_amount_rejects(value: str) -> None:
     with pytest.raises(ExchangeError) as caught:
         BTC_USDT.parse_amount(value)
+    assert caught.value.code == "invalid_argument"
+
+
+@pytest.mark.parametrize(("price", "amount"), [("30000", "0.000001"), ("30000.01", "10000000")])
+def test_off_step_and_oversized_values_are_refused_where_orders_are_placed(
+    price: str, amount: str
+) -> None:
+    """They convert exactly, but no order has them: the engine's rule, checked once."""
+    engine = MatchingEngine({BTC_USDT.symbol: BTC_USDT})
+    engine.credit(1, "USDT", 10**12)
+    order = PlaceOrder(
+        1, BTC_USDT.symbol, "buy", BTC_USDT.parse_amount(amount), BTC_USDT.parse_price(price)
+    )
+    with pytest.raises(ExchangeError) as caught:
+        engine.place(order, now=0)
     assert caught.value.code == "invalid_argument"
 
 
@@ -75,11 +92,16 @@ def test_off_tick_and_off_step_are_refused_not_rounded() -> None:
         "X/USDT", Asset("X", 8), ASSETS["USDT"], "0.05", "0.001", "0.001", "1", "0", "0"
     )
     assert market.parse_price("1.05") == 105
-    with pytest.raises(ExchangeError, match=r"multiple of 0\.05"):
-        market.parse_price("1.04")
     assert market.parse_amount("0.002") == 200_000
+    # The grid is a rule of an order, checked once, where orders are placed.
+    engine = MatchingEngine({market.symbol: market})
+    engine.credit(1, "USDT", 10**12)
+    order = PlaceOrder(1, "X/USDT", "buy", market.parse_amount("0.002"), market.parse_price("1.04"))
+    with pytest.raises(ExchangeError, match=r"multiple of 0\.05"):
+        engine.place(order, now=0)
+    order = PlaceOrder(1, "X/USDT", "buy", market.parse_amount("0.0015"), 105)
     with pytest.raises(ExchangeError, match=r"multiple of 0\.00100000"):
-        market.parse_amount("0.0015")
+        engine.place(order, now=0)
 
 
 def test_float_objects_are_refused() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from exchange.domain.client_ids import ClientIds
+from exchange.domain.commands import PlaceOrder, RequestWithdrawal
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import PlaceResult
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, FEE_ACCOUNT
@@ -57,15 +58,10 @@ def engine() -> Iterator[MatchingEngine]:
 def place(
     engine: MatchingEngine, user: int, side: str, amount: str, price: str, **options: Any
 ) -> PlaceResult:
-    result = engine.place(
-        user,
-        options.pop("market", "BTC/USDT"),
-        side,
-        A(amount),
-        P(price) if price else 0,
-        now=options.pop("now", 1_000),
-        **options,
-    )
+    now = options.pop("now", 1_000)
+    market = options.pop("market", "BTC/USDT")
+    command = PlaceOrder(user, market, side, A(amount), P(price) if price else 0, **options)
+    result = engine.place(command, now=now)
     engine.check_invariants()
     return result
 
@@ -211,12 +207,38 @@ def test_maker_and_taker_rates_apply_to_their_roles() -> None:
     engine = MatchingEngine({"BTC/USDT": market})
     engine.credit(1, "BTC", B("1"))
     engine.credit(2, "USDT", U("100000"))
-    engine.place(1, "BTC/USDT", "sell", A("1"), P("10000"), now=0)
-    result = engine.place(2, "BTC/USDT", "buy", A("1"), P("10000"), now=0)
+    engine.place(PlaceOrder(1, "BTC/USDT", "sell", A("1"), P("10000")), now=0)
+    result = engine.place(PlaceOrder(2, "BTC/USDT", "buy", A("1"), P("10000")), now=0)
     trade = result.trades[0]
     assert trade.maker_fee == U("10")  # 0.1 % of the seller's 10000 USDT
     assert trade.taker_fee == B("0.003")  # 0.3 % of the buyer's 1 BTC
     engine.check_invariants()
+
+
+@pytest.mark.parametrize("taker", ["buy", "sell"])
+def test_the_matching_loops_compute_what_the_market_helpers_say(taker: str) -> None:
+    """Both loops inline Market.notional and the fee helpers: every trade must agree."""
+    market = M
+    engine = MatchingEngine({"BTC/USDT": market})
+    engine.credit(1, "BTC", B("10"))
+    engine.credit(2, "USDT", U("1000000"))
+    maker = "sell" if taker == "buy" else "buy"
+    maker_user, taker_user = (1, 2) if taker == "buy" else (2, 1)  # 1 holds BTC, 2 USDT
+    for price, amount in (("29999.99", "0.33333"), ("30000.01", "0.1"), ("30000.37", "0.77777")):
+        engine.place(PlaceOrder(maker_user, "BTC/USDT", maker, A(amount), P(price)), now=0)
+    limit = P("30001") if taker == "buy" else P("29999")
+    result = engine.place(PlaceOrder(taker_user, "BTC/USDT", taker, A("1.12345"), limit), now=1)
+    assert len(result.trades) == 3
+    for trade in result.trades:
+        assert trade.quote == market.notional(trade.price, trade.amount)
+        bought, sold = trade.amount, trade.quote  # the buyer receives base, the seller quote
+        buyer_is_taker = trade.taker_side == "buy"
+        buyer_fee = trade.taker_fee if buyer_is_taker else trade.maker_fee
+        seller_fee = trade.maker_fee if buyer_is_taker else trade.taker_fee
+        fee_of_buyer = market.taker_fee_of if buyer_is_taker else market.maker_fee_of
+        fee_of_seller = market.maker_fee_of if buyer_is_taker else market.taker_fee_of
+        assert buyer_fee == fee_of_buyer(bought) and seller_fee == fee_of_seller(sold)
+    engine.check_invariants()  # a resting buy keeps Market.notional_ceil of its remainder
 
 
 # -- time in force, market orders, post only --------------------------------
@@ -317,13 +339,13 @@ def test_unfunded_market_buy_stops_walking_at_once(engine: MatchingEngine) -> No
         place(engine, 1, "sell", "0.01", str(30000 + index))
     broke = 9  # no balance at all
     with pytest.raises(ExchangeError) as refused:
-        engine.place(broke, "BTC/USDT", "buy", A("1000"), 0, type="market", now=1)
+        engine.place(PlaceOrder(broke, "BTC/USDT", "buy", A("1000"), 0, type="market"), now=1)
     assert refused.value.code == "insufficient_balance"
     # "need" is what the walk had reached when it stopped: the first ask alone.
     assert refused.value.message.startswith("need 300.000000 USDT, 0.000000 available")
     engine.credit(broke, "USDT", U("900"))
     with pytest.raises(ExchangeError) as short:
-        engine.place(broke, "BTC/USDT", "buy", A("1000"), 0, type="market", now=1)
+        engine.place(PlaceOrder(broke, "BTC/USDT", "buy", A("1000"), 0, type="market"), now=1)
     assert short.value.message.startswith("need 900.030000 USDT, 900.000000 available")
 
 
@@ -515,10 +537,10 @@ def test_below_minimum_amount() -> None:
     engine = MatchingEngine({"BTC/USDT": market})
     engine.credit(1, "USDT", U("100000"))
     with pytest.raises(ExchangeError) as caught:
-        engine.place(1, "BTC/USDT", "buy", A("0.0009"), P("30000"), now=0)
+        engine.place(PlaceOrder(1, "BTC/USDT", "buy", A("0.0009"), P("30000")), now=0)
     assert caught.value.code == "below_minimum"
     with pytest.raises(ExchangeError) as caught:
-        engine.place(1, "BTC/USDT", "buy", A("0.0009"), 0, type="market", now=0)
+        engine.place(PlaceOrder(1, "BTC/USDT", "buy", A("0.0009"), 0, type="market"), now=0)
     assert caught.value.code == "below_minimum"
     assert engine.next_order_id == 1
 
@@ -550,13 +572,15 @@ def test_invalid_orders_are_refused(
     args.update(changes)
     with pytest.raises(ExchangeError) as caught:
         engine.place(
-            2,
-            args.pop("market"),
-            args.pop("side"),
-            args.pop("amount"),
-            args.pop("price"),
+            PlaceOrder(
+                2,
+                args.pop("market"),
+                args.pop("side"),
+                args.pop("amount"),
+                args.pop("price"),
+                **args,
+            ),
             now=0,
-            **args,
         )
     assert caught.value.code == code
     assert engine.next_order_id == 1
@@ -566,7 +590,7 @@ def test_invalid_orders_are_refused(
 def test_off_tick_price_is_refused(engine: MatchingEngine) -> None:
     engine_market = MARKETS["ETH/USDT"]
     with pytest.raises(ExchangeError) as caught:
-        engine.place(2, "ETH/USDT", "buy", engine_market.step * 1_000, 1, now=0)
+        engine.place(PlaceOrder(2, "ETH/USDT", "buy", engine_market.step * 1_000, 1), now=0)
     assert caught.value.code == "below_minimum"  # on-tick but tiny: the grid check passed
     odd = build_market(
         "ETH/USDT",
@@ -582,7 +606,7 @@ def test_off_tick_price_is_refused(engine: MatchingEngine) -> None:
     strict = MatchingEngine({"ETH/USDT": odd})
     strict.credit(2, "USDT", U("1000000"))
     with pytest.raises(ExchangeError) as caught:
-        strict.place(2, "ETH/USDT", "buy", 10**8, 200_001, now=0)
+        strict.place(PlaceOrder(2, "ETH/USDT", "buy", 10**8, 200_001), now=0)
     assert caught.value.code == "invalid_argument"
 
 
@@ -655,14 +679,18 @@ def test_restore_rebuilds_books_with_time_priority(engine: MatchingEngine) -> No
     fresh.restore(orders, rows, engine.next_order_id, engine.next_trade_id, clients)
     fresh.check_invariants()
     assert fresh.depth("BTC/USDT", 10) == engine.depth("BTC/USDT", 10)
-    result = fresh.place(2, "BTC/USDT", "buy", A("0.6"), P("30000"), now=0)
+    result = fresh.place(PlaceOrder(2, "BTC/USDT", "buy", A("0.6"), P("30000")), now=0)
     assert [(t.maker_order_id, t.amount) for t in result.trades] == [(1, A("0.4")), (2, A("0.2"))]
     assert result.order_id == engine.next_order_id
     assert result.trades[0].id == engine.next_trade_id
-    duplicate = fresh.place(1, "BTC/USDT", "sell", A("0.5"), P("30000"), client_order_id="a", now=0)
+    duplicate = fresh.place(
+        PlaceOrder(1, "BTC/USDT", "sell", A("0.5"), P("30000"), client_order_id="a"), now=0
+    )
     assert duplicate.duplicate and duplicate.order is not None and duplicate.order.id == 1
     # Not in memory: the caller loads the order (and compares what was asked) itself.
-    gone = fresh.place(4, "BTC/USDT", "buy", A("1"), P("1"), client_order_id="gone", now=0)
+    gone = fresh.place(
+        PlaceOrder(4, "BTC/USDT", "buy", A("1"), P("1"), client_order_id="gone"), now=0
+    )
     assert gone.duplicate and gone.order is None and gone.order_id == closed.order.id
     fresh.check_invariants()
 
@@ -684,7 +712,9 @@ def test_check_invariants_detects_corruption(engine: MatchingEngine) -> None:
 
 
 def test_withdrawal_holds_count_in_the_frozen_invariant(engine: MatchingEngine) -> None:
-    pending = engine.request_withdrawal(2, "USDT", U("10"), U("1"), U("5"), "0xabc", 1)
+    pending = engine.request_withdrawal(
+        RequestWithdrawal(2, "USDT", U("10"), U("1"), U("5"), "0xabc"), 1
+    )
     assert pending.status == "pending" and pending.amount == U("10")
     place(engine, 2, "buy", "0.001", "30000")
     engine.check_invariants()
@@ -706,12 +736,14 @@ def test_withdrawal_minimum_and_fee_are_checked_on_what_is_taken(
     engine: MatchingEngine,
 ) -> None:
     with pytest.raises(ExchangeError) as small:
-        engine.request_withdrawal(2, "USDT", U("4"), U("1"), U("5"), "0xabc", 1)
+        engine.request_withdrawal(RequestWithdrawal(2, "USDT", U("4"), U("1"), U("5"), "0xabc"), 1)
     assert small.value.code == "below_minimum"
-    everything = engine.request_withdrawal(2, "USDT", None, U("1"), U("5"), "0xabc", 1)
+    everything = engine.request_withdrawal(
+        RequestWithdrawal(2, "USDT", None, U("1"), U("5"), "0xabc"), 1
+    )
     assert everything.amount == START_USDT and bal(engine, 2, "USDT") == (0, START_USDT)
     with pytest.raises(ExchangeError) as nothing_left:
-        engine.request_withdrawal(2, "USDT", None, U("1"), U("5"), "0xabc", 1)
+        engine.request_withdrawal(RequestWithdrawal(2, "USDT", None, U("1"), U("5"), "0xabc"), 1)
     assert nothing_left.value.code == "below_minimum"
     rejected = engine.reject_withdrawal(everything.id, "checks", 2)
     assert (rejected.status, rejected.reason) == ("rejected", "checks")
@@ -722,10 +754,12 @@ def test_withdrawal_minimum_and_fee_are_checked_on_what_is_taken(
         dict(fee=1, address="x" * 129),
     ):
         with pytest.raises(ExchangeError) as refused:
-            engine.request_withdrawal(2, "USDT", U("10"), minimum=U("5"), now=1, **malformed)
+            engine.request_withdrawal(
+                RequestWithdrawal(2, "USDT", U("10"), minimum=U("5"), **malformed), now=1
+            )
         assert refused.value.code == "invalid_argument"
     with pytest.raises(ExchangeError) as unknown:
-        engine.request_withdrawal(2, "DOGE", U("10"), 1, 5, "0xabc", 1)
+        engine.request_withdrawal(RequestWithdrawal(2, "DOGE", U("10"), 1, 5, "0xabc"), 1)
     assert unknown.value.code == "unknown_coin"
 
 
@@ -733,13 +767,16 @@ def test_client_ids_are_kept_for_their_window_then_forgotten() -> None:
     hour = 3_600_000
     engine = MatchingEngine(MARKETS, client_id_ttl_ms=4 * hour)
     engine.credit(2, "USDT", START_USDT)
-    first = engine.place(2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k", now=0)
+    first = engine.place(
+        PlaceOrder(2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k"), now=0
+    )
     again = engine.place(
-        2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k", now=4 * hour
+        PlaceOrder(2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k"), now=4 * hour
     )
     assert again.duplicate and again.order_id == first.order_id  # within the window
     later = engine.place(
-        2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k", now=5 * hour + 1
+        PlaceOrder(2, "BTC/USDT", "buy", A("0.1"), P("20000"), client_order_id="k"),
+        now=5 * hour + 1,
     )
     assert not later.duplicate and later.order_id != first.order_id  # a new order now
     engine.check_invariants()

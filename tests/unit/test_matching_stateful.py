@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from exchange.domain.commands import PlaceOrder, RequestWithdrawal
 from exchange.domain.errors import ExchangeError
 from exchange.domain.ledger import FEE_ACCOUNT, WITHDRAWAL_ACCOUNT
 from exchange.domain.markets import build_market, default_assets
@@ -269,15 +270,17 @@ class EngineVersusReference(RuleBasedStateMachine):
         )
         try:
             result = self.engine.place(
-                user,
-                SYMBOL,
-                side,
-                amount,
-                price,
-                type=kind,
-                tif=tif,
-                post_only=post_only,
-                client_order_id=client_id,
+                PlaceOrder(
+                    user,
+                    SYMBOL,
+                    side,
+                    amount,
+                    price,
+                    type=kind,
+                    tif=tif,
+                    post_only=post_only,
+                    client_order_id=client_id,
+                ),
                 now=self.now,
             )
         except ExchangeError as error:
@@ -368,7 +371,7 @@ class EngineVersusReference(RuleBasedStateMachine):
         code = self.ref.withdraw(user, asset, amount, fee, 1_000)
         try:
             found = self.engine.request_withdrawal(
-                user, asset, amount, fee, 1_000, "0x" + "ab" * 20, self.now
+                RequestWithdrawal(user, asset, amount, fee, 1_000, "0x" + "ab" * 20), self.now
             )
         except ExchangeError as error:
             assert error.code == code

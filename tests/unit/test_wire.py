@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
+from exchange.domain.commands import CancelOrder, PlaceOrder, RequestWithdrawal
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import PlaceResult
 from exchange.domain.orders import Order, Trade
-from exchange.engine.commands import CancelOrder, PlaceOrder, RequestWithdrawal
 from exchange.engine.wire import (
     COMMANDS,
     FIELD_TYPES,

@@ -3,37 +3,39 @@
 from __future__ import annotations
 
 from exchange.api import schemas
-from exchange.api.context import Call, Method, Param
-from exchange.api.params import text
+from exchange.api.context import Call, Method, text
 from exchange.api.router import Answer
+from exchange.api.views import balances_view
 from exchange.services.accounts import CODE_TTL_MS
 
-USER = Param("user", required=True, description="e-mail address", max_length=254)
+#: Generous limits on what is read; the accounts service refuses an address or a
+#: password that breaks its rules with its own error (invalid_email, weak_password).
+USER = text("user", "e-mail address", max_length=1024)
+PASSWORD = text("pass", "password, 8-128 characters", max_length=1024)
+CODE = text("valid_code", "the 6-digit code", max_length=16)
 
 
 async def check_exist_name(call: Call) -> Answer:
-    exists = await call.services.accounts.exists(text(call.params, "user", max_length=1024))
+    exists = await call.services.accounts.exists(USER.of(call))
     return Answer({"exists": exists}, exists)
 
 
 async def make_valid_code(call: Call) -> object:
-    await call.services.accounts.send_code(text(call.params, "user", max_length=1024))
+    await call.services.accounts.send_code(USER.of(call))
     return {"sent": True, "expires_in": CODE_TTL_MS // 1000}
 
 
 async def regeist_user(call: Call) -> object:
     email = await call.services.accounts.register(
-        text(call.params, "user", max_length=1024),
-        text(call.params, "pass", max_length=1024),
-        text(call.params, "valid_code", max_length=16),
+        USER.of(call),
+        PASSWORD.of(call),
+        CODE.of(call),
     )
     return {"user": email}
 
 
 async def login(call: Call) -> object:
-    user_id, email = await call.services.accounts.login(
-        text(call.params, "user", max_length=1024), text(call.params, "pass", max_length=1024)
-    )
+    user_id, email = await call.services.accounts.login(USER.of(call), PASSWORD.of(call))
     for carried in call.carried:  # SPEC §4: login ends any session the request carried
         await call.services.sessions.delete(carried)
     token = await call.services.sessions.create(user_id)
@@ -49,7 +51,8 @@ async def logout(call: Call) -> object:
 
 
 async def get_user_coin(call: Call) -> object:
-    return await call.services.engine.read_balances(call.user_id)
+    engine = call.services.engine
+    return balances_view(await engine.read_balances(call.user_id), engine.assets)
 
 
 METHODS = (
@@ -77,11 +80,7 @@ METHODS = (
         regeist_user,
         "Register with the e-mailed code (the seed's spelling).",
         schemas.Registered,
-        (
-            USER,
-            Param("pass", required=True, description="password, 8-128 characters", max_length=1024),
-            Param("valid_code", required=True, description="the 6-digit code", max_length=16),
-        ),
+        (USER, PASSWORD, CODE),
         limit="register",
     ),
     Method(
@@ -90,7 +89,7 @@ METHODS = (
         login,
         "Log in; sets the HttpOnly `session` cookie.",
         schemas.LoggedIn,
-        (USER, Param("pass", required=True, description="password", max_length=1024)),
+        (USER, PASSWORD),
         limit="login",
     ),
     Method("logout", "POST", logout, "End the session.", None, auth=True),

@@ -1,16 +1,24 @@
-"""What a method handler receives: the wired services and one call's inputs."""
+"""What a method handler receives: the wired services and one call's inputs.
+
+Each parameter is declared once, as a ``Param`` row of its method (name, type,
+required, bounds, choices, length). The dispatcher parses every declared
+parameter with it before the handler runs — the same rows produce
+``/openapi.json`` and the error messages — and a handler reads the parsed,
+typed value with ``PARAM.of(call)``. No handler restates a limit.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Generic, Literal, TypeVar, cast
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from exchange.api import params as read
 from exchange.clock import Clock
 from exchange.config import Settings
-from exchange.domain.markets import Market
+from exchange.domain.errors import ExchangeError
+from exchange.domain.markets import Asset, Market, normalize_pair
 from exchange.engine.port import EnginePort
 from exchange.services.accounts import Accounts
 from exchange.services.history import History
@@ -24,7 +32,6 @@ class Services:
     """Everything a handler may use; built once by ``exchange.app.build``."""
 
     settings: Settings
-    db: AsyncEngine
     clock: Clock
     accounts: Accounts
     sessions: Sessions
@@ -38,27 +45,165 @@ class Services:
 @dataclass(slots=True)
 class Call:
     services: Services
-    params: dict[str, object]
+    params: dict[str, object]  # as sent (the rate limiter and credentials read these)
     client: str
     token: str | None = None  # the session that authenticated this call
     carried: tuple[str, ...] = ()  # every session token the request carried
     user_id: int = 0
     set_session: str | None = None
     clear_session: bool = False
+    #: The method's declared parameters, parsed (``Param.of`` reads them).
+    args: dict[str, object] = field(default_factory=dict)
 
 
 Handler = Callable[[Call], Awaitable[object]]
-ParamType = Literal["string", "decimal", "integer", "boolean"]
+ParamType = Literal["string", "decimal", "integer", "boolean", "pair", "coin"]
+T = TypeVar("T")
+#: A decimal parameter as sent (text, a JSON integer or a JSON decimal): exact, and
+#: parsed at the scale of its market or coin by the handler, which knows it.
+Number = str | int | Decimal
 
 
 @dataclass(frozen=True, slots=True)
-class Param:
+class Param(Generic[T]):
+    """One parameter of one method; ``T`` is what ``of(call)`` gives the handler.
+
+    Made by the constructors below (``text``, ``integer``, ``choice`` ...), which
+    fix ``T`` from the declaration: a required text is a ``str``, an optional one
+    ``str | None``.
+    """
+
     name: str
     type: ParamType = "string"
     required: bool = False
     description: str = ""
+    #: Canonical values (a choice); any case, and ``aliases`` spell them otherwise.
     enum: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
     max_length: int | None = None
+    low: int | None = None
+    high: int | None = None
+    default: object = None
+    #: A choice's accepted spellings -> canonical value (made once, from enum and aliases).
+    options: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        options = {value: value for value in self.enum} | dict(self.aliases)
+        object.__setattr__(self, "options", options)
+
+    def parse(self, call: Call) -> object:
+        """The value of this parameter in ``call.params``, or the refusal naming it."""
+        params, name = call.params, self.name
+        kind = self.type
+        if self.enum:
+            found = read.choice(params, name, self.options, self.default)
+            if found is None and self.required:
+                raise read.missing(name)
+            return found
+        if kind == "integer":
+            if self.required and params.get(name) in (None, ""):
+                raise read.missing(name)
+            assert self.low is not None and self.high is not None
+            default = cast(int, self.default)
+            return read.integer(params, name, default, low=self.low, high=self.high)
+        if kind == "boolean":
+            return read.flag(params, name)
+        if kind == "decimal":
+            if not self.required and params.get(name) in (None, ""):
+                return None
+            return read.raw(params, name)
+        length = self.max_length or 256
+        if kind == "pair" or kind == "coin":
+            if not self.required and read.optional_text(params, name, max_length=length) in (
+                None,
+                "",
+            ):
+                return None
+            named = read.text(params, name, max_length=length)
+            if kind == "coin":
+                return call.services.wallet.asset(named)
+            return market_named(call.services.markets, named)
+        if self.required:
+            return read.text(params, name, max_length=length)
+        return read.optional_text(params, name, max_length=length)
+
+    def of(self, call: Call) -> T:
+        return cast(T, call.args[self.name])
+
+
+def market_named(markets: Mapping[str, Market], pair: str) -> Market:
+    """The listed market ``pair`` names, in any accepted spelling; else ``unknown_pair``."""
+    market = markets.get(normalize_pair(pair))
+    if market is None:
+        raise ExchangeError("unknown_pair", f"{pair[:32]!r} is not a listed pair")
+    return market
+
+
+def text(name: str, description: str, *, max_length: int) -> Param[str]:
+    """Required text, at most ``max_length`` characters."""
+    return Param(name, "string", True, description, max_length=max_length)
+
+
+def optional_text(name: str, description: str, *, max_length: int) -> Param[str | None]:
+    return Param(name, "string", False, description, max_length=max_length)
+
+
+def pair(description: str = "BTC/USDT, btc_usdt, ETH-BTC ...") -> Param[Market]:
+    """A listed market, named in any accepted spelling (``unknown_pair`` otherwise)."""
+    return Param("pair", "pair", True, description, max_length=32)
+
+
+def optional_pair(description: str) -> Param[Market | None]:
+    return Param("pair", "pair", False, description, max_length=32)
+
+
+def coin(description: str = "BTC, ETH or USDT (any case)") -> Param[Asset]:
+    """A coin that can be withdrawn, in any case (``unknown_coin`` otherwise)."""
+    return Param("coin", "coin", True, description, max_length=16)
+
+
+def optional_coin(description: str) -> Param[Asset | None]:
+    return Param("coin", "coin", False, description, max_length=16)
+
+
+def integer(name: str, description: str, *, default: int, low: int, high: int) -> Param[int]:
+    """An optional integer in [low, high]; ``default`` when not sent."""
+    return Param(name, "integer", False, description, low=low, high=high, default=default)
+
+
+def required_integer(name: str, description: str, *, low: int, high: int) -> Param[int]:
+    return Param(name, "integer", True, description, low=low, high=high, default=0)
+
+
+def flag(name: str, description: str) -> Param[bool]:
+    return Param(name, "boolean", False, description)
+
+
+def decimal(name: str, description: str) -> Param[Number]:
+    """A required decimal number, kept exact as sent."""
+    return Param(name, "decimal", True, description)
+
+
+def optional_decimal(name: str, description: str) -> Param[Number | None]:
+    return Param(name, "decimal", False, description)
+
+
+def choice(
+    name: str,
+    description: str,
+    values: tuple[str, ...],
+    *,
+    default: str,
+    aliases: Mapping[str, str] | None = None,
+) -> Param[str]:
+    """One of ``values`` (any case, or an alias); ``default`` when not sent."""
+    spelled = tuple((aliases or {}).items())
+    return Param(name, "string", False, description, values, spelled, 32, default=default)
+
+
+def optional_choice(name: str, description: str, values: tuple[str, ...]) -> Param[str | None]:
+    """One of ``values`` (any case), or None when not sent (the handler decides)."""
+    return Param(name, "string", False, description, values, max_length=32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +215,12 @@ class Method:
     handler: Handler
     summary: str
     data: Any
-    params: tuple[Param, ...] = ()
+    params: tuple[Param[Any], ...] = ()
     auth: bool = False
     tag: str = "account"
     limit: str | None = None
+
+    async def run(self, call: Call) -> object:
+        """Parse the declared parameters (refusing the first bad one), then handle."""
+        call.args = {param.name: param.parse(call) for param in self.params}
+        return await self.handler(call)

@@ -13,6 +13,10 @@
   a plain page otherwise, a refused handshake on WebSockets). The served names
   are the loopback names, the address the server binds (``EXCHANGE_HOST``) and
   ``EXCHANGE_ALLOWED_HOSTS`` (``*`` admits any).
+* **Cross-site requests** (CSRF, cross-site WebSocket hijacking): a browser
+  names the page's origin; the API's cookie-carrying POSTs and the stream's
+  cookie login accept only this server's own origin or one of
+  ``EXCHANGE_ALLOWED_ORIGINS`` (``same_origin``, the one statement of the rule).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-import orjson
 from starlette.types import Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from exchange.api.envelope import error_body
 from exchange.config import Settings
+from exchange.domain.errors import ExchangeError
 
 __all__ = ["FrontDoor", "host_name"]
 
@@ -51,6 +56,18 @@ def allowed_hosts(settings: Settings) -> frozenset[str] | None:
     if settings.host not in WILDCARDS:
         names.add(host_name(settings.host))
     return frozenset(names)
+
+
+def parse_origins(text: str) -> frozenset[str]:
+    """``EXCHANGE_ALLOWED_ORIGINS``: comma-separated origins (``https://app.example``)."""
+    return frozenset(origin.strip() for origin in text.split(",") if origin.strip())
+
+
+def same_origin(origin: str | None, host: str, allowed: frozenset[str]) -> bool:
+    """Whether a request naming ``origin`` (None or empty: not a browser's) may act."""
+    if not origin:
+        return True
+    return origin in (f"http://{host}", f"https://{host}") or origin in allowed
 
 
 class FrontDoor:
@@ -107,13 +124,11 @@ class FrontDoor:
         shown = ascii(refused[:60])
         path: str = scope.get("path", "")
         if path.startswith(("/api", "/router")):
-            body = orjson.dumps(
-                {
-                    "status": False,
-                    "data": None,
-                    "description": f"invalid_argument: this server does not answer for host "
-                    f"{shown} (EXCHANGE_ALLOWED_HOSTS)",
-                }
+            body = error_body(
+                ExchangeError(
+                    "invalid_argument",
+                    f"this server does not answer for host {shown} (EXCHANGE_ALLOWED_HOSTS)",
+                )
             )
             kind = b"application/json"
         else:

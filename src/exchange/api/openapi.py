@@ -33,15 +33,17 @@ def _words(words: Iterable[str]) -> dict[str, Any]:
 _INTEGER_TEXT = {"type": "string", "pattern": f"^{_SPACE}(?:[+-]?[0-9]+)?{_SPACE}$"}
 
 
-def _param_schema(param: Param, *, json_body: bool) -> dict[str, Any]:
+def _param_schema(param: Param[Any], *, json_body: bool) -> dict[str, Any]:
     schema: dict[str, Any]
     if param.enum:
-        schema = {"anyOf": [{"type": "string", "enum": list(param.enum)}, _words(param.enum)]}
+        spellings = list(param.options)  # canonical values and their aliases
+        schema = {"anyOf": [{"type": "string", "enum": spellings}, _words(spellings)]}
     elif param.type == "decimal":
         text = {"type": "string", "description": 'decimal number as text, e.g. "0.1"'}
         schema = {"anyOf": [text, {"type": "number"}]} if json_body else text
     elif param.type == "integer":
-        schema = {"anyOf": [{"type": "integer"}, _INTEGER_TEXT]} if json_body else _INTEGER_TEXT
+        number = {"type": "integer", "minimum": param.low, "maximum": param.high}
+        schema = {"anyOf": [number, _INTEGER_TEXT]} if json_body else _INTEGER_TEXT
     elif param.type == "boolean":
         words = _words(_FLAG_WORDS)
         schema = {"anyOf": [{"type": "boolean"}, {"enum": [0, 1]}, words]} if json_body else words
@@ -51,12 +53,18 @@ def _param_schema(param: Param, *, json_body: bool) -> dict[str, Any]:
             schema["maxLength"] = param.max_length
         if json_body:  # a JSON number is taken as its text
             schema = {"anyOf": [schema, {"type": "number"}]}
-    if param.description:
-        schema = {**schema, "description": param.description}
+    description = param.description
+    if param.type == "integer":
+        description += f" ({param.low}-{param.high}"
+        description += ")" if param.required else f", default {param.default})"
+    elif param.enum and not param.required and param.default is not None:
+        description += f" (default {param.default})"
+    if description:
+        schema = {**schema, "description": description.strip()}
     return schema
 
 
-def _body(params: Iterable[Param]) -> dict[str, Any]:
+def _body(params: Iterable[Param[Any]]) -> dict[str, Any]:
     content: dict[str, Any] = {}
     for media, json_body in (
         ("application/x-www-form-urlencoded", False),

@@ -96,11 +96,15 @@ def parse_json(body: bytes) -> Params:
     return value
 
 
+def missing(name: str) -> ExchangeError:
+    return ExchangeError("missing_argument", f"parameter '{name}' is required")
+
+
 def text(params: Mapping[str, object], name: str, *, max_length: int = 256) -> str:
     """A required string parameter."""
     value = optional_text(params, name, max_length=max_length)
     if value is None or value == "":
-        raise ExchangeError("missing_argument", f"parameter '{name}' is required")
+        raise missing(name)
     return value
 
 
@@ -120,7 +124,7 @@ def raw(params: Mapping[str, object], name: str) -> object:
     """A required value kept as sent (str, int or Decimal) for exact decimal parsing."""
     value = params.get(name)
     if value is None or value == "":
-        raise ExchangeError("missing_argument", f"parameter '{name}' is required")
+        raise missing(name)
     if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
         raise ExchangeError("invalid_argument", f"parameter '{name}' must be a decimal number")
     if isinstance(value, str) and len(value) > 64:
@@ -169,13 +173,16 @@ def flag(params: Mapping[str, object], name: str) -> bool:
 
 
 def choice(
-    params: Mapping[str, object], name: str, options: Mapping[str, str], default: str
-) -> str:
-    """An enumerated parameter; ``options`` maps accepted spellings to the canonical value."""
+    params: Mapping[str, object], name: str, options: Mapping[str, str], default: object
+) -> str | None:
+    """An enumerated parameter; ``options`` maps accepted spellings to the canonical value.
+
+    Not sent (or empty): ``default``, a canonical value or None.
+    """
     value = optional_text(params, name, max_length=32)
     key = "" if value is None else value.strip(SPACE)
     if key == "":
-        return default
+        return None if default is None else str(default)
     found = None
     if key.isascii():  # "ıoc".upper() is "IOC": a dotless i upper-cases to I
         found = options.get(key) or options.get(key.lower()) or options.get(key.upper())

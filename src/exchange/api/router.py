@@ -3,40 +3,30 @@
 These two paths carry every order and market-data request, so they are served
 straight from ASGI: no framework middleware, no Request object. The body is read
 once (at most 64 KiB), parsed with the standard library, the method looked up in
-one dict and the answer serialised with orjson (DESIGN.md's calibration: the
+one dict and the answer serialised with orjson (docs/architecture.md: the
 framework layers alone halved the request rate).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
-import orjson
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 from starlette.types import Receive, Scope, Send
 
 from exchange.api.context import Call, Method, Services
-from exchange.api.envelope import PAYLOAD_TOO_LARGE, STATUS_OF_CODE
+from exchange.api.envelope import API_HEADERS, PAYLOAD_TOO_LARGE, error_body, ok_body, status_of
+from exchange.api.front_door import parse_origins, same_origin
 from exchange.api.limits import RateLimiter
 from exchange.api.params import MAX_BODY, check_text, parse_form, parse_json, parse_query
-from exchange.domain.errors import ExchangeError
-from exchange.engine.engine import database_unavailable, unavailable
+from exchange.domain.errors import ExchangeError, unavailable
 
 log = logging.getLogger("exchange.api")
 
 SESSION_COOKIE = "session"
 RawHeaders = list[tuple[bytes, bytes]]
-
-JSON_HEADER = (b"content-type", b"application/json")
-#: Every API answer: never cached (login's carries the session token; balances are
-#: private), and never sniffed into another content type.
-API_HEADERS = (
-    JSON_HEADER,
-    (b"cache-control", b"no-store"),
-    (b"x-content-type-options", b"nosniff"),
-)
 
 
 class Answer:
@@ -192,18 +182,6 @@ def credentials(incoming: Incoming, params: Mapping[str, object]) -> list[tuple[
     return found
 
 
-def same_origin(incoming: Incoming, allowed: frozenset[str]) -> bool:
-    origin = incoming.origin
-    if not origin:
-        return True
-    host = incoming.host
-    return origin in (f"http://{host}", f"https://{host}") or origin in allowed
-
-
-def error_body(error: ExchangeError) -> bytes:
-    return orjson.dumps({"status": False, "data": None, "description": error.description})
-
-
 async def send_json(send: Send, status: int, body: bytes, extra: RawHeaders | None = None) -> None:
     headers = [*API_HEADERS, (b"content-length", str(len(body)).encode())]
     if extra:
@@ -213,7 +191,7 @@ async def send_json(send: Send, status: int, body: bytes, extra: RawHeaders | No
 
 
 async def send_error(send: Send, error: ExchangeError, status: int | None = None) -> None:
-    status = status or STATUS_OF_CODE.get(error.code, 400)
+    status = status or status_of(error)
     extra: RawHeaders = []
     if status == 429 or error.retry_after is not None:
         extra.append((b"retry-after", str(error.retry_after or 1).encode()))
@@ -221,13 +199,19 @@ async def send_error(send: Send, error: ExchangeError, status: int | None = None
 
 
 class Dispatcher:
-    def __init__(self, services: Services, methods: Mapping[str, Method], limiter: RateLimiter):
+    def __init__(
+        self,
+        services: Services,
+        methods: Mapping[str, Method],
+        limiter: RateLimiter,
+        database_unavailable: Callable[[BaseException], bool],
+    ) -> None:
+        """``database_unavailable`` tells an error that means 503 (the adapters know how)."""
         self.services = services
+        self.database_unavailable = database_unavailable
         self.methods = methods
         self.limiter = limiter
-        self.allowed_origins = frozenset(
-            o.strip() for o in services.settings.allowed_origins.split(",") if o.strip()
-        )
+        self.allowed_origins = parse_origins(services.settings.allowed_origins)
         settings = services.settings
         secure = "; Secure" if settings.cookie_secure else ""
         self._cookie_tail = (
@@ -261,7 +245,7 @@ class Dispatcher:
         except ExchangeError as refusal:
             await send_error(send, refusal)
         except Exception as failure:
-            if database_unavailable(failure):  # e.g. a session check while the DB is down
+            if self.database_unavailable(failure):  # e.g. a session check while the DB is down
                 log.warning("method %r: the database is unavailable (%s)", name, failure)
                 await send_error(send, unavailable())
                 return
@@ -301,7 +285,7 @@ class Dispatcher:
         if (
             verb == "POST"
             and (name == "login" or name == "logout" or any(c for _t, c in carried))
-            and not same_origin(incoming, self.allowed_origins)
+            and not same_origin(incoming.origin, incoming.host, self.allowed_origins)
         ):
             raise ExchangeError("forbidden", "cross-origin request refused")
         if method.auth:
@@ -315,14 +299,11 @@ class Dispatcher:
             call.token, call.user_id = winner
         if method.limit is not None:
             self.limiter.check(method.limit, incoming.client, call.user_id, params)
-        result = await method.handler(call)
+        result = await method.run(call)
         if isinstance(result, Answer):
-            head = b'{"status":true,"data":' if result.status else b'{"status":false,"data":'
-            data = result.data
+            body = ok_body(result.data, ok=result.status)
         else:
-            head = b'{"status":true,"data":'
-            data = result
-        body = head + orjson.dumps(data) + b',"description":""}'
+            body = ok_body(result)
         extra: RawHeaders = []
         if call.set_session is not None:
             cookie = f"{SESSION_COOKIE}={call.set_session}{self._cookie_tail}"

@@ -112,3 +112,26 @@ class Withdrawal(BaseModel):
     reason: str | None = Field(description="why it was rejected")
     created: int
     updated: int
+
+
+class RankItem(BaseModel):
+    rank: int
+    pair: str
+    price: str | None = Field(description="last trade price; null before the first trade")
+    volume_24h: str = Field(description='base amount traded in the last 24 h; "0" if none')
+    change_percent: str = Field(description='signed, 2 decimals, against open_today: "+1.25"')
+    open_today: str | None = Field(description="first price of the UTC day, else the last price")
+
+
+class Deal(BaseModel):
+    id: int
+    price: str
+    amount: str
+    time: int
+    side: str = Field(description="the taker's side: buy or sell")
+
+
+class Depth(BaseModel):
+    timetick: int = Field(description="server time of the snapshot, ms")
+    bids: list[tuple[str, str]] = Field(description="[price, amount], best (highest) first")
+    asks: list[tuple[str, str]] = Field(description="[price, amount], best (lowest) first")

@@ -5,31 +5,45 @@ from __future__ import annotations
 from typing import Any
 
 from exchange.api import schemas
-from exchange.api.context import Call, Method, Param
-from exchange.api.params import choice, flag, integer, optional_text, raw, text
+from exchange.api.context import (
+    Call,
+    Method,
+    choice,
+    decimal,
+    flag,
+    integer,
+    optional_choice,
+    optional_decimal,
+    optional_pair,
+    optional_text,
+    pair,
+    required_integer,
+)
+from exchange.api.params import missing
 from exchange.api.views import my_trade_view, order_info, order_view
+from exchange.domain.commands import CancelOrder, PlaceOrder
 from exchange.domain.errors import ExchangeError
-from exchange.domain.events import PlaceResult
-from exchange.domain.markets import Market, normalize_pair
-from exchange.domain.orders import BUY, SELL, Order, repeated_differently
-from exchange.engine.commands import CancelOrder, PlaceOrder
+from exchange.domain.orders import BUY, SELL, repeated_differently
 
-TYPES = {"limit": "limit", "market": "market"}
-TIFS = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK"}
-STATUSES = {"open": "open", "all": "all"}
-
-
-def market_of(call: Call, value: str | None = None) -> Market:
-    pair = value if value is not None else text(call.params, "pair", max_length=32)
-    market = call.services.markets.get(normalize_pair(pair))
-    if market is None:
-        raise ExchangeError("unknown_pair", f"{pair[:32]!r} is not a listed pair")
-    return market
-
-
-def optional_market(call: Call) -> Market | None:
-    pair = optional_text(call.params, "pair", max_length=32)
-    return None if pair is None or pair.strip() == "" else market_of(call, pair)
+PAIR = pair()
+AMOUNT = decimal("amount", "base amount, a multiple of the market's step")
+PRICE = optional_decimal("price", "limit price (required for limit orders), on the market's tick")
+TYPE = choice("type", "limit or market", ("limit", "market"), default="limit")
+TIF = optional_choice(
+    "time_in_force",
+    "GTC (default for limit), IOC (default for market) or FOK",
+    ("GTC", "IOC", "FOK"),
+)
+POST_ONLY = flag("post_only", "refuse to take liquidity")
+CLIENT_ORDER_ID = optional_text(
+    "client_order_id", "idempotency key, at most 36 characters", max_length=36
+)
+#: In the order they are checked (the first bad one is the one refused).
+ORDER_PARAMS = (PAIR, TYPE, TIF, AMOUNT, PRICE, POST_ONLY, CLIENT_ORDER_ID)
+ORDER_ID = required_integer("order_id", "the order's id", low=1, high=2**63 - 1)
+ONLY_PAIR = optional_pair("only this market")
+STATUS = choice("status", "open or all", ("open", "all"), default="open")
+LIMIT = integer("limit", "how many, newest first", default=100, low=1, high=500)
 
 
 async def _full_order(
@@ -59,15 +73,13 @@ async def _full_order(
 
 
 async def _place(call: Call, side: str) -> dict[str, Any]:
-    params = call.params
-    market = market_of(call)
-    order_type = choice(params, "type", TYPES, "limit")
-    tif = choice(params, "time_in_force", TIFS, "GTC" if order_type == "limit" else "IOC")
-    amount = market.parse_amount(raw(params, "amount"))
-    if order_type == "limit" or params.get("price") not in (None, ""):
-        price = market.parse_price(raw(params, "price"))
-    else:
-        price = 0
+    market = PAIR.of(call)
+    order_type = TYPE.of(call)
+    amount = market.parse_amount(AMOUNT.of(call))
+    sent_price = PRICE.of(call)
+    if order_type == "limit" and sent_price is None:
+        raise missing("price")
+    price = 0 if sent_price is None else market.parse_price(sent_price)
     command = PlaceOrder(
         call.user_id,
         market.symbol,
@@ -75,11 +87,11 @@ async def _place(call: Call, side: str) -> dict[str, Any]:
         amount,
         price,
         order_type,
-        tif,
-        flag(params, "post_only"),
-        optional_text(params, "client_order_id", max_length=36) or None,
+        TIF.of(call) or ("GTC" if order_type == "limit" else "IOC"),
+        POST_ONLY.of(call),
+        CLIENT_ORDER_ID.of(call) or None,
     )
-    result: PlaceResult = await call.services.engine.submit(command)
+    result = await call.services.engine.submit(command)
     if result.duplicate or result.order is None:
         return await _full_order(call, result.order_id, command)
     return order_view(result.order, result.trades, market)
@@ -94,44 +106,30 @@ async def sell(call: Call) -> object:
 
 
 async def cancel_order(call: Call) -> object:
-    if call.params.get("order_id") in (None, ""):
-        raise ExchangeError("missing_argument", "parameter 'order_id' is required")
-    order_id = integer(call.params, "order_id", 0, low=1, high=2**63 - 1)
-    order: Order = await call.services.engine.submit(CancelOrder(call.user_id, order_id))
+    order = await call.services.engine.submit(CancelOrder(call.user_id, ORDER_ID.of(call)))
     return await _full_order(call, order.id)
 
 
 async def get_orders(call: Call) -> object:
-    market = optional_market(call)
-    status = choice(call.params, "status", STATUSES, "open")
-    limit = integer(call.params, "limit", 100, low=1, high=500)
+    market = ONLY_PAIR.of(call)
     found = await call.services.history.orders(
-        call.user_id, None if market is None else market.symbol, status == "open", limit
+        call.user_id,
+        None if market is None else market.symbol,
+        STATUS.of(call) == "open",
+        LIMIT.of(call),
     )
     markets = call.services.markets
     return [order_info(order, markets[order.market]) for order in found]
 
 
 async def get_my_trades(call: Call) -> object:
-    market = optional_market(call)
-    limit = integer(call.params, "limit", 100, low=1, high=500)
+    market = ONLY_PAIR.of(call)
     found = await call.services.history.trades(
-        call.user_id, None if market is None else market.symbol, limit
+        call.user_id, None if market is None else market.symbol, LIMIT.of(call)
     )
     markets = call.services.markets
     return [my_trade_view(trade, call.user_id, markets[trade.market]) for trade in found]
 
-
-PAIR = Param("pair", required=True, description="BTC/USDT, btc_usdt, ETH-BTC ...", max_length=32)
-ORDER_PARAMS = (
-    PAIR,
-    Param("amount", "decimal", True, "base amount, a multiple of the market's step"),
-    Param("price", "decimal", False, "limit price (required for limit orders), on the tick"),
-    Param("type", description="limit (default) or market", enum=("limit", "market")),
-    Param("time_in_force", description="GTC (default), IOC or FOK", enum=("GTC", "IOC", "FOK")),
-    Param("post_only", "boolean", description="refuse to take liquidity"),
-    Param("client_order_id", description="idempotency key, at most 36 characters", max_length=36),
-)
 
 METHODS = (
     Method(
@@ -162,7 +160,7 @@ METHODS = (
         cancel_order,
         "Cancel one of your open orders.",
         schemas.Order,
-        (Param("order_id", "integer", True, "the order's id"),),
+        (ORDER_ID,),
         auth=True,
         tag="trading",
         limit="orders",
@@ -173,11 +171,7 @@ METHODS = (
         get_orders,
         "Your orders, newest first.",
         list[schemas.OrderInfo],
-        (
-            Param("pair", description="only this market", max_length=32),
-            Param("status", description="open (default) or all", enum=("open", "all")),
-            Param("limit", "integer", description="1-500, default 100"),
-        ),
+        (ONLY_PAIR, STATUS, LIMIT),
         auth=True,
         tag="trading",
     ),
@@ -187,10 +181,7 @@ METHODS = (
         get_my_trades,
         "Your trades, newest first.",
         list[schemas.MyTrade],
-        (
-            Param("pair", description="only this market", max_length=32),
-            Param("limit", "integer", description="1-500, default 100"),
-        ),
+        (ONLY_PAIR, LIMIT),
         auth=True,
         tag="trading",
     ),

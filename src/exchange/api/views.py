@@ -1,12 +1,26 @@
-"""Orders and trades as the API shows them: decimal strings at the market's scales."""
+"""Balances, orders and trades as the API shows them: decimal strings at their scales."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from exchange.domain.markets import Market
+from exchange.domain.markets import Asset, Market
+from exchange.domain.money import format_units
 from exchange.domain.orders import BUY, SELL, Order, Trade
+from exchange.engine.port import Balances
+
+
+def balances_view(balances: Balances, assets: Mapping[str, Asset]) -> dict[str, dict[str, str]]:
+    """get_user_coin's data and the ``balances`` stream: every asset, at its scale."""
+    return {
+        code: {
+            "available": format_units(available, assets[code].scale),
+            "frozen": format_units(frozen, assets[code].scale),
+        }
+        for code, (available, frozen) in balances.items()
+    }
 
 
 def average_price(order: Order, market: Market) -> str | None:

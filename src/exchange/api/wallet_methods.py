@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from exchange.api import schemas
-from exchange.api.context import Call, Method, Param
-from exchange.api.params import integer, optional_text, raw, text
+from exchange.api.context import Call, Method, coin, integer, optional_coin, optional_decimal, text
 from exchange.domain.money import format_units
 from exchange.domain.withdrawals import Withdrawal
 from exchange.services.wallet import WithdrawAddress
@@ -36,42 +35,47 @@ def address_view(found: WithdrawAddress) -> dict[str, Any]:
     return {"coin": found.coin, "address": found.address, "usable_from": found.usable_from}
 
 
-def _coin(call: Call) -> str:
-    return text(call.params, "coin", max_length=16)
+COIN = coin()
+#: Longer than any real address, so an overlong one is refused as invalid_address.
+ADDRESS = text(
+    "address",
+    "BTC: 1…, 3… or bc1…; ETH/USDT: 0x + 40 hex (EIP-55 if mixed case)",
+    max_length=256,
+)
+AMOUNT = optional_decimal(
+    "amount", "what leaves your balance, fee included; omitted = all available"
+)
+ONLY_COIN = optional_coin("only this coin")
+LIMIT = integer("limit", "how many, newest first", default=100, low=1, high=500)
 
 
 async def get_withdraw_address(call: Call) -> object:
-    return address_view(await call.services.wallet.address(call.user_id, _coin(call)))
+    return address_view(await call.services.wallet.address(call.user_id, COIN.of(call).code))
 
 
 async def set_withdraw_address(call: Call) -> object:
+    # The coin is declared first: unknown_coin before anything about the address.
     wallet = call.services.wallet
-    coin = _coin(call)
-    wallet.asset(coin)  # unknown_coin before anything about the address
-    # Longer than any real address, so an overlong one is refused as invalid_address.
-    address = text(call.params, "address", max_length=256)
-    return address_view(await wallet.set_address(call.user_id, coin, address))
+    return address_view(
+        await wallet.set_address(call.user_id, COIN.of(call).code, ADDRESS.of(call))
+    )
 
 
 async def withdraw(call: Call) -> object:
-    wallet = call.services.wallet
-    asset = wallet.asset(_coin(call))
+    asset = COIN.of(call)
     # No amount (or an empty one, as an HTML form sends) = the whole available balance.
-    amount = None if call.params.get("amount") in (None, "") else raw(call.params, "amount")
-    found = await wallet.withdraw(call.user_id, asset.code, amount)
+    found = await call.services.wallet.withdraw(call.user_id, asset.code, AMOUNT.of(call))
     return withdrawal_view(found, asset.scale)
 
 
 async def get_withdrawals(call: Call) -> object:
     wallet = call.services.wallet
-    coin = optional_text(call.params, "coin", max_length=16)
-    coin = None if coin is None or coin.strip() == "" else wallet.asset(coin).code
-    limit = integer(call.params, "limit", 100, low=1, high=500)
-    found = await wallet.withdrawals(call.user_id, coin, limit)
+    asset = ONLY_COIN.of(call)
+    found = await wallet.withdrawals(
+        call.user_id, None if asset is None else asset.code, LIMIT.of(call)
+    )
     return [withdrawal_view(w, wallet.asset(w.coin).scale) for w in found]
 
-
-COIN = Param("coin", required=True, description="BTC, ETH or USDT (any case)", max_length=16)
 
 METHODS = (
     Method(
@@ -91,15 +95,7 @@ METHODS = (
         "Set or change a withdrawal address; a new or changed address is usable only after "
         "the cooldown (EXCHANGE_WITHDRAW_ADDRESS_COOLDOWN).",
         schemas.WithdrawAddressSet,
-        (
-            COIN,
-            Param(
-                "address",
-                required=True,
-                max_length=128,
-                description="BTC: 1…, 3… or bc1…; ETH/USDT: 0x + 40 hex (EIP-55 if mixed case)",
-            ),
-        ),
+        (COIN, ADDRESS),
         auth=True,
         tag="wallet",
         limit="orders",
@@ -111,14 +107,7 @@ METHODS = (
         "Request a withdrawal to your address: the amount is frozen and the withdrawal is "
         "pending until an operator sends or rejects it. The fixed fee is taken from the amount.",
         schemas.Withdrawal,
-        (
-            COIN,
-            Param(
-                "amount",
-                "decimal",
-                description="what leaves your balance, fee included; omitted = all available",
-            ),
-        ),
+        (COIN, AMOUNT),
         auth=True,
         tag="wallet",
         limit="orders",
@@ -129,10 +118,7 @@ METHODS = (
         get_withdrawals,
         "Your withdrawals, newest first.",
         list[schemas.Withdrawal],
-        (
-            Param("coin", description="only this coin", max_length=16),
-            Param("limit", "integer", description="1-500, default 100"),
-        ),
+        (ONLY_COIN, LIMIT),
         auth=True,
         tag="wallet",
     ),

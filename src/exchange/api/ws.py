@@ -44,14 +44,15 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket
 
+from exchange.api.front_door import same_origin
 from exchange.api.limits import Bucket, RateLimiter, address_key, parse_rate
-from exchange.api.views import order_info
+from exchange.api.views import balances_view, order_info
+from exchange.domain.candles import ALIASES, INTERVALS
 from exchange.domain.errors import ExchangeError
-from exchange.domain.events import Outbox
+from exchange.domain.events import Committed
 from exchange.domain.markets import normalize_pair
 from exchange.domain.orders import Trade
-from exchange.engine.port import EnginePort
-from exchange.services.candles import ALIASES, INTERVALS
+from exchange.engine.port import Balances, EnginePort
 from exchange.services.marketdata import MarketData
 from exchange.services.sessions import Sessions
 
@@ -171,7 +172,7 @@ class Stream:
 
     # -- fan-out (the engine listener: synchronous, never blocks) -------------
 
-    def on_commit(self, outbox: Outbox, now: int) -> None:
+    def on_commit(self, outbox: Committed, now: int) -> None:
         if not self.connections:
             return
         subscribers = self.subscribers
@@ -211,7 +212,10 @@ class Stream:
                 if balances is None:  # a worker: the writer holds them, one round trip away
                     self._spawn(self._publish_balances(user))
                 else:
-                    self._publish(listeners, "balances", None, balances)
+                    self._publish(listeners, "balances", None, self._balances(balances))
+
+    def _balances(self, balances: Balances) -> dict[str, dict[str, str]]:
+        return balances_view(balances, self.engine.assets)
 
     async def _publish_balances(self, user: int) -> None:
         try:
@@ -220,7 +224,7 @@ class Stream:
             return  # the writer is unreachable; the next batch sends them again
         listeners = self.subscribers.get(_private("balances", user))
         if listeners:
-            self._publish(listeners, "balances", None, balances)
+            self._publish(listeners, "balances", None, self._balances(balances))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -336,11 +340,8 @@ class Stream:
             self.drop(connection)
 
     def _same_origin(self, websocket: WebSocket) -> bool:
-        origin = websocket.headers.get("origin")
-        if origin is None:
-            return True
-        host = websocket.headers.get("host", "")
-        return origin in (f"http://{host}", f"https://{host}") or origin in self.allowed_origins
+        headers = websocket.headers
+        return same_origin(headers.get("origin"), headers.get("host", ""), self.allowed_origins)
 
     async def _resolve(self, token: object) -> int | None:
         if not isinstance(token, str) or not token:

@@ -18,9 +18,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
+from exchange.domain.commands import PlaceOrder
 from exchange.domain.errors import ExchangeError
 from exchange.domain.ledger import Ledger
-from exchange.domain.markets import default_assets, default_markets
+from exchange.domain.markets import MAX_UNITS, default_assets, default_markets
 from exchange.domain.matching import MatchingEngine
 
 __all__ = ["main", "run"]
@@ -30,14 +31,9 @@ _DEFAULT_GC = gc.get_threshold()
 
 
 class _Command(NamedTuple):
-    kind: int  # 0 = place, 1 = cancel
-    user: int
-    market: str
-    side: str
-    amount: int
-    price: int
-    type: str
-    tif: str
+    """A placement (built before the clock starts, as the API builds it), or a cancel."""
+
+    order: PlaceOrder | None  # None: a cancel
     back: int  # for a cancel: how many placements ago the target was placed
 
 
@@ -56,7 +52,7 @@ def _commands(count: int, seed: int, markets: list[str]) -> list[_Command]:
     for _ in range(count):
         user = rng.randrange(1, USERS + 1)
         if rng.random() < 0.1:
-            out.append(_Command(1, user, "", "", 0, 0, "", "", rng.randrange(1, 50)))
+            out.append(_Command(None, rng.randrange(1, 50)))
             continue
         symbol = markets[rng.randrange(len(markets))]
         market = engine_markets[symbol]
@@ -74,7 +70,7 @@ def _commands(count: int, seed: int, markets: list[str]) -> list[_Command]:
             price = 0 if side == "sell" else price
         elif crossing and roll < 0.2:
             tif = "IOC"
-        out.append(_Command(0, user, symbol, side, amount, price, kind, tif, 0))
+        out.append(_Command(PlaceOrder(user, symbol, side, amount, price, kind, tif), 0))
     return out
 
 
@@ -110,17 +106,8 @@ def _run_shard(
     start = time.perf_counter()
     for index, command in enumerate(commands):
         try:
-            if command.kind == 0:
-                result = place(
-                    command.user,
-                    command.market,
-                    command.side,
-                    command.amount,
-                    command.price,
-                    type=command.type,
-                    tif=command.tif,
-                    now=now,
-                )
+            if command.order is not None:
+                result = place(command.order, now)
                 placed.append(result.order_id)
                 trades += len(result.trades)
             elif len(placed) >= command.back:
@@ -194,15 +181,20 @@ def unfunded_market_buy(resting: int = 100_000, tries: int = 200) -> float:
     seller = 1
     engine.credit(seller, "BTC", resting * 1_000 * market.step)
     for index in range(resting):
-        engine.place(seller, market.symbol, "sell", 100 * market.step, 3_000_000 + index, now=0)
+        engine.place(
+            PlaceOrder(seller, market.symbol, "sell", 100 * market.step, 3_000_000 + index), now=0
+        )
         if index % 10_000 == 0:
             engine.drain()
     engine.drain()
-    huge = 10_000_000 * 10**8 - (10_000_000 * 10**8) % market.step  # ~10,000,000 BTC
+    # ~10,000,000 BTC: the largest amount an order may have (MAX_UNITS is refused before
+    # any walk), so the refusal measured is the balance check's.
+    huge = MAX_UNITS - 1 - (MAX_UNITS - 1) % market.step
+    command = PlaceOrder(2, market.symbol, "buy", huge, 0, type="market")  # made by the API
     start = time.perf_counter()
     for _ in range(tries):
         with contextlib.suppress(ExchangeError):
-            engine.place(2, market.symbol, "buy", huge, 0, type="market", now=0)
+            engine.place(command, now=0)
     return (time.perf_counter() - start) / tries
 
 

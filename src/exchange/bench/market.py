@@ -33,7 +33,7 @@ from exchange.bench.load import LoadResult, get, run_load
 from exchange.bench.server import exchange_env, free_port, running_server
 from exchange.clock import ManualClock, now_ms
 from exchange.config import Settings
-from exchange.engine.commands import Credit, PlaceOrder
+from exchange.domain.commands import Credit, PlaceOrder
 
 __all__ = ["main", "run"]
 
@@ -45,17 +45,17 @@ Figure = tuple[str, float, str]
 
 async def _seed(url: str, minutes: int, samples: int) -> list[int]:
     """Fill the database; return the in-process timings (ns) of 500-candle k-lines."""
-    from exchange.app import create_app
+    from exchange.runtime import build_runtime
 
     start = now_ms() - minutes * MIN
     clock = ManualClock(start)
     settings = Settings(
         database_url=url, rate_limits="off", sqlite_synchronous="NORMAL", log_level="warning"
     )
-    app = create_app(settings, clock=clock)
+    runtime = build_runtime(settings, clock=clock)
     rng = random.Random(5)
-    async with app.router.lifespan_context(app):
-        services = app.state.services
+    async with runtime.running():
+        services = runtime.services
         engine = services.engine
         for user in (MAKER, TAKER, BOOK):
             await engine.submit(Credit(user, "USDT", 10**15, 0))
@@ -74,12 +74,12 @@ async def _seed(url: str, minutes: int, samples: int) -> list[int]:
         clock.now = start + minutes * MIN
         method = METHODS["get_coin_k_line"]
         params: dict[str, object] = {"pair": PAIR, "interval": "1min", "limit": "500"}
-        first = await method.handler(Call(services, dict(params), "bench"))
+        first = await method.run(Call(services, dict(params), "bench"))
         assert isinstance(first, list) and len(first) == 500, "the seed made too few candles"
         timings = []
         for _ in range(samples):
             began = time.perf_counter_ns()
-            result = await method.handler(Call(services, dict(params), "bench"))
+            result = await method.run(Call(services, dict(params), "bench"))
             envelope_response(result)
             timings.append(time.perf_counter_ns() - began)
         return timings

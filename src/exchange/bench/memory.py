@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from exchange.domain.commands import PlaceOrder
 from exchange.domain.markets import default_assets, default_markets
 from exchange.domain.matching import MatchingEngine
 
@@ -45,7 +46,7 @@ def run(
     rng = random.Random(seed)
     symbols = list(markets)
     mids = {"BTC/USDT": 6_500_000, "ETH/USDT": 320_000, "ETH/BTC": 49_000}  # price units
-    gc.disable()  # the engine's writer runs with a tuned collector too
+    gc.disable()  # RSS of what is kept, not of a collector's timing; collected below
     now = 1_767_225_600_000
     for n in range(orders):
         symbol = symbols[n % 3]
@@ -55,12 +56,14 @@ def run(
         price = mids[symbol] + offset if sell else mids[symbol] - offset
         amount = market.min_amount * rng.randint(200, 2_000)
         engine.place(
-            1 + n % users,
-            symbol,
-            "sell" if sell else "buy",
-            amount,
-            price,
-            client_order_id=f"bench-{n}" if client_ids else None,
+            PlaceOrder(
+                1 + n % users,
+                symbol,
+                "sell" if sell else "buy",
+                amount,
+                price,
+                client_order_id=f"bench-{n}" if client_ids else None,
+            ),
             now=now,
         )
         if n % 500 == 0:

@@ -29,12 +29,12 @@ from sqlalchemy import insert
 
 from exchange.adapters.db.database import make_sync_engine, migrate
 from exchange.adapters.db.tables import users
+from exchange.admin import Admin
 from exchange.bench.load import LoadResult, post, run_load
 from exchange.bench.server import exchange_env, free_port, running_server
 from exchange.clock import now_ms
 from exchange.config import Settings
 from exchange.domain.markets import default_assets, default_markets
-from exchange.services.admin import Admin
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PASSWORD = "bench-password-1"

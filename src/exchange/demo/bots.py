@@ -19,10 +19,11 @@ from typing import Any
 
 from exchange.api.context import Services
 from exchange.config import Settings
+from exchange.domain.commands import CancelOrder, Credit, PlaceOrder
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Market
-from exchange.engine.commands import CancelOrder, Credit, PlaceOrder
 from exchange.engine.engine import Engine
+from exchange.runtime import Runtime
 
 log = logging.getLogger("exchange.demo")
 
@@ -32,6 +33,9 @@ REFERENCE = {"BTC/USDT": "65000", "ETH/USDT": "3200", "ETH/BTC": "0.049"}
 BOT_FUNDS = {"BTC": "500", "ETH": "10000", "USDT": "50000000"}
 DEMO_FUNDS = {"BTC": "2", "ETH": "30", "USDT": "100000"}
 LEVELS = 6
+#: Seconds between a bot's rounds (not money).
+MAKER_PAUSE = (0.4, 0.9)  # float-ok: seconds
+TAKER_PAUSE = (0.2, 0.8)  # float-ok: seconds
 
 
 class Demo:
@@ -95,7 +99,7 @@ class Demo:
         for code, amount in funds.items():
             asset = engine.assets[code]
             units = int(amount) * 10**asset.scale
-            available, frozen = engine.core.ledger.balance(user_id, code)
+            available, frozen = engine.balances(user_id)[code]
             if only_if_empty and available + frozen > 0:
                 continue
             if available < units // 2:
@@ -134,7 +138,7 @@ class Demo:
             try:
                 price = self._walk(market)
                 gap = max(market.tick, price // 2_500)  # 0.04 % between levels
-                for order in engine.core.open_orders(user, market.symbol):
+                for order in engine.open_orders(user, market.symbol):
                     await self._submit(CancelOrder(user, order.id))
                 for level in range(1, LEVELS + 1):
                     for side, sign in (("buy", -1), ("sell", 1)):
@@ -148,12 +152,12 @@ class Demo:
                 raise
             except Exception:
                 log.exception("demo market maker failed; going on")
-            await asyncio.sleep(self.rng.uniform(0.4, 0.9))
+            await asyncio.sleep(self.rng.uniform(*MAKER_PAUSE))
 
     async def _take(self, market: Market) -> None:
         """Cross the spread now and then, so trades and candles keep coming."""
         user = self.takers[market.symbol]
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # float-ok: seconds
         while True:
             try:
                 side = self.rng.choice(("buy", "sell"))
@@ -167,21 +171,19 @@ class Demo:
                 raise
             except Exception:
                 log.exception("demo taker failed; going on")
-            await asyncio.sleep(self.rng.uniform(0.2, 0.8))
+            await asyncio.sleep(self.rng.uniform(*TAKER_PAUSE))
 
 
-def attach_demo(app: Any, settings: Settings, url: str) -> None:
-    """Run the bots inside the app's lifespan: they start after the engine, stop before it."""
-    original = app.router.lifespan_context
+def attach_demo(runtime: Runtime, url: str) -> None:
+    """Run the bots beside the exchange: they start after the engine, stop before it."""
 
     @asynccontextmanager
-    async def lifespan(application: Any) -> AsyncIterator[None]:
-        async with original(application):
-            demo = Demo(application.state.services, settings, url)
-            await demo.start()
-            try:
-                yield
-            finally:
-                await demo.stop()
+    async def bots(running: Runtime) -> AsyncIterator[None]:
+        demo = Demo(running.services, running.settings, url)
+        await demo.start()
+        try:
+            yield
+        finally:
+            await demo.stop()
 
-    app.router.lifespan_context = lifespan
+    runtime.companions.append(bots)

@@ -47,6 +47,8 @@ class OrderBook:
         if level is None:
             level = Level(order.price)
             side[order.price] = level
+        else:
+            order.price = level.price  # one int object per level: ~32 bytes an order
         level.orders.append(order)
         level.total += order.amount - order.filled
 

@@ -25,5 +25,12 @@ class ExchangeError(Exception):
         return _rebuild, (self.code, self.message, self.retry_after)
 
 
+def unavailable() -> ExchangeError:
+    """The refusal while the database cannot be used: nothing happened, try again (503)."""
+    return ExchangeError(
+        "overloaded", "the exchange cannot use its database now; try again", retry_after=1
+    )
+
+
 def _rebuild(code: str, message: str, retry_after: int | None) -> ExchangeError:
     return ExchangeError(code, message, retry_after=retry_after)

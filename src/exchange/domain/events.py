@@ -7,12 +7,13 @@ persists exactly it, so a change that is not in the outbox did not happen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from exchange.domain.ledger import Entry
 from exchange.domain.orders import Order, Trade
 from exchange.domain.withdrawals import Withdrawal
 
-__all__ = ["Outbox", "PlaceResult"]
+__all__ = ["Committed", "Outbox", "PlaceResult", "Replicated"]
 
 
 @dataclass(slots=True)
@@ -39,3 +40,30 @@ class Outbox:
     entries: list[Entry]
     accounts: set[tuple[int, str]]
     withdrawals: list[Withdrawal] = field(default_factory=list)
+
+
+class Committed(Protocol):
+    """What a listener of committed batches reads (market data, the stream, the hub).
+
+    The same in the writer's process (an ``Outbox``) and on a worker (a
+    ``Replicated`` batch from the writer): the ledger entries and withdrawals of
+    a batch stay with the journal, so no listener can come to depend on them.
+    """
+
+    @property
+    def orders(self) -> list[Order]: ...
+
+    @property
+    def trades(self) -> list[Trade]: ...
+
+    @property
+    def accounts(self) -> set[tuple[int, str]]: ...
+
+
+@dataclass(slots=True)
+class Replicated:
+    """A committed batch as a worker receives it: exactly what ``Committed`` names."""
+
+    orders: list[Order]
+    trades: list[Trade]
+    accounts: set[tuple[int, str]]

@@ -17,6 +17,7 @@ Rounding rule (the only place money is ever rounded):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -26,6 +27,7 @@ from exchange.domain.money import format_units, parse_decimal, to_units
 __all__ = [
     "Asset",
     "Market",
+    "assets_of",
     "build_market",
     "default_assets",
     "default_markets",
@@ -98,32 +100,16 @@ class Market:
     # -- parsing ------------------------------------------------------------
 
     def parse_price(self, value: object) -> int:
-        """A positive price on the tick grid; off-grid prices are refused, not rounded."""
-        units = to_units(parse_decimal(value), self.price_scale, "price")
-        if units <= 0:
-            raise ExchangeError("invalid_argument", "price must be greater than 0")
-        if units >= MAX_UNITS:
-            raise ExchangeError("invalid_argument", "price is larger than this exchange accepts")
-        if units % self.tick:
-            raise ExchangeError(
-                "invalid_argument",
-                f"price must be a multiple of {self.format_price(self.tick)} on {self.symbol}",
-            )
-        return units
+        """A positive decimal price in price units, exactly (excess decimals: refused).
+
+        Only the conversion: the tick and the range are rules of an order, checked
+        once, by ``MatchingEngine.place``.
+        """
+        return _positive(to_units(parse_decimal(value), self.price_scale, "price"), "price")
 
     def parse_amount(self, value: object) -> int:
-        """A positive amount on the step grid, in base minor units."""
-        units = to_units(parse_decimal(value), self.base.scale, "amount")
-        if units <= 0:
-            raise ExchangeError("invalid_argument", "amount must be greater than 0")
-        if units >= MAX_UNITS:
-            raise ExchangeError("invalid_argument", "amount is larger than this exchange accepts")
-        if units % self.step:
-            raise ExchangeError(
-                "invalid_argument",
-                f"amount must be a multiple of {self.format_amount(self.step)} on {self.symbol}",
-            )
-        return units
+        """A positive decimal amount in base minor units, exactly (the step: ``place``)."""
+        return _positive(to_units(parse_decimal(value), self.base.scale, "amount"), "amount")
 
     # -- formatting ---------------------------------------------------------
 
@@ -249,6 +235,21 @@ def default_markets(
             row.get("taker_fee", fee),
         )
     return markets
+
+
+def _positive(units: int, what: str) -> int:
+    if units <= 0:
+        raise ExchangeError("invalid_argument", f"{what} must be greater than 0")
+    return units
+
+
+def assets_of(markets: Iterable[Market]) -> dict[str, Asset]:
+    """Every asset that some market trades, by code (what the ledger keeps balances of)."""
+    found: dict[str, Asset] = {}
+    for market in markets:
+        found[market.base.code] = market.base
+        found[market.quote.code] = market.quote
+    return found
 
 
 def normalize_pair(text: str) -> str:

@@ -42,11 +42,11 @@ from collections.abc import Iterable, Mapping
 
 from exchange.domain.book import Level, OrderBook
 from exchange.domain.client_ids import ClientIds
+from exchange.domain.commands import PlaceOrder, RequestWithdrawal
 from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Outbox, PlaceResult
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, Ledger
-from exchange.domain.markets import MAX_UNITS, Asset, Market
-from exchange.domain.money import format_units
+from exchange.domain.markets import MAX_UNITS, Market, assets_of
 from exchange.domain.orders import (
     BUY,
     CANCELED,
@@ -61,7 +61,14 @@ from exchange.domain.orders import (
     Trade,
     repeated_differently,
 )
-from exchange.domain.withdrawals import MAX_ADDRESS, MAX_TXID, PENDING, SENT, Withdrawal
+from exchange.domain.withdrawals import (
+    MAX_ADDRESS,
+    MAX_TXID,
+    PENDING,
+    SENT,
+    Withdrawal,
+    check_minimum,
+)
 from exchange.domain.withdrawals import REJECTED as W_REJECTED
 
 __all__ = ["CLIENT_ID_TTL_MS", "CLIENT_ORDER_ID_MAX", "MAX_BALANCE", "MatchingEngine"]
@@ -119,11 +126,7 @@ class MatchingEngine:
     ) -> None:
         self.markets: dict[str, Market] = dict(markets)
         if ledger is None:
-            assets: dict[str, Asset] = {}
-            for market in self.markets.values():
-                assets[market.base.code] = market.base
-                assets[market.quote.code] = market.quote
-            ledger = Ledger(assets)
+            ledger = Ledger(assets_of(self.markets.values()))
         self.ledger = ledger
         self.books: dict[str, OrderBook] = {symbol: OrderBook(symbol) for symbol in self.markets}
         self.next_order_id = 1
@@ -183,21 +186,17 @@ class MatchingEngine:
 
     # -- commands -------------------------------------------------------------
 
-    def place(
-        self,
-        user_id: int,
-        market: str,
-        side: str,
-        amount: int,
-        price: int,
-        *,
-        type: str = LIMIT,
-        tif: str = "GTC",
-        post_only: bool = False,
-        client_order_id: str | None = None,
-        now: int,
-    ) -> PlaceResult:
+    def place(self, command: PlaceOrder, now: int) -> PlaceResult:
         """Place an order; a refusal raises ExchangeError and changes nothing."""
+        user_id, market, side, amount, price = (
+            command.user_id,
+            command.market,
+            command.side,
+            command.amount,
+            command.price,
+        )
+        type, tif, post_only = command.type, command.tif, command.post_only
+        client_order_id = command.client_order_id
         if client_order_id is not None:
             if not client_order_id:
                 client_order_id = None
@@ -258,7 +257,7 @@ class MatchingEngine:
         book = self.books[market]
         # A market order is worth what it is where it starts to fill (an empty side: nothing).
         worth = price if type == LIMIT else (book.best_ask() if is_buy else book.best_bid()) or 0
-        if worth and worth * amount * m.notional_mul // m.notional_div < m.min_notional:
+        if worth and m.notional(worth, amount) < m.min_notional:
             raise ExchangeError(
                 "below_minimum",
                 f"order value must be at least {m.format_quote(m.min_notional)} {m.quote.code}",
@@ -269,7 +268,7 @@ class MatchingEngine:
             asset = m.quote.code
             have = ledger.available(user_id, asset)
             if type == LIMIT:
-                need = -(-price * amount * m.notional_mul // m.notional_div)
+                need = m.notional_ceil(price, amount)
             else:
                 need = self._market_buy_cost(m, book, user_id, amount, price, have)
         else:
@@ -330,19 +329,11 @@ class MatchingEngine:
         if remaining and type == LIMIT and tif == "GTC":
             order.status = PARTIALLY_FILLED if order.filled else OPEN
             if is_buy:
-                keep = -(-price * remaining * m.notional_mul // m.notional_div)
+                keep = m.notional_ceil(price, remaining)
                 if order.frozen > keep:
                     ledger.unfreeze(user_id, asset, order.frozen - keep, "order_release", order_id)
                     order.frozen = keep
-            side_levels = book.bids if is_buy else book.asks
-            level: Level | None = side_levels.get(price)
-            if level is None:
-                level = Level(price)
-                side_levels[price] = level
-            else:
-                order.price = level.price  # one int object per level: ~32 bytes an order
-            level.orders.append(order)
-            level.total += remaining
+            book.add(order)
             self._open[order_id] = order
         else:
             order.status = FILLED if not remaining else CANCELED
@@ -379,21 +370,14 @@ class MatchingEngine:
 
     # -- withdrawals ------------------------------------------------------------
 
-    def request_withdrawal(
-        self,
-        user_id: int,
-        coin: str,
-        amount: int | None,
-        fee: int,
-        minimum: int,
-        address: str,
-        now: int,
-    ) -> Withdrawal:
+    def request_withdrawal(self, command: RequestWithdrawal, now: int) -> Withdrawal:
         """Freeze ``amount`` (None: all available) in a new pending withdrawal.
 
         The minimum is checked here, in the same step that freezes, against the
         amount actually taken: that is what makes concurrent withdrawals safe.
         """
+        user_id, coin, amount = command.user_id, command.coin, command.amount
+        fee, minimum, address = command.fee, command.minimum, command.address
         asset = self.ledger.assets.get(coin)
         if asset is None:
             raise ExchangeError("unknown_coin", f"{coin[:20]!r} is not a listed coin")
@@ -401,13 +385,7 @@ class MatchingEngine:
             raise _invalid("this withdrawal request is malformed")
         available = self.ledger.available(user_id, coin)
         units = available if amount is None else amount
-        if units < minimum or units <= fee:
-            least = format_units(max(minimum, fee + 1), asset.scale)
-            raise ExchangeError(
-                "below_minimum",
-                f"the minimum withdrawal is {least} {coin}; "
-                f"{format_units(units, asset.scale)} asked",
-            )
+        check_minimum(asset, units, minimum, fee)
         withdrawal_id = self.next_withdrawal_id
         self.ledger.hold(user_id, coin, units, withdrawal_id)
         self.next_withdrawal_id = withdrawal_id + 1
@@ -490,6 +468,9 @@ class MatchingEngine:
                     self._end_resting(maker, now)
                     continue
                 fill = remaining if remaining < maker_remaining else maker_remaining
+                # Market.notional and Market.taker_fee_of / maker_fee_of, inlined: this
+                # loop runs once per fill, and the calls cost more than the arithmetic
+                # (test_matching checks every trade's figures against the helpers).
                 paid = price * fill * mul // div
                 buyer_fee = -(-fill * taker_num // taker_den)
                 seller_fee = -(-paid * maker_num // maker_den)
@@ -586,7 +567,7 @@ class MatchingEngine:
                     self._end_resting(maker, now)
                     continue
                 fill = remaining if remaining < maker_remaining else maker_remaining
-                paid = price * fill * mul // div
+                paid = price * fill * mul // div  # Market helpers inlined, as in _match_buy
                 buyer_fee = -(-fill * maker_num // maker_den)
                 seller_fee = -(-paid * taker_num // taker_den)
                 # The resting buy keeps exactly ceil(price x remaining) frozen.

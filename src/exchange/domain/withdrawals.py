@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from exchange.domain.errors import ExchangeError
+from exchange.domain.markets import Asset
+from exchange.domain.money import format_units
 
 __all__ = [
     "MAX_ADDRESS",
@@ -27,6 +29,7 @@ __all__ = [
     "SENT",
     "WITHDRAWAL_FIELDS",
     "Withdrawal",
+    "check_minimum",
 ]
 
 PENDING = "pending"
@@ -74,3 +77,19 @@ class Withdrawal:
 
 #: The record's fields in order: the journal's columns and the wire's keys.
 WITHDRAWAL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Withdrawal))
+
+
+def check_minimum(asset: Asset, units: int, minimum: int, fee: int) -> None:
+    """Refuse a withdrawal of ``units`` below the minimum, or one that would deliver nothing.
+
+    The one statement of the rule: the wallet asks it early (an explicit amount,
+    before the address is looked up) and the engine again, in the step that
+    freezes, about the amount actually taken.
+    """
+    if units < minimum or units <= fee:
+        least = format_units(max(minimum, fee + 1), asset.scale)
+        raise ExchangeError(
+            "below_minimum",
+            f"the minimum withdrawal is {least} {asset.code}; "
+            f"{format_units(units, asset.scale)} {asset.code} asked",
+        )

@@ -23,17 +23,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 from sortedcontainers import SortedDict
 
+from exchange.domain.commands import Returns
 from exchange.domain.errors import ExchangeError
-from exchange.domain.events import Outbox
-from exchange.domain.markets import Asset, Market
+from exchange.domain.events import Committed
+from exchange.domain.markets import Asset, Market, assets_of
 from exchange.domain.orders import BUY
-from exchange.engine.commands import Command
-from exchange.engine.port import Levels, Listener
+from exchange.engine.port import Balances, Levels, Listener
 from exchange.engine.wire import (
+    decode_balances,
     decode_error,
     decode_outbox,
     decode_result,
@@ -44,6 +45,7 @@ from exchange.engine.wire import (
 
 __all__ = ["EngineClient", "LevelBook"]
 
+R = TypeVar("R")
 log = logging.getLogger("exchange.client")
 
 RECONNECT_SECONDS = 0.2  # float-ok: seconds between reconnection attempts
@@ -96,10 +98,7 @@ class EngineClient:
     def __init__(self, path: str, markets: dict[str, Market]) -> None:
         self.path = path
         self.markets = markets
-        self._assets: dict[str, Asset] = {}
-        for market in markets.values():
-            self._assets[market.base.code] = market.base
-            self._assets[market.quote.code] = market.quote
+        self._assets = assets_of(markets.values())
         self.books: dict[str, LevelBook] = {symbol: LevelBook([[], []]) for symbol in markets}
         self.seq = 0
         #: Runs after a reconnection, before missed batches could be misread as current.
@@ -111,7 +110,7 @@ class EngineClient:
         self._next_id = 0
         #: The link requests may use: set only once market data is in step with it.
         self._writer: asyncio.StreamWriter | None = None
-        self._held: list[tuple[Outbox, int]] | None = None
+        self._held: list[tuple[Committed, int]] | None = None
         self._unsent_revokes: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._sync: asyncio.Task[None] | None = None
@@ -266,7 +265,7 @@ class EngineClient:
         else:
             self._publish(outbox, now)
 
-    def _publish(self, outbox: Outbox, now: int) -> None:
+    def _publish(self, outbox: Committed, now: int) -> None:
         for listener in self._listeners:
             try:
                 listener(outbox, now)
@@ -286,18 +285,20 @@ class EngineClient:
         writer.write(data_for(request_id))
         return future
 
-    async def submit(self, command: Command) -> Any:
-        return await self._request(lambda rid: encode_command(rid, command), True)
+    async def submit(self, command: Returns[R]) -> R:
+        """Sent to the writer; ``decode_result`` rebuilds the answer the command names."""
+        answer: R = await self._request(lambda rid: encode_command(rid, command), True)
+        return answer
 
-    async def read_balances(self, user_id: int) -> dict[str, dict[str, str]]:
+    async def read_balances(self, user_id: int) -> Balances:
         request = self._request(lambda rid: frame({"t": "bal", "id": rid, "u": user_id}), False)
         try:
-            result: dict[str, dict[str, str]] = await asyncio.wait_for(request, BALANCES_SECONDS)
+            result = await asyncio.wait_for(request, BALANCES_SECONDS)
         except TimeoutError:
             raise _not_connected() from None
-        return result
+        return decode_balances(result)
 
-    def balances_now(self, user_id: int) -> dict[str, dict[str, str]] | None:
+    def balances_now(self, user_id: int) -> Balances | None:
         return None  # a round trip away: the stream asks with read_balances
 
     def revoke(self, key: str) -> None:

@@ -26,53 +26,43 @@ import copy
 import dataclasses
 import json
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-import psycopg
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import select, update
 from sqlalchemy.engine import Engine as SyncEngine
 
-from exchange.adapters.db.tables import engine_inbox
+from exchange.adapters.db.errors import database_unavailable
 from exchange.clock import Clock
-from exchange.domain.errors import ExchangeError
-from exchange.domain.events import Outbox
-from exchange.domain.ledger import SYSTEM_ACCOUNTS
-from exchange.domain.markets import Market
-from exchange.domain.matching import CLIENT_ID_TTL_MS, MatchingEngine
-from exchange.domain.money import format_units
-from exchange.domain.withdrawals import Withdrawal
-from exchange.engine.commands import (
+from exchange.domain.book import OrderBook
+from exchange.domain.commands import (
     ApproveWithdrawal,
     CancelOrder,
-    Command,
     Credit,
+    Credited,
     PlaceOrder,
     RejectWithdrawal,
     RequestWithdrawal,
-    Resync,
+    Returns,
 )
-from exchange.engine.journal import Batch, Journal
+from exchange.domain.errors import ExchangeError, unavailable
+from exchange.domain.markets import Market
+from exchange.domain.matching import CLIENT_ID_TTL_MS, MatchingEngine
+from exchange.domain.orders import Order
+from exchange.engine.journal import Batch, Journal, command_from_inbox
+from exchange.engine.port import Balances, Listener
 from exchange.engine.recovery import State, load_state
 from exchange.engine.writer_lock import WriterLock
 
 log = logging.getLogger("exchange.engine")
 
-Listener = Callable[[Outbox, int], None]
-_Item = tuple["Command | Resync", "asyncio.Future[Any] | None", int]
+_Item = tuple["Returns[Any]", "asyncio.Future[Any] | None", int]
+R = TypeVar("R")
 
 INBOX_POLL_MS = 250
 LOCK_CHECK_MS = 1000
-
-
-def unavailable() -> ExchangeError:
-    return ExchangeError(
-        "overloaded", "the exchange cannot use its database now; try again", retry_after=1
-    )
 
 
 def not_stored() -> ExchangeError:
@@ -80,6 +70,11 @@ def not_stored() -> ExchangeError:
     return ExchangeError(
         "internal_error", "this request could not be stored, so it was not carried out"
     )
+
+
+@dataclass(slots=True, frozen=True)
+class Resync(Returns[None]):
+    """Wakes the writer to rebuild its state from the database (writer lock lost)."""
 
 
 class _Unavailable(Exception):
@@ -96,61 +91,6 @@ class _SetAside(Exception):
     def __init__(self, rest: list[_Item]) -> None:
         super().__init__(len(rest))
         self.rest = rest
-
-
-#: SQLSTATE classes that are about the rows being written, not about the database:
-#: data exceptions (22: too long, out of range, bad encoding), integrity constraints
-#: (23), program limits such as an index row too large (54), and an exception raised
-#: by a trigger or function (P0). Every other class (connection, resources, read-only
-#: transaction after a failover, missing table, privileges, internal) means the
-#: database cannot take any batch now.
-ROW_SQLSTATE_CLASSES = frozenset(("22", "23", "54", "P0"))
-#: sqlite3's errors that are a row's fault: constraints, and values it cannot bind.
-_SQLITE_ROW_ERRORS = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.ProgrammingError,
-    sqlite3.InterfaceError,
-)
-
-
-def database_unavailable(error: BaseException) -> bool:
-    """Whether ``error`` says the database cannot be used now (down, unreachable, full, locked).
-
-    Such a failure is the 503 ``overloaded`` of SPEC §2 (try again), not a 500: the
-    request changed nothing, and the pools reconnect once the database is back.
-    Anything else (a constraint, a value the database refuses, text it cannot
-    encode) is about the rows being written, not about the database.
-    """
-    if isinstance(error, OSError):  # the file system or the network under the database
-        return True
-    if isinstance(error, sa_exc.TimeoutError):  # no connection free in the pool
-        return True
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        if isinstance(error.orig, BaseException):
-            error = error.orig
-    if isinstance(error, psycopg.Error):
-        state = error.sqlstate
-        if state is None:  # raised by the client: only a lost connection is the database's
-            return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
-        return state[:2] not in ROW_SQLSTATE_CLASSES
-    if isinstance(error, sqlite3.Error):
-        return not isinstance(error, _SQLITE_ROW_ERRORS)
-    return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError))
-
-
-def command_from_inbox(kind: str, payload: dict[str, Any], inbox_id: int) -> Command:
-    if kind == "credit":
-        return Credit(
-            int(payload["user_id"]), str(payload["asset"]), int(payload["amount"]), inbox_id
-        )
-    if kind == "approve":
-        return ApproveWithdrawal(int(payload["withdrawal_id"]), str(payload["txid"]))
-    if kind == "reject":
-        return RejectWithdrawal(int(payload["withdrawal_id"]), str(payload["reason"]))
-    raise ValueError(f"unknown inbox command {kind!r}")
 
 
 class Engine:
@@ -249,25 +189,19 @@ class Engine:
         if self._lock is not None and not self._lock.ensure():
             raise RuntimeError("another process holds the writer lock")
         with self._db.begin() as conn:
-            # Claims of a batch that never committed (or of a dead writer) go back to
-            # the queue: only one writer exists, so no claim here can be live.
-            conn.execute(
-                update(engine_inbox)
-                .where(engine_inbox.c.status == "claimed")
-                .values(status="pending")
-            )
+            self.journal.release_claims(conn)
             return load_state(conn, client_ids_since)
 
     # -- submitting -----------------------------------------------------------
 
-    async def submit(self, command: Command) -> Any:
+    async def submit(self, command: Returns[R]) -> R:
         return await self.enqueue(command)
 
-    def enqueue(self, command: Command) -> asyncio.Future[Any]:
+    def enqueue(self, command: Returns[R]) -> asyncio.Future[R]:
         """Queue a command; the future resolves after its batch's commit (or fails)."""
         if not self._ready:
             raise unavailable()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((command, future, 0))
         except asyncio.QueueFull:
@@ -299,15 +233,13 @@ class Engine:
         """False while memory is being rebuilt from the database (answers are 503)."""
         return self._ready
 
-    async def read_balances(self, user_id: int) -> dict[str, dict[str, str]]:
+    async def read_balances(self, user_id: int) -> Balances:
         """Committed balances (waits for the batch in flight, if any)."""
         if not self._ready:  # reloading, maybe until the database is back: do not hang
             raise unavailable()
         if not self._busy:
             return self.balances(user_id)
-        future: asyncio.Future[dict[str, dict[str, str]]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[Balances] = asyncio.get_running_loop().create_future()
 
         def answer() -> None:
             if future.done():
@@ -320,9 +252,18 @@ class Engine:
         self.when_idle(answer)
         return await future
 
-    def balances_now(self, user_id: int) -> dict[str, dict[str, str]] | None:
+    def balances_now(self, user_id: int) -> Balances | None:
         """Balances without waiting (the stream's fan-out cannot await)."""
         return self.balances(user_id)
+
+    def open_orders(self, user_id: int, symbol: str) -> list[Order]:
+        """``user_id``'s open orders on ``symbol``, as memory holds them now."""
+        return self.core.open_orders(user_id, symbol)
+
+    @property
+    def books(self) -> dict[str, OrderBook]:
+        """The live books (the writer hub snapshots them for its workers)."""
+        return self.core.books
 
     def depth_key(self, symbol: str) -> object:
         """Changes when the book is rebuilt or rolled back: cached depth never outlives either.
@@ -494,21 +435,10 @@ class Engine:
         self.reloads += 1
         await self._reload()
 
-    def _apply(self, command: Command | Resync, now: int) -> Any:
+    def _apply(self, command: Returns[Any], now: int) -> Any:
         core = self.core
         if isinstance(command, PlaceOrder):
-            result = core.place(
-                command.user_id,
-                command.market,
-                command.side,
-                command.amount,
-                command.price,
-                type=command.type,
-                tif=command.tif,
-                post_only=command.post_only,
-                client_order_id=command.client_order_id,
-                now=now,
-            )
+            result = core.place(command, now)
             if result.order is not None:
                 # A snapshot: later batches mutate the live order while the answer is built.
                 result.order = copy.copy(result.order)
@@ -517,17 +447,9 @@ class Engine:
             return copy.copy(core.cancel(command.user_id, command.order_id, now))
         if isinstance(command, Credit):
             core.credit(command.user_id, command.asset, command.amount, command.ref)
-            return {"user_id": command.user_id, "asset": command.asset, "amount": command.amount}
+            return Credited(command.user_id, command.asset, command.amount)
         if isinstance(command, RequestWithdrawal):
-            return core.request_withdrawal(
-                command.user_id,
-                command.coin,
-                command.amount,
-                command.fee,
-                command.minimum,
-                command.address,
-                now,
-            )
+            return core.request_withdrawal(command, now)
         if isinstance(command, ApproveWithdrawal):
             return core.approve_withdrawal(command.withdrawal_id, command.txid, now)
         if isinstance(command, RejectWithdrawal):
@@ -561,7 +483,7 @@ class Engine:
 
     async def run_inbox(self) -> int:
         """Queue pending operator commands; each is marked done in its batch's commit."""
-        rows = await asyncio.to_thread(self._pending_inbox)
+        rows = await asyncio.to_thread(self.journal.claim_inbox)
         futures = []
         ids = []
         for inbox_id, kind, payload in rows:
@@ -583,53 +505,16 @@ class Engine:
             self._inbox_seen.difference_update(ids)
         return len(futures)
 
-    def _pending_inbox(self) -> list[tuple[int, str, str]]:
-        """Claim pending commands: a CLI that gives up may cancel only unclaimed ones."""
-        with self._db.begin() as conn:
-            ids = (
-                conn.execute(
-                    select(engine_inbox.c.id)
-                    .where(engine_inbox.c.status == "pending")
-                    .order_by(engine_inbox.c.id)
-                    .limit(500)
-                )
-                .scalars()
-                .all()
-            )
-            if not ids:
-                return []
-            claimed = conn.execute(
-                update(engine_inbox)
-                .where(engine_inbox.c.id.in_(ids), engine_inbox.c.status == "pending")
-                .values(status="claimed")
-                .returning(engine_inbox.c.id, engine_inbox.c.kind, engine_inbox.c.payload)
-            )
-            return sorted((r.id, r.kind, r.payload) for r in claimed)
-
     # -- reading (from memory: no database on the hot path) -------------------
 
-    def balances(self, user_id: int) -> dict[str, dict[str, str]]:
-        ledger = self.core.ledger
-        out: dict[str, dict[str, str]] = {}
-        for code in sorted(self.assets):
-            available, frozen = ledger.balance(user_id, code)
-            scale = self.assets[code].scale
-            out[code] = {
-                "available": format_units(available, scale),
-                "frozen": format_units(frozen, scale),
-            }
-        return out
-
-    def system_balances(self) -> dict[int, dict[str, tuple[int, int]]]:
-        ledger = self.core.ledger
-        return {
-            account: {code: ledger.balance(account, code) for code in self.assets}
-            for account in SYSTEM_ACCOUNTS
-        }
+    def balances(self, user_id: int) -> Balances:
+        """What memory holds now (between batches: what the database holds)."""
+        balance = self.core.ledger.balance
+        return {code: balance(user_id, code) for code in sorted(self.assets)}
 
 
 def _inbox_result(result: object) -> object:
     """What an operator's command answered, as JSON for the inbox row."""
-    if isinstance(result, Withdrawal):
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
         return dataclasses.asdict(result)
     return result

@@ -23,10 +23,10 @@ from functools import partial
 from typing import Any
 
 from exchange.domain.book import OrderBook
-from exchange.domain.errors import ExchangeError
-from exchange.domain.events import Outbox
+from exchange.domain.errors import ExchangeError, unavailable
+from exchange.domain.events import Committed
 from exchange.domain.orders import BUY
-from exchange.engine.engine import Engine, unavailable
+from exchange.engine.engine import Engine
 from exchange.engine.port import Levels
 from exchange.engine.wire import (
     LevelTotal,
@@ -93,7 +93,7 @@ class WriterHub:
             self._server = await asyncio.start_unix_server(self._serve, path=self.path)
         finally:
             os.umask(previous)
-        self._known = dict(self.engine.core.books)
+        self._known = dict(self.engine.books)
         self.engine.subscribe(self.on_commit)
 
     async def stop(self) -> None:
@@ -189,7 +189,7 @@ class WriterHub:
     # -- what every worker is told ---------------------------------------------
 
     def _hello(self) -> bytes:
-        books = self.engine.core.books
+        books = self.engine.books
         return frame(
             {
                 "t": "hello",
@@ -198,7 +198,7 @@ class WriterHub:
             }
         )
 
-    def on_commit(self, outbox: Outbox, now: int) -> None:
+    def on_commit(self, outbox: Committed, now: int) -> None:
         """The engine listener: one ``events`` frame per committed batch, for all workers."""
         self.seq += 1
         try:
@@ -209,8 +209,8 @@ class WriterHub:
                 peer.close()
             self._peers.clear()
 
-    def _broadcast(self, outbox: Outbox, now: int) -> None:
-        books = self.engine.core.books
+    def _broadcast(self, outbox: Committed, now: int) -> None:
+        books = self.engine.books
         replaced: dict[str, Levels] = {}
         for symbol, book in books.items():
             if self._known.get(symbol) is not book:  # rebuilt from the database

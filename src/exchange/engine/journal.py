@@ -4,7 +4,7 @@ The writer hands over a whole batch (orders in their final state, trades, ledger
 entries, touched balances, withdrawals, processed inbox commands) and the answers
 to that batch's callers are released only after this commit returns. Writing
 whole batches — never one transaction per order — is what makes durable order
-placement fast (DESIGN.md, performance).
+placement fast (docs/architecture.md, "the writer").
 
 Rows go through the DB-API (see ``TableWriter``): SQLAlchemy's per-row
 parameter processing cost more than the database's own work. Every value is
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Boolean, String, Table, Text
+from sqlalchemy import Boolean, Connection, String, Table, Text, select, update
 from sqlalchemy.engine import Engine
 
+from exchange.adapters.db.records import ORDER_FIELDS, TRADE_FIELDS, WITHDRAWAL_FIELDS
 from exchange.adapters.db.tables import (
     balances,
     engine_inbox,
@@ -30,16 +31,17 @@ from exchange.adapters.db.tables import (
     trades,
     withdrawals,
 )
+from exchange.domain.commands import ApproveWithdrawal, Command, Credit, RejectWithdrawal
 from exchange.domain.ledger import Entry
 from exchange.domain.orders import Order, Trade
-from exchange.domain.withdrawals import WITHDRAWAL_FIELDS, Withdrawal
+from exchange.domain.withdrawals import Withdrawal
 
 log = logging.getLogger("exchange.journal")
 
 #: Columns are the records' fields, in order: a row is ``attrgetter(*columns)(record)``.
-ORDER_COLUMNS = tuple(f.name for f in fields(Order))
+ORDER_COLUMNS = ORDER_FIELDS
 ORDER_MUTABLE = ("filled", "quote_filled", "frozen", "status", "updated")
-TRADE_COLUMNS = tuple(f.name for f in fields(Trade))
+TRADE_COLUMNS = TRADE_FIELDS
 ENTRY_COLUMNS = (*Entry._fields, "time")
 BALANCE_COLUMNS = ("user_id", "asset", "available", "frozen")
 WITHDRAWAL_COLUMNS = WITHDRAWAL_FIELDS
@@ -150,6 +152,44 @@ class Journal:
             lambda cursor: cursor.execute(self.sql_inbox, (status, result, time, inbox_id))
         )
 
+    @staticmethod
+    def release_claims(conn: Connection) -> None:
+        """Claims of a batch that never committed (or of a dead writer) go back to the queue.
+
+        Called in the transaction that loads the writer's state: only one writer
+        exists, so no claim is live then.
+        """
+        conn.execute(
+            update(engine_inbox).where(engine_inbox.c.status == "claimed").values(status="pending")
+        )
+
+    def claim_inbox(self, limit: int = 500) -> list[tuple[int, str, str]]:
+        """(id, kind, payload) of pending operator commands, now claimed, oldest first.
+
+        Claimed, so that a CLI that gives up may cancel only unclaimed ones; each
+        is marked done or failed in the commit of the batch that applies it.
+        """
+        with self.engine.begin() as conn:
+            ids = (
+                conn.execute(
+                    select(engine_inbox.c.id)
+                    .where(engine_inbox.c.status == "pending")
+                    .order_by(engine_inbox.c.id)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return []
+            claimed = conn.execute(
+                update(engine_inbox)
+                .where(engine_inbox.c.id.in_(ids), engine_inbox.c.status == "pending")
+                .values(status="claimed")
+                .returning(engine_inbox.c.id, engine_inbox.c.kind, engine_inbox.c.payload)
+            )
+            return sorted((r.id, r.kind, r.payload) for r in claimed)
+
     def _transaction(self, write: Callable[[Any], None]) -> None:
         """Run ``write`` in one transaction; an exception means nothing was committed.
 
@@ -210,3 +250,16 @@ class Journal:
                     for inbox_id, status, result in batch.inbox
                 ],
             )
+
+
+def command_from_inbox(kind: str, payload: dict[str, Any], inbox_id: int) -> Command:
+    """The command an operator queued in the inbox (``exchange admin …``); ValueError if bad."""
+    if kind == "credit":
+        return Credit(
+            int(payload["user_id"]), str(payload["asset"]), int(payload["amount"]), inbox_id
+        )
+    if kind == "approve":
+        return ApproveWithdrawal(int(payload["withdrawal_id"]), str(payload["txid"]))
+    if kind == "reject":
+        return RejectWithdrawal(int(payload["withdrawal_id"]), str(payload["reason"]))
+    raise ValueError(f"unknown inbox command {kind!r}")

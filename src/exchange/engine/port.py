@@ -8,17 +8,20 @@ a Unix socket). Code written against this protocol runs unchanged in both.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
-from exchange.domain.events import Outbox
+from exchange.domain.commands import Returns
+from exchange.domain.events import Committed
 from exchange.domain.markets import Asset, Market
-from exchange.engine.commands import Command
 
-__all__ = ["EnginePort", "Levels", "Listener"]
+__all__ = ["Balances", "EnginePort", "Levels", "Listener"]
 
-Listener = Callable[[Outbox, int], None]
+Listener = Callable[[Committed, int], None]
 #: (bids best first, asks best first) of aggregated (price, amount) levels.
 Levels = tuple[list[tuple[int, int]], list[tuple[int, int]]]
+#: asset -> (available, frozen) in the asset's units, every asset of the exchange.
+Balances = dict[str, tuple[int, int]]
+R = TypeVar("R")
 
 
 class EnginePort(Protocol):
@@ -30,12 +33,13 @@ class EnginePort(Protocol):
     def subscribe(self, listener: Listener) -> None:
         """``listener(outbox, time)`` after each committed batch, in commit order."""
 
-    async def submit(self, command: Command) -> Any:
+    async def submit(self, command: Returns[R]) -> R:
         """The command's answer after its batch is durable; raises ExchangeError."""
 
-    async def read_balances(self, user_id: int) -> dict[str, dict[str, str]]: ...
+    async def read_balances(self, user_id: int) -> Balances:
+        """Committed balances (never a batch's uncommitted changes)."""
 
-    def balances_now(self, user_id: int) -> dict[str, dict[str, str]] | None:
+    def balances_now(self, user_id: int) -> Balances | None:
         """The balances if they can be had without waiting, else None."""
 
     def depth_key(self, symbol: str) -> object:

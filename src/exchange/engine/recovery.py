@@ -8,14 +8,14 @@ recovery: no replay, no half-applied batch can exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from exchange.adapters.db.records import order_from_row, withdrawal_from_row
 from exchange.adapters.db.tables import balances, orders, trades, withdrawals
 from exchange.domain.orders import OPEN, PARTIALLY_FILLED, Order
-from exchange.domain.withdrawals import PENDING, WITHDRAWAL_FIELDS, Withdrawal
+from exchange.domain.withdrawals import PENDING, Withdrawal
 
 
 @dataclass(slots=True)
@@ -27,33 +27,6 @@ class State:
     next_trade_id: int
     next_withdrawal_id: int
     pending_withdrawals: list[Withdrawal] = field(default_factory=list)
-
-
-def order_from_row(row: Any) -> Order:
-    return Order(
-        id=row.id,
-        user_id=row.user_id,
-        market=row.market,
-        side=row.side,
-        type=row.type,
-        tif=row.tif,
-        post_only=bool(row.post_only),
-        price=row.price,
-        amount=row.amount,
-        filled=row.filled,
-        quote_filled=row.quote_filled,
-        frozen=row.frozen,
-        status=row.status,
-        client_order_id=row.client_order_id,
-        created=row.created,
-        updated=row.updated,
-    )
-
-
-def withdrawal_from_row(row: Any) -> Withdrawal:
-    """A ``withdrawals`` row (its columns are the record's fields)."""
-    mapping = row._mapping
-    return Withdrawal(*(mapping[name] for name in WITHDRAWAL_FIELDS))
 
 
 def load_state(conn: Connection, client_ids_since: int = 0) -> State:

@@ -26,12 +26,12 @@ from typing import Any
 
 import orjson
 
+from exchange.domain.commands import CancelOrder, Command, PlaceOrder, RequestWithdrawal, Returns
 from exchange.domain.errors import ExchangeError
-from exchange.domain.events import Outbox, PlaceResult
+from exchange.domain.events import Committed, PlaceResult, Replicated
 from exchange.domain.orders import Order, Trade
 from exchange.domain.withdrawals import Withdrawal
-from exchange.engine.commands import CancelOrder, Command, PlaceOrder, RequestWithdrawal
-from exchange.engine.port import Levels
+from exchange.engine.port import Balances, Levels
 
 __all__ = [
     "MAX_FRAME",
@@ -81,7 +81,7 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
 # -- commands and their answers ------------------------------------------------
 
 
-def encode_command(request_id: int, command: Command) -> bytes:
+def encode_command(request_id: int, command: Returns[Any]) -> bytes:
     kind = type(command).__name__
     if kind not in COMMANDS:
         raise ValueError(f"{kind} is not sent by workers")
@@ -158,6 +158,18 @@ def decode_result(message: dict[str, Any]) -> Any:
     return value
 
 
+def decode_balances(value: Any) -> Balances:
+    """A ``bal`` answer (asset -> [available, frozen]), checked field by field."""
+    if not isinstance(value, dict):
+        raise ValueError("balances are not an object")
+    out: Balances = {}
+    for asset, pair in value.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)):
+            raise ValueError(f"the balance of {asset!r} is not [available, frozen]")
+        out[str(asset)] = (pair[0], pair[1])
+    return out
+
+
 def encode_error(request_id: int, error: BaseException) -> bytes:
     if not isinstance(error, ExchangeError):
         error = ExchangeError("internal_error", "something went wrong on our side; try again")
@@ -181,7 +193,7 @@ def decode_error(message: dict[str, Any]) -> ExchangeError:
 def encode_events(
     seq: int,
     now: int,
-    outbox: Outbox,
+    outbox: Committed,
     levels: Iterable[LevelTotal],
     books: dict[str, Levels],
 ) -> bytes:
@@ -200,10 +212,9 @@ def encode_events(
     )
 
 
-def decode_outbox(message: dict[str, Any]) -> Outbox:
-    return Outbox(
+def decode_outbox(message: dict[str, Any]) -> Replicated:
+    return Replicated(
         [Order(**order) for order in message["orders"]],
         [Trade(**trade) for trade in message["trades"]],
-        [],
         {(int(user), str(asset)) for user, asset in message["accounts"]},
     )

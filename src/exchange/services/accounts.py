@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -65,11 +65,6 @@ class Accounts:
         async with self._reads.connect() as conn:
             row = (await conn.execute(select(users.c.id).where(users.c.email == email))).first()
         return None if row is None else int(row.id)
-
-    async def email_of(self, user_id: int) -> str | None:
-        async with self._reads.connect() as conn:
-            row = (await conn.execute(select(users.c.email).where(users.c.id == user_id))).first()
-        return None if row is None else str(row.email)
 
     async def exists(self, user: str) -> bool:
         return await self.user_id(normalize_email(user)) is not None
@@ -319,7 +314,3 @@ class Accounts:
                 )
             )
         return {"login_failures": failures.rowcount, "codes": codes.rowcount}
-
-    async def count_users(self) -> int:
-        async with self._reads.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())

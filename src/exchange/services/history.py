@@ -6,33 +6,13 @@ commit), so a user always finds the order the server just confirmed.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.adapters.db.database import reading
+from exchange.adapters.db.records import order_from_row, trade_from_row
 from exchange.adapters.db.tables import orders, trades
 from exchange.domain.orders import OPEN, PARTIALLY_FILLED, Order, Trade
-from exchange.engine.recovery import order_from_row
-
-
-def trade_from_row(row: Any) -> Trade:
-    return Trade(
-        id=row.id,
-        market=row.market,
-        price=row.price,
-        amount=row.amount,
-        quote=row.quote,
-        taker_side=row.taker_side,
-        maker_order_id=row.maker_order_id,
-        taker_order_id=row.taker_order_id,
-        maker_user_id=row.maker_user_id,
-        taker_user_id=row.taker_user_id,
-        maker_fee=row.maker_fee,
-        taker_fee=row.taker_fee,
-        time=row.time,
-    )
 
 
 class History:

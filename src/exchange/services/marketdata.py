@@ -29,13 +29,9 @@ import logging
 from collections import deque
 from typing import Any
 
+from exchange.adapters.db.candle_store import CandleRow, CandleStore
 from exchange.clock import Clock
-from exchange.domain.events import Outbox
-from exchange.domain.markets import Market
-from exchange.domain.orders import Trade
-from exchange.engine.port import EnginePort
-from exchange.services.candle_store import CandleRow, CandleStore
-from exchange.services.candles import (
+from exchange.domain.candles import (
     INTERVALS,
     KEPT,
     SIMPLE_POINTS,
@@ -43,7 +39,11 @@ from exchange.services.candles import (
     CandleSeries,
     format_volume,
 )
-from exchange.services.tickers import DAY, WINDOW, Ticker, change_percent
+from exchange.domain.events import Committed
+from exchange.domain.markets import Market
+from exchange.domain.orders import Trade
+from exchange.domain.tickers import DAY, WINDOW, Ticker, change_percent
+from exchange.engine.port import EnginePort
 
 __all__ = ["DEALS_KEPT", "FLUSH_SECONDS", "MarketData"]
 
@@ -107,7 +107,7 @@ class MarketData:
 
     # -- the engine listener (synchronous: never awaits, never blocks) ---------
 
-    def on_commit(self, outbox: Outbox, now: int) -> None:
+    def on_commit(self, outbox: Committed, now: int) -> None:
         version = self._version
         through = self._through
         for trade in outbox.trades:

@@ -30,17 +30,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.adapters.db.database import reading
+from exchange.adapters.db.records import withdrawal_from_row
 from exchange.adapters.db.tables import withdraw_addresses, withdrawals
 from exchange.clock import Clock
 from exchange.config import Settings
 from exchange.domain.addresses import SUPPORTED_COINS, validate_address
+from exchange.domain.commands import RequestWithdrawal
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Asset
-from exchange.domain.money import format_units, parse_decimal, to_units
-from exchange.domain.withdrawals import Withdrawal
-from exchange.engine.commands import RequestWithdrawal
+from exchange.domain.money import parse_decimal, to_units
+from exchange.domain.withdrawals import Withdrawal, check_minimum
 from exchange.engine.port import EnginePort
-from exchange.engine.recovery import withdrawal_from_row
 
 __all__ = [
     "Wallet",
@@ -220,12 +220,8 @@ class Wallet:
         asset = self.asset(coin)
         units = None if amount is None else self.parse_amount(asset, amount)
         rule = self._rules[asset.code]
-        if units is not None and units < rule.minimum:
-            raise ExchangeError(
-                "below_minimum",
-                f"the minimum withdrawal is {format_units(rule.minimum, asset.scale)} "
-                f"{asset.code}; {format_units(units, asset.scale)} {asset.code} asked",
-            )
+        if units is not None:
+            check_minimum(asset, units, rule.minimum, rule.fee)
         address = await self._usable_address(user_id, asset)
         answer: Withdrawal = await self._engine.submit(
             RequestWithdrawal(user_id, asset.code, units, rule.fee, rule.minimum, address)

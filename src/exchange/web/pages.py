@@ -22,6 +22,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from exchange.domain.errors import ExchangeError
+from exchange.domain.markets import normalize_pair
+
 WEB_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = WEB_DIR / "templates"
 STATIC_DIR = WEB_DIR / "static"
@@ -57,9 +60,12 @@ def page_headers(host: str) -> dict[str, str]:
 DEFAULT_TAKER_FEE = Decimal("0.002")
 
 
-def canonical_pair(text: str) -> str:
-    """``btc-usdt``, ``BTC_USDT`` or ``btc/usdt`` -> ``BTC/USDT`` (no validation)."""
-    return text.strip().upper().replace("_", "/").replace("-", "/")
+def canonical_pair(text: str) -> str | None:
+    """``btc-usdt``, ``BTC_USDT`` or ``btc/usdt`` -> ``BTC/USDT``; None if not a pair at all."""
+    try:
+        return normalize_pair(text)
+    except ExchangeError:
+        return None
 
 
 #: What a browser drops from a URL before parsing it (WHATWG URL: tab and newlines
@@ -138,7 +144,7 @@ def page_routes(
     """
     tdir = templates_dir or TEMPLATES_DIR
     sdir = static_dir or STATIC_DIR
-    known = [canonical_pair(p) for p in (pairs if pairs is not None else DEFAULT_PAIRS)]
+    known = [normalize_pair(p) for p in (pairs if pairs is not None else DEFAULT_PAIRS)]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(tdir)),
         autoescape=jinja2.select_autoescape(["html"]),
@@ -147,7 +153,7 @@ def page_routes(
     )
     templates = Jinja2Templates(env=env)
     version = asset_version(sdir)
-    fees = {canonical_pair(p): fee for p, fee in (taker_fees or {}).items()}
+    fees = {normalize_pair(p): fee for p, fee in (taker_fees or {}).items()}
 
     def render(
         request: Request, name: str, context: dict[str, Any] | None = None, status: int = 200
@@ -173,7 +179,7 @@ def page_routes(
 
     async def trade(request: Request) -> Response:
         pair = canonical_pair(str(request.path_params["pair"]))
-        if pair not in known:
+        if pair is None or pair not in known:
             return render(request, "404.html", {"title": "Not found", "what": "market"}, 404)
         base, quote = pair.split("/", 1)
         fee = fees.get(pair, DEFAULT_TAKER_FEE)

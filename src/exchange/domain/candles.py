@@ -11,7 +11,7 @@ a day, and a day starts at a multiple of 86,400,000 ms.
 
 A stored candle caches its formatted row (decimal strings), rebuilt only after
 a trade changes it, so that reading 500 candles is a loop over cached lists
-(the 2 ms target of DESIGN.md), not 2,500 decimal formattings.
+(the 2 ms target in the README's performance table), not 2,500 decimal formattings.
 
 Memory is bounded: a series keeps its newest ``KEPT`` traded candles. That is
 more than any request without ``since`` can reach (``MAX_LIMIT`` intervals hold

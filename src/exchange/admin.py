@@ -31,14 +31,14 @@ from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import admin_audit, engine_inbox, users, withdrawals
 from exchange.clock import now_ms
 from exchange.domain.errors import ExchangeError
-from exchange.domain.markets import Market
+from exchange.domain.markets import Market, assets_of
 from exchange.domain.money import parse_decimal, to_units
 from exchange.engine.engine import Engine
 from exchange.engine.writer_lock import WriterLock
 
-WAIT_SECONDS = 30.0
+WAIT_SECONDS = 30.0  # float-ok: seconds
 #: Extra wait once the engine has claimed the command: it is being applied.
-CLAIMED_GRACE_SECONDS = 60.0
+CLAIMED_GRACE_SECONDS = 60.0  # float-ok: seconds
 #: Money columns are BIGINT: a credit beyond this could never be committed.
 MAX_UNITS = 2**63 - 1
 #: The ``withdrawals.txid`` column's width; longer would fail the engine's commit.
@@ -60,11 +60,7 @@ class Admin:
         self._reads = reading(db)  # reads take no write lock on SQLite
         self._url = database_url
         self._markets = markets
-        self._assets = {
-            asset.code: asset
-            for market in markets.values()
-            for asset in (market.base, market.quote)
-        }
+        self.assets = assets_of(markets.values())
 
     def user_id(self, email: str) -> int:
         with self._reads.connect() as conn:
@@ -77,7 +73,7 @@ class Admin:
 
     def coin(self, text: str) -> str:
         code = text.strip().upper()
-        if code not in self._assets:
+        if code not in self.assets:
             raise ExchangeError("unknown_coin", f"{text!r} is not an asset here")
         return code
 
@@ -107,7 +103,7 @@ class Admin:
         with self._refusals_audited("credit", asked):
             user_id = self.user_id(email)
             code = self.coin(coin)
-            units = to_units(parse_decimal(amount), self._assets[code].scale, "amount")
+            units = to_units(parse_decimal(amount), self.assets[code].scale, "amount")
             if units <= 0:
                 raise ExchangeError("invalid_argument", "amount must be greater than 0")
             if units > MAX_UNITS:
@@ -221,7 +217,7 @@ class Admin:
         while True:
             if time.monotonic() >= next_try:
                 self._apply_if_no_writer()
-                next_try = time.monotonic() + 1.0
+                next_try = time.monotonic() + 1.0  # float-ok: seconds
             with self._reads.connect() as conn:
                 row = conn.execute(
                     select(engine_inbox.c.status, engine_inbox.c.result).where(
@@ -251,4 +247,4 @@ class Admin:
                         f"the server took command {inbox_id} but has not finished it; "
                         "see `exchange admin withdrawals` and the audit log before retrying",
                     )
-            time.sleep(0.1)
+            time.sleep(0.1)  # float-ok: seconds

@@ -1,0 +1,102 @@
+"""What can be asked of the single writer: one frozen record per kind of command.
+
+A command travels whole from where it is made (the API, the wallet, the
+operator's inbox) through the engine port to the domain
+(``MatchingEngine.place(command, now)``); docs/architecture.md follows one.
+Each kind names what it answers (``Returns[...]``), so ``await
+engine.submit(PlaceOrder(...))`` is typed as a ``PlaceResult``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from exchange.domain.events import PlaceResult
+from exchange.domain.orders import LIMIT, Order
+from exchange.domain.withdrawals import Withdrawal
+
+__all__ = [
+    "ApproveWithdrawal",
+    "CancelOrder",
+    "Command",
+    "Credit",
+    "Credited",
+    "PlaceOrder",
+    "RejectWithdrawal",
+    "RequestWithdrawal",
+    "Returns",
+]
+
+R = TypeVar("R", covariant=True)
+
+
+class Returns(Generic[R]):
+    """Marks a command with the type of its answer (no data, no behaviour)."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Credited:
+    """A deposit's answer (an operator's inbox row records it)."""
+
+    user_id: int
+    asset: str
+    amount: int
+
+
+@dataclass(slots=True, frozen=True)
+class PlaceOrder(Returns[PlaceResult]):
+    user_id: int
+    market: str
+    side: str
+    amount: int
+    price: int
+    type: str = LIMIT
+    tif: str = "GTC"
+    post_only: bool = False
+    client_order_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CancelOrder(Returns[Order]):
+    user_id: int
+    order_id: int
+
+
+@dataclass(slots=True, frozen=True)
+class Credit(Returns[Credited]):
+    """A deposit booked by an operator; ``ref`` is the inbox command's id."""
+
+    user_id: int
+    asset: str
+    amount: int
+    ref: int
+
+
+@dataclass(slots=True, frozen=True)
+class RequestWithdrawal(Returns[Withdrawal]):
+    user_id: int
+    coin: str
+    amount: int | None  # None = the whole available balance
+    fee: int
+    minimum: int
+    address: str
+
+
+@dataclass(slots=True, frozen=True)
+class ApproveWithdrawal(Returns[Withdrawal]):
+    withdrawal_id: int
+    txid: str
+
+
+@dataclass(slots=True, frozen=True)
+class RejectWithdrawal(Returns[Withdrawal]):
+    withdrawal_id: int
+    reason: str
+
+
+Command = (
+    PlaceOrder | CancelOrder | Credit | RequestWithdrawal | ApproveWithdrawal | RejectWithdrawal
+)

@@ -1,0 +1,241 @@
+"""The one bootstrap: settings, adapters, engine and services, wired once per process.
+
+``build_runtime`` returns a typed ``Runtime`` that every entry point uses the
+same way — the web app (``exchange.app``), the writer process of ``--workers``,
+the demo's bots, the benchmarks and the tests — so nobody digs the engine out
+of an app's state or reaches into its private parts. ``Runtime.running()`` is
+the process's life cycle (docs/architecture.md, "one process"):
+
+* **the writer** (one process, or the parent of ``--workers``): migrations, the
+  writer lock, market data loaded before the engine starts (no trade slips
+  between), the engine, the stream, housekeeping; stopped in reverse, the last
+  candle flush while the database is still open;
+* **a worker** (``writer_socket`` set): no engine of its own — commands and
+  balances go to the writer over the socket, market data is a replica fed by
+  the writer's committed batches (docs/scaling.md).
+
+Companions (the demo's bots) start after everything else and stop first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine as SyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.adapters.db.candle_store import CandleStore
+from exchange.adapters.db.database import make_async_engine, make_sync_engine, migrate
+from exchange.adapters.mailer import Mailer, make_mailer
+from exchange.adapters.passwords import PasswordHashing
+from exchange.adapters.secret_key import load_secret_key
+from exchange.api.context import Services
+from exchange.api.front_door import parse_origins
+from exchange.api.limits import RateLimiter
+from exchange.api.ws import Stream
+from exchange.clock import Clock, now_ms
+from exchange.config import Settings, get_settings
+from exchange.domain.markets import Market, default_assets, default_markets
+from exchange.engine.client import EngineClient
+from exchange.engine.engine import Engine
+from exchange.engine.port import EnginePort
+from exchange.engine.writer_lock import WriterLock
+from exchange.services.accounts import Accounts
+from exchange.services.history import History
+from exchange.services.housekeeping import Housekeeping
+from exchange.services.marketdata import MarketData
+from exchange.services.sessions import Sessions
+from exchange.services.wallet import Wallet, withdraw_rules
+
+__all__ = ["AnotherWriter", "Companion", "Runtime", "build_runtime", "configured_markets"]
+
+#: Something that runs beside the exchange once it has started (the demo's bots).
+Companion = Callable[["Runtime"], AbstractAsyncContextManager[None]]
+
+
+class AnotherWriter(RuntimeError):
+    """Another exchange process already writes to this database."""
+
+
+def configured_markets(settings: Settings) -> dict[str, Market]:
+    """The default markets of SPEC §3, with the configured fee rate."""
+    return default_markets(default_assets(), settings.fee_rate, settings.markets)
+
+
+@dataclass(slots=True)
+class _Writer:
+    engine: Engine
+    database: SyncEngine
+    lock: WriterLock
+
+
+@dataclass(slots=True)
+class Runtime:
+    """One process's exchange: what the app serves and what its life cycle runs."""
+
+    settings: Settings
+    services: Services
+    limiter: RateLimiter  # one table of buckets for the API and the stream
+    stream: Stream
+    housekeeping: Housekeeping
+    database: AsyncEngine
+    #: The writer's engine, in the process that holds it; None on a worker.
+    writer: Engine | None
+    #: The link to the writer, on a worker; None in the writer's process.
+    link: EngineClient | None
+    _writer: _Writer | None = None
+    companions: list[Companion] = field(default_factory=list)
+
+    @property
+    def markets(self) -> dict[str, Market]:
+        return self.services.markets
+
+    @property
+    def engine(self) -> EnginePort:
+        return self.services.engine
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Start everything this process runs; stop it all on the way out."""
+        core = self._writer_running() if self._writer is not None else self._worker_running()
+        async with core, contextlib.AsyncExitStack() as companions:
+            for companion in self.companions:
+                await companions.enter_async_context(companion(self))
+            yield
+
+    @asynccontextmanager
+    async def _writer_running(self) -> AsyncIterator[None]:
+        writer = self._writer
+        assert writer is not None
+        settings, market = self.settings, self.services.market
+        await asyncio.to_thread(migrate, settings.database_url)
+        if not await asyncio.to_thread(writer.lock.acquire):
+            raise AnotherWriter(
+                "another exchange process is already running on this database; stop it first"
+            )
+        try:
+            await market.load()  # before the engine: no trade can slip between
+            await writer.engine.start()
+            market.start()
+            self.stream.start()
+            self.housekeeping.start()
+            yield
+        finally:
+            await self.housekeeping.stop()
+            await writer.engine.stop()
+            await self.stream.stop()
+            await market.stop()  # the last candle flush, while the database is open
+            await self.database.dispose()
+            writer.database.dispose()
+            writer.lock.release()
+
+    @asynccontextmanager
+    async def _worker_running(self) -> AsyncIterator[None]:
+        link = self.link
+        assert link is not None
+        sessions, market = self.services.sessions, self.services.market
+
+        async def resync() -> None:  # at every (re)connection, the first one too
+            # Revocations may have been broadcast while this worker was cut off.
+            sessions.forget_all()
+            await market.reload()
+
+        link.on_resync = resync
+        link.on_revoke = sessions.forget
+        sessions.on_end = link.revoke
+        try:
+            await link.start()  # snapshot, market data loaded, held batches folded in
+            self.stream.start()
+            yield
+        finally:
+            await self.stream.stop()
+            await link.stop()
+            await self.database.dispose()
+
+
+def build_runtime(
+    settings: Settings | None = None,
+    *,
+    clock: Clock = now_ms,
+    mailer: Mailer | None = None,
+    writer_socket: str | None = None,
+) -> Runtime:
+    """Wire one process: the writer (``writer_socket`` None) or an HTTP worker."""
+    settings = settings or get_settings()
+    markets = configured_markets(settings)
+    db = make_async_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+    writer: _Writer | None = None
+    link: EngineClient | None = None
+    port: EnginePort
+    if writer_socket is None:
+        sync_db = make_sync_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+        engine = Engine(
+            markets,
+            sync_db,
+            clock,
+            queue_size=settings.queue_size,
+            batch_size=settings.batch_size,
+            lock=(lock := WriterLock(settings.database_url)),
+            client_id_ttl_ms=settings.client_order_id_ttl * 1000,
+        )
+        writer = _Writer(engine, sync_db, lock)
+        port = engine
+    else:
+        port = link = EngineClient(writer_socket, markets)
+    hashing = PasswordHashing(settings.password_hash_memory_kib, settings.password_hash_time_cost)
+    market = MarketData(markets, port, clock, CandleStore(db), persist=writer is not None)
+    sessions = Sessions(db, clock, lifetime=settings.session_lifetime, idle=settings.session_idle)
+    services = Services(
+        settings=settings,
+        clock=clock,
+        accounts=Accounts(
+            db,
+            mailer or make_mailer(settings),
+            hashing,
+            clock,
+            secret=load_secret_key(
+                settings.database_url, settings.secret_key, settings.secret_key_file
+            ),
+        ),
+        sessions=sessions,
+        engine=port,
+        history=History(db),
+        markets=markets,
+        market=market,
+        wallet=Wallet(
+            db,
+            port,
+            clock,
+            cooldown_seconds=settings.withdraw_address_cooldown,
+            rules=withdraw_rules(settings, port.assets),
+        ),
+    )
+    limiter = RateLimiter(settings)
+    stream = Stream(
+        market,
+        sessions,
+        port,
+        allowed_origins=parse_origins(settings.allowed_origins),
+        max_message=settings.ws_max_message,
+        max_connections=settings.ws_max_connections,
+        max_per_address=settings.ws_max_per_address,
+        auth_failures=settings.ws_auth_failures,
+        limiter=limiter,
+    )
+    port.subscribe(market.on_commit)  # market data first: the stream reads it
+    port.subscribe(stream.on_commit)
+    return Runtime(
+        settings=settings,
+        services=services,
+        limiter=limiter,
+        stream=stream,
+        housekeeping=Housekeeping(services.accounts, sessions, settings.prune_interval),
+        database=db,
+        writer=writer.engine if writer is not None else None,
+        link=link,
+        _writer=writer,
+    )
