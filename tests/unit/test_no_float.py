@@ -16,6 +16,7 @@ CHECKED_PATHS: tuple[str, ...] = (
     "src/exchange/api/views.py",
     "src/exchange/api/*_methods.py",
     "src/exchange/api/ws.py",
+    "src/exchange/api/fanout.py",
     "src/exchange/services/wallet.py",
     "src/exchange/admin.py",
     "src/exchange/services/history.py",

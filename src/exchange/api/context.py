@@ -86,54 +86,89 @@ class Param(Generic[T]):
     default: object = None
     #: A choice's accepted spellings -> canonical value (made once, from enum and aliases).
     options: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    reader: Callable[[Call], object] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         options = {value: value for value in self.enum} | dict(self.aliases)
         object.__setattr__(self, "options", options)
+        object.__setattr__(self, "reader", _reader(self))
 
     def parse(self, call: Call) -> object:
         """The value of this parameter in ``call.params``, or the refusal naming it."""
-        params, name = call.params, self.name
-        kind = self.type
-        if self.enum:
-            found = read.choice(params, name, self.options, self.default)
-            if found is None and self.required:
-                raise read.missing(name)
-            return found
-        if kind == "integer":
-            if self.required and params.get(name) in (None, ""):
-                raise read.missing(name)
-            assert self.low is not None and self.high is not None
-            default = cast(int, self.default)
-            return read.integer(params, name, default, low=self.low, high=self.high)
-        if kind == "boolean":
-            return read.flag(params, name)
-        if kind == "decimal":
-            if not self.required and params.get(name) in (None, ""):
-                return None
-            return read.raw(params, name)
-        length = self.max_length or 256
-        if kind == "pair" or kind == "coin":
-            if not self.required and read.optional_text(params, name, max_length=length) in (
-                None,
-                "",
-            ):
-                return None
-            named = read.text(params, name, max_length=length)
-            if kind == "coin":
-                return call.services.wallet.asset(named)
-            return market_named(call.services.markets, named)
-        if self.required:
-            return read.text(params, name, max_length=length)
-        return read.optional_text(params, name, max_length=length)
+        return self.reader(call)
 
     def of(self, call: Call) -> T:
-        return cast(T, call.args[self.name])
+        return call.args[self.name]  # type: ignore[return-value]  # parse() made it a T
+
+
+def _reader(param: Param[Any]) -> Callable[[Call], object]:
+    """The parser of one declared parameter, chosen once (every request runs it)."""
+    name, required, default = param.name, param.required, param.default
+    kind, length = param.type, param.max_length or 256
+    if param.enum:
+        options = param.options
+
+        def choice(call: Call) -> object:
+            found = read.choice(call.params, name, options, default)
+            if found is None and required:
+                raise read.missing(name)
+            return found
+
+        return choice
+    if kind == "integer":
+        assert param.low is not None and param.high is not None
+        low, high, fallback = param.low, param.high, cast(int, default)
+
+        def integer(call: Call) -> object:
+            params = call.params
+            if required and params.get(name) in (None, ""):
+                raise read.missing(name)
+            return read.integer(params, name, fallback, low=low, high=high)
+
+        return integer
+    if kind == "boolean":
+        return lambda call: read.flag(call.params, name)
+    if kind == "decimal":
+
+        def decimal(call: Call) -> object:
+            params = call.params
+            if not required and params.get(name) in (None, ""):
+                return None
+            return read.raw(params, name)
+
+        return decimal
+    if kind == "pair" or kind == "coin":
+
+        def named(call: Call) -> object:
+            params = call.params
+            if not required and read.optional_text(params, name, max_length=length) in (None, ""):
+                return None
+            text = read.text(params, name, max_length=length)
+            if kind == "coin":
+                return call.services.wallet.asset(text)
+            return market_named(call.services.markets, text)
+
+        return named
+    if required:
+        return lambda call: read.text(call.params, name, max_length=length)
+    return lambda call: read.optional_text(call.params, name, max_length=length)
+
+
+#: Spellings already seen -> canonical pair: every market-data request names one, and
+#: normalising costs more than the rest of parsing it. Bounded: cleared when full.
+_SPELLINGS: dict[str, str] = {}
+_SPELLINGS_KEPT = 4096
 
 
 def market_named(markets: Mapping[str, Market], pair: str) -> Market:
     """The listed market ``pair`` names, in any accepted spelling; else ``unknown_pair``."""
-    market = markets.get(normalize_pair(pair))
+    symbol = _SPELLINGS.get(pair)
+    if symbol is None:
+        symbol = normalize_pair(pair)
+        if len(_SPELLINGS) >= _SPELLINGS_KEPT:
+            _SPELLINGS.clear()
+        _SPELLINGS[pair] = symbol
+    market = markets.get(symbol)
     if market is None:
         raise ExchangeError("unknown_pair", f"{pair[:32]!r} is not a listed pair")
     return market
@@ -220,7 +255,7 @@ class Method:
     tag: str = "account"
     limit: str | None = None
 
-    async def run(self, call: Call) -> object:
+    def run(self, call: Call) -> Awaitable[object]:
         """Parse the declared parameters (refusing the first bad one), then handle."""
-        call.args = {param.name: param.parse(call) for param in self.params}
-        return await self.handler(call)
+        call.args = {param.name: param.reader(call) for param in self.params}
+        return self.handler(call)

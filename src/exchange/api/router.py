@@ -20,7 +20,14 @@ from exchange.api.context import Call, Method, Services
 from exchange.api.envelope import API_HEADERS, PAYLOAD_TOO_LARGE, error_body, ok_body, status_of
 from exchange.api.front_door import parse_origins, same_origin
 from exchange.api.limits import RateLimiter
-from exchange.api.params import MAX_BODY, check_text, parse_form, parse_json, parse_query
+from exchange.api.params import (
+    MAX_BODY,
+    Params,
+    check_text,
+    parse_form,
+    parse_json,
+    parse_query,
+)
 from exchange.domain.errors import ExchangeError, unavailable
 
 log = logging.getLogger("exchange.api")
@@ -144,8 +151,13 @@ async def parse_multipart(raw: RawHeaders, body: bytes) -> dict[str, object]:
     return params
 
 
-async def request_params(query: bytes, incoming: Incoming, body: bytes) -> dict[str, object]:
-    params: dict[str, object] = parse_query(query) if query else {}
+async def request_params(
+    query: Params | None, raw_query: bytes, incoming: Incoming, body: bytes
+) -> dict[str, object]:
+    """Every parameter of the request; ``query`` is the query string if already parsed."""
+    if query is None:
+        query = parse_query(raw_query) if raw_query else {}
+    params: dict[str, object] = dict(query)
     params.pop("router", None)
     if body:
         content_type = incoming.content_type.split(";")[0].strip().lower()
@@ -226,8 +238,10 @@ class Dispatcher:
         path: str = scope["path"]
         query: bytes = scope.get("query_string", b"")
         via_router = path == "/router" or path == "/router/"
+        parsed: Params | None = None  # the query, parsed once (here only when it names the method)
         if via_router:
-            name = str(parse_query(query).get("router", "")) if query else ""
+            parsed = parse_query(query) if query else {}
+            name = str(parsed.get("router", ""))
         else:
             name = path[5:]  # after "/api/"
         try:
@@ -235,7 +249,7 @@ class Dispatcher:
                 raise ExchangeError(
                     "missing_argument", "parameter 'router' names the method to call"
                 )
-            await self._dispatch(scope, receive, send, name, query)
+            await self._dispatch(scope, receive, send, name, query, parsed)
         except BodyTooLarge:
             await send_error(
                 send,
@@ -263,7 +277,13 @@ class Dispatcher:
         return None
 
     async def _dispatch(
-        self, scope: Scope, receive: Receive, send: Send, name: str, query: bytes
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        query: bytes,
+        parsed: Params | None,
     ) -> None:
         method = self.methods.get(name)
         if method is None:
@@ -277,7 +297,7 @@ class Dispatcher:
             return
         incoming = Incoming(scope)
         body = await read_body(incoming, receive)
-        params = await request_params(query, incoming, body)
+        params = await request_params(parsed, query, incoming, body)
         call = Call(self.services, params, incoming.client)
         carried = credentials(incoming, params)
         call.carried = tuple(token for token, _cookie in carried)

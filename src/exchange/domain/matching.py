@@ -320,10 +320,7 @@ class MatchingEngine:
         if need:
             ledger.freeze(user_id, asset, need, "order", order_id)
             order.frozen = need
-        if is_buy:
-            trades = self._match_buy(order, m, book, now)
-        else:
-            trades = self._match_sell(order, m, book, now)
+        trades = self._match(order, m, book, now)
 
         remaining = amount - order.filled
         if remaining and type == LIMIT and tif == "GTC":
@@ -430,9 +427,17 @@ class MatchingEngine:
 
     # -- matching -------------------------------------------------------------
 
-    def _match_buy(self, order: Order, m: Market, book: OrderBook, now: int) -> list[Trade]:
+    def _match(self, order: Order, m: Market, book: OrderBook, now: int) -> list[Trade]:
+        """Fill ``order`` (the taker) against the other side, best price first, FIFO.
+
+        One loop for both sides; where they differ (which end of the book, which
+        fee rate applies to which asset, and a resting buy's frozen quote) the
+        taker's side decides.
+        """
         trades: list[Trade] = []
-        asks = book.asks
+        is_buy = order.side == BUY
+        levels = book.asks if is_buy else book.bids
+        best = 0 if is_buy else -1
         limit = order.price
         user_id = order.user_id
         remaining = order.amount - order.filled
@@ -441,13 +446,14 @@ class MatchingEngine:
         taker_num, taker_den = m.taker_num, m.taker_den
         base, quote = m.base.code, m.quote.code
         symbol = m.symbol
+        side = order.side
         settle = self.ledger.settle_trade
         out_orders = self._out_orders
         before = self._before
         open_orders = self._open
-        while remaining and asks:
-            price, level = asks.peekitem(0)
-            if limit and price > limit:
+        while remaining and levels:
+            price, level = levels.peekitem(best)
+            if limit and (price > limit if is_buy else price < limit):
                 break
             queue = level.orders
             while queue:
@@ -472,22 +478,31 @@ class MatchingEngine:
                 # loop runs once per fill, and the calls cost more than the arithmetic
                 # (test_matching checks every trade's figures against the helpers).
                 paid = price * fill * mul // div
-                buyer_fee = -(-fill * taker_num // taker_den)
-                seller_fee = -(-paid * maker_num // maker_den)
                 trade_id = self.next_trade_id
                 self.next_trade_id = trade_id + 1
-                settle(
-                    user_id,
-                    maker.user_id,
-                    base,
-                    quote,
-                    fill,
-                    paid,
-                    buyer_fee,
-                    seller_fee,
-                    0,
-                    trade_id,
-                )
+                if is_buy:  # the taker receives base, the resting seller quote
+                    taker_fee = -(-fill * taker_num // taker_den)
+                    maker_fee = -(-paid * maker_num // maker_den)
+                    settle(
+                        user_id, maker.user_id, base, quote, fill, paid, taker_fee, maker_fee, 0,
+                        trade_id,
+                    )  # fmt: skip
+                    order.frozen -= paid
+                    maker.frozen -= fill
+                else:  # the taker receives quote; the resting buy keeps ceil(price x rest)
+                    maker_fee = -(-fill * maker_num // maker_den)
+                    taker_fee = -(-paid * taker_num // taker_den)
+                    keep = -(-price * (maker_remaining - fill) * mul // div)
+                    release = maker.frozen - paid - keep
+                    if release < 0:  # never take more than it holds
+                        keep += release
+                        release = 0
+                    settle(
+                        maker.user_id, user_id, base, quote, fill, paid, maker_fee, taker_fee,
+                        release, trade_id,
+                    )  # fmt: skip
+                    order.frozen -= fill
+                    maker.frozen = keep
                 trades.append(
                     Trade(
                         trade_id,
@@ -495,23 +510,21 @@ class MatchingEngine:
                         price,
                         fill,
                         paid,
-                        BUY,
+                        side,
                         maker.id,
                         order.id,
                         maker.user_id,
                         user_id,
-                        seller_fee,
-                        buyer_fee,
+                        maker_fee,
+                        taker_fee,
                         now,
                     )
                 )
                 remaining -= fill
                 order.filled += fill
                 order.quote_filled += paid
-                order.frozen -= paid
                 maker.filled += fill
                 maker.quote_filled += paid
-                maker.frozen -= fill
                 maker.updated = now
                 level.total -= fill
                 if fill == maker_remaining:
@@ -525,109 +538,7 @@ class MatchingEngine:
                 if not remaining:
                     break
             if not queue:
-                del asks[price]
-        order.updated = now
-        return trades
-
-    def _match_sell(self, order: Order, m: Market, book: OrderBook, now: int) -> list[Trade]:
-        trades: list[Trade] = []
-        bids = book.bids
-        limit = order.price
-        user_id = order.user_id
-        remaining = order.amount - order.filled
-        mul, div = m.notional_mul, m.notional_div
-        maker_num, maker_den = m.maker_num, m.maker_den
-        taker_num, taker_den = m.taker_num, m.taker_den
-        base, quote = m.base.code, m.quote.code
-        symbol = m.symbol
-        settle = self.ledger.settle_trade
-        out_orders = self._out_orders
-        before = self._before
-        open_orders = self._open
-        while remaining and bids:
-            price, level = bids.peekitem(-1)
-            if price < limit:
-                break
-            queue = level.orders
-            while queue:
-                maker = queue[0]
-                if maker.id not in out_orders:  # its first change in this batch: undo data
-                    before[maker.id] = (
-                        maker.filled,
-                        maker.quote_filled,
-                        maker.frozen,
-                        maker.status,
-                        maker.updated,
-                    )
-                    out_orders[maker.id] = maker
-                maker_remaining = maker.amount - maker.filled
-                if maker.user_id == user_id:
-                    queue.popleft()
-                    level.total -= maker_remaining
-                    self._end_resting(maker, now)
-                    continue
-                fill = remaining if remaining < maker_remaining else maker_remaining
-                paid = price * fill * mul // div  # Market helpers inlined, as in _match_buy
-                buyer_fee = -(-fill * maker_num // maker_den)
-                seller_fee = -(-paid * taker_num // taker_den)
-                # The resting buy keeps exactly ceil(price x remaining) frozen.
-                keep = -(-price * (maker_remaining - fill) * mul // div)
-                release = maker.frozen - paid - keep
-                if release < 0:  # never take more than it holds
-                    keep += release
-                    release = 0
-                trade_id = self.next_trade_id
-                self.next_trade_id = trade_id + 1
-                settle(
-                    maker.user_id,
-                    user_id,
-                    base,
-                    quote,
-                    fill,
-                    paid,
-                    buyer_fee,
-                    seller_fee,
-                    release,
-                    trade_id,
-                )
-                trades.append(
-                    Trade(
-                        trade_id,
-                        symbol,
-                        price,
-                        fill,
-                        paid,
-                        SELL,
-                        maker.id,
-                        order.id,
-                        maker.user_id,
-                        user_id,
-                        buyer_fee,
-                        seller_fee,
-                        now,
-                    )
-                )
-                remaining -= fill
-                order.filled += fill
-                order.quote_filled += paid
-                order.frozen -= fill
-                maker.filled += fill
-                maker.quote_filled += paid
-                maker.frozen = keep
-                maker.updated = now
-                level.total -= fill
-                if fill == maker_remaining:
-                    maker.status = FILLED
-                    queue.popleft()
-                    del open_orders[maker.id]
-                    if maker.client_order_id is not None:
-                        self._forget(maker)
-                else:
-                    maker.status = PARTIALLY_FILLED
-                if not remaining:
-                    break
-            if not queue:
-                del bids[price]
+                del levels[price]
         order.updated = now
         return trades
 

@@ -20,7 +20,9 @@ the touched price levels), ``ok`` / ``err`` (the answer to a ``cmd``/``bal``),
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
+import typing
 from collections.abc import Iterable
 from typing import Any
 
@@ -88,31 +90,21 @@ def encode_command(request_id: int, command: Returns[Any]) -> bytes:
     return frame({"t": "cmd", "id": request_id, "k": kind, "c": command})
 
 
-#: The exact JSON types of each command's fields. A wrongly typed value would not be
-#: refused by the engine but break it mid-batch (failing every command batched with
-#: it), so a frame is checked here, field by field, before it reaches the queue.
-_INT, _STR, _BOOL, _NONE = (int,), (str,), (bool,), (type(None),)
+def _json_types(kind: type) -> dict[str, tuple[type, ...]]:
+    """A command's fields and the exact JSON types each may hold, from its annotations."""
+    hints = typing.get_type_hints(kind)
+    return {
+        f.name: tuple(typing.get_args(hints[f.name]) or (hints[f.name],))
+        for f in dataclasses.fields(kind)
+    }
+
+
+#: The exact JSON types of each command's fields (derived from the dataclasses). A
+#: wrongly typed value would not be refused by the engine but break it mid-batch
+#: (failing every command batched with it), so a frame is checked here, field by
+#: field, before it reaches the queue.
 FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
-    "PlaceOrder": {
-        "user_id": _INT,
-        "market": _STR,
-        "side": _STR,
-        "amount": _INT,
-        "price": _INT,
-        "type": _STR,
-        "tif": _STR,
-        "post_only": _BOOL,
-        "client_order_id": _STR + _NONE,
-    },
-    "CancelOrder": {"user_id": _INT, "order_id": _INT},
-    "RequestWithdrawal": {
-        "user_id": _INT,
-        "coin": _STR,
-        "amount": _INT + _NONE,
-        "fee": _INT,
-        "minimum": _INT,
-        "address": _STR,
-    },
+    name: _json_types(kind) for name, kind in COMMANDS.items()
 }
 
 
