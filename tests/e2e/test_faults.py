@@ -337,7 +337,9 @@ async def load_through_fault(
         return sum(1 for o in acks.outcomes if o.started >= moment and o.status == 503)
 
     async def operator() -> None:
-        await asyncio.sleep(1.5)
+        deadline = time.monotonic() + 30
+        while len(acks.orders) < 50 and time.monotonic() < deadline:  # the load is under way
+            await asyncio.sleep(0.05)
         times.append(time.monotonic())
         await asyncio.to_thread(break_it)
         await asyncio.sleep(hold)

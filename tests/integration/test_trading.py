@@ -229,6 +229,13 @@ async def test_refusals(app_client: Pair, mailbox: Any) -> None:
         "order_not_found",
     )
     assert_envelope(await client.get("/api/buy"), 405, "method_not_allowed")
+    # Beyond what a 64-bit integer holds (a worker could not even send it): 400, not 500.
+    for huge in ({"amount": "1e20"}, {"price": "1e25"}, {"amount": "10000000"}):
+        answer = await client.post("/api/buy", data={**order, **huge}, headers=user)
+        assert_envelope(answer, 400, "invalid_argument")
+        assert "larger than this exchange accepts" in answer.json()["description"]
+    blank = await client.post("/api/get_orders", data={"pair": "  "}, headers=user)
+    assert_envelope(blank, 200)  # a blank optional pair means every market, as before
     assert (await balances(client, user))["USDT"] == {
         "available": "100.000000",
         "frozen": "0.000000",

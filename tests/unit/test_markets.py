@@ -9,6 +9,7 @@ import pytest
 from exchange.domain.commands import PlaceOrder
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import (
+    MAX_UNITS,
     Asset,
     Market,
     build_market,
@@ -65,26 +66,24 @@ def test_parse_price_rejects(value: str) -> None:
     assert caught.value.code == "invalid_argument"
 
 
-@pytest.mark.parametrize("value", ["0", "-0.1", "1e400", "NaN", "0.123456789"])
+@pytest.mark.parametrize("value", ["0", "-0.1", "1e400", "NaN", "0.123456789", "10000000", "1e20"])
 def test_parse_amount_rejects(value: str) -> None:
     with pytest.raises(ExchangeError) as caught:
         BTC_USDT.parse_amount(value)
     assert caught.value.code == "invalid_argument"
 
 
-@pytest.mark.parametrize(("price", "amount"), [("30000", "0.000001"), ("30000.01", "10000000")])
-def test_off_step_and_oversized_values_are_refused_where_orders_are_placed(
-    price: str, amount: str
-) -> None:
-    """They convert exactly, but no order has them: the engine's rule, checked once."""
+def test_off_step_and_oversized_values_are_refused_where_orders_are_placed() -> None:
+    """Off the grid converts exactly, but no order has it: the engine's rule, checked once;
+    the engine refuses an oversized command too, whoever made it."""
     engine = MatchingEngine({BTC_USDT.symbol: BTC_USDT})
     engine.credit(1, "USDT", 10**12)
-    order = PlaceOrder(
-        1, BTC_USDT.symbol, "buy", BTC_USDT.parse_amount(amount), BTC_USDT.parse_price(price)
-    )
-    with pytest.raises(ExchangeError) as caught:
-        engine.place(order, now=0)
-    assert caught.value.code == "invalid_argument"
+    off_step = PlaceOrder(1, "BTC/USDT", "buy", BTC_USDT.parse_amount("0.000001"), 3_000_000)
+    oversized = PlaceOrder(1, "BTC/USDT", "buy", MAX_UNITS, 3_000_000)
+    for order in (off_step, oversized):
+        with pytest.raises(ExchangeError) as caught:
+            engine.place(order, now=0)
+        assert caught.value.code == "invalid_argument"
 
 
 def test_off_tick_and_off_step_are_refused_not_rounded() -> None:

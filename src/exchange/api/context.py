@@ -29,7 +29,7 @@ from exchange.services.wallet import Wallet
 
 @dataclass(slots=True)
 class Services:
-    """Everything a handler may use; built once by ``exchange.app.build``."""
+    """Everything a handler may use; built once per process by ``runtime.build_runtime``."""
 
     settings: Settings
     clock: Clock
@@ -141,8 +141,10 @@ def _reader(param: Param[Any]) -> Callable[[Call], object]:
 
         def named(call: Call) -> object:
             params = call.params
-            if not required and read.optional_text(params, name, max_length=length) in (None, ""):
-                return None
+            if not required:
+                sent = read.optional_text(params, name, max_length=length)
+                if sent is None or not sent.strip():  # blank: every market, every coin
+                    return None
             text = read.text(params, name, max_length=length)
             if kind == "coin":
                 return call.services.wallet.asset(text)

@@ -64,8 +64,8 @@ def parse_origins(text: str) -> frozenset[str]:
 
 
 def same_origin(origin: str | None, host: str, allowed: frozenset[str]) -> bool:
-    """Whether a request naming ``origin`` (None or empty: not a browser's) may act."""
-    if not origin:
+    """Whether a request naming ``origin`` (None: sent no Origin, not a browser's) may act."""
+    if origin is None:
         return True
     return origin in (f"http://{host}", f"https://{host}") or origin in allowed
 

@@ -305,7 +305,7 @@ class Dispatcher:
         if (
             verb == "POST"
             and (name == "login" or name == "logout" or any(c for _t, c in carried))
-            and not same_origin(incoming.origin, incoming.host, self.allowed_origins)
+            and not same_origin(incoming.origin or None, incoming.host, self.allowed_origins)
         ):
             raise ExchangeError("forbidden", "cross-origin request refused")
         if method.auth:

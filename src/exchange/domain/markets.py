@@ -102,14 +102,14 @@ class Market:
     def parse_price(self, value: object) -> int:
         """A positive decimal price in price units, exactly (excess decimals: refused).
 
-        Only the conversion: the tick and the range are rules of an order, checked
-        once, by ``MatchingEngine.place``.
+        The conversion and the range a number can have; the tick is a rule of an
+        order, checked once, by ``MatchingEngine.place``.
         """
-        return _positive(to_units(parse_decimal(value), self.price_scale, "price"), "price")
+        return _in_range(to_units(parse_decimal(value), self.price_scale, "price"), "price")
 
     def parse_amount(self, value: object) -> int:
         """A positive decimal amount in base minor units, exactly (the step: ``place``)."""
-        return _positive(to_units(parse_decimal(value), self.base.scale, "amount"), "amount")
+        return _in_range(to_units(parse_decimal(value), self.base.scale, "amount"), "amount")
 
     # -- formatting ---------------------------------------------------------
 
@@ -237,9 +237,16 @@ def default_markets(
     return markets
 
 
-def _positive(units: int, what: str) -> int:
+def _in_range(units: int, what: str) -> int:
+    """Greater than 0 and below MAX_UNITS: what a number sent to the API can be at all.
+
+    (Every stored and transmitted integer is a signed 64-bit one: a larger value
+    could not even reach the engine from a worker.)
+    """
     if units <= 0:
         raise ExchangeError("invalid_argument", f"{what} must be greater than 0")
+    if units >= MAX_UNITS:
+        raise ExchangeError("invalid_argument", f"{what} is larger than this exchange accepts")
     return units
 
 

@@ -280,9 +280,10 @@ class EngineClient:
             raise _not_connected()
         self._next_id += 1
         request_id = self._next_id
+        data = data_for(request_id)  # first: a frame that cannot be made leaves nothing pending
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (future, is_command)
-        writer.write(data_for(request_id))
+        writer.write(data)
         return future
 
     async def submit(self, command: Returns[R]) -> R:
