@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -424,3 +425,21 @@ def audit_orders_and_withdrawals(url: str) -> None:
     for w in all_withdrawals.values():
         if w.status == "pending":
             assert frozen_by.get((w.user_id, w.coin, "withdrawal", w.id), 0) == w.amount, w
+
+
+@contextmanager
+def writer_held(engine: Any) -> Iterator[threading.Event]:
+    """The writer's next commit waits for the event: what comes meanwhile queues up."""
+    gate = threading.Event()
+    real = engine.journal.commit
+
+    def held(batch: Any) -> None:
+        gate.wait(20)
+        real(batch)
+
+    engine.journal.commit = held
+    try:
+        yield gate
+    finally:
+        gate.set()
+        engine.journal.commit = real

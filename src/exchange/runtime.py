@@ -32,6 +32,7 @@ from exchange.adapters.db.candle_store import CandleStore
 from exchange.adapters.db.database import make_async_engine, make_sync_engine, migrate
 from exchange.adapters.mailer import Mailer, make_mailer
 from exchange.adapters.passwords import PasswordHashing
+from exchange.adapters.secret_box import SecretBox
 from exchange.adapters.secret_key import load_secret_key
 from exchange.api.context import Services
 from exchange.api.front_door import parse_origins
@@ -45,6 +46,7 @@ from exchange.engine.engine import Engine
 from exchange.engine.port import EnginePort
 from exchange.engine.writer_lock import WriterLock
 from exchange.services.accounts import Accounts
+from exchange.services.api_keys import ApiKeys
 from exchange.services.history import History
 from exchange.services.housekeeping import Housekeeping
 from exchange.services.marketdata import MarketData
@@ -187,6 +189,9 @@ def build_runtime(
     else:
         port = link = EngineClient(writer_socket, markets)
     hashing = PasswordHashing(settings.password_hash_memory_kib, settings.password_hash_time_cost)
+    server_key = load_secret_key(
+        settings.database_url, settings.secret_key, settings.secret_key_file
+    )
     market = MarketData(markets, port, clock, CandleStore(db), persist=writer is not None)
     sessions = Sessions(db, clock, lifetime=settings.session_lifetime, idle=settings.session_idle)
     services = Services(
@@ -197,9 +202,7 @@ def build_runtime(
             mailer or make_mailer(settings),
             hashing,
             clock,
-            secret=load_secret_key(
-                settings.database_url, settings.secret_key, settings.secret_key_file
-            ),
+            secret=server_key,
         ),
         sessions=sessions,
         engine=port,
@@ -213,6 +216,7 @@ def build_runtime(
             cooldown_seconds=settings.withdraw_address_cooldown,
             rules=withdraw_rules(settings, port.assets),
         ),
+        api_keys=ApiKeys(db, clock, SecretBox(server_key)),
     )
     limiter = RateLimiter(settings)
     stream = Stream(

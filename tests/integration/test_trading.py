@@ -16,6 +16,8 @@ from support import (
     make_settings,
     new_trader,
     running_app,
+    until,
+    writer_held,
 )
 
 Pair = tuple[Any, httpx.AsyncClient]
@@ -448,9 +450,15 @@ async def test_full_queue_answers_503_and_loses_nothing_accepted(
     async with running_app(settings) as (app, client):
         user = await new_trader(app, client, mailbox, "q@example.com", USDT="100000")
         params = {"pair": "BTC/USDT", "amount": "0.001", "price": "10000"}
-        answers = await asyncio.gather(
-            *(client.post("/api/buy", data=params, headers=user) for _ in range(60))
-        )
+        # The writer's commit is held: its batch and a queue of 4 wait, the rest is refused.
+        with writer_held(app.runtime.services.engine) as gate:
+            sent = [
+                asyncio.ensure_future(client.post("/api/buy", data=params, headers=user))
+                for _ in range(60)
+            ]
+            await until(lambda: sum(s.done() for s in sent) >= 60 - 2 * 4, 20, "the refusals")
+            gate.set()
+            answers = await asyncio.gather(*sent)
         accepted = [a.json()["data"]["order_id"] for a in answers if a.status_code == 200]
         overloaded = [a for a in answers if a.status_code == 503]
         assert accepted and overloaded and len(accepted) + len(overloaded) == 60

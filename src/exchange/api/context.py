@@ -21,6 +21,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Asset, Market, normalize_pair
 from exchange.engine.port import EnginePort
 from exchange.services.accounts import Accounts
+from exchange.services.api_keys import ApiKeys
 from exchange.services.history import History
 from exchange.services.marketdata import MarketData
 from exchange.services.sessions import Sessions
@@ -40,6 +41,7 @@ class Services:
     markets: dict[str, Market]
     wallet: Wallet
     market: MarketData
+    api_keys: ApiKeys
 
 
 @dataclass(slots=True)

@@ -36,6 +36,9 @@ SPACE = " \t\n\r\f\v"
 
 #: Lone surrogates (not text: no driver can encode them) and C0/C1 control characters.
 _UNSTORABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: The same, but line breaks allowed: for the one parameter that is several lines (a PEM).
+_UNSTORABLE_LINES = re.compile("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+MULTILINE = frozenset({"public_key"})
 
 
 def _reject_constant(name: str) -> Any:
@@ -55,7 +58,8 @@ def check_text(params: Mapping[str, object]) -> None:
                 "invalid_argument",
                 f"parameter name {shown(name)} contains a control character or is not valid UTF-8",
             )
-        if isinstance(value, str) and _UNSTORABLE.search(value) is not None:
+        pattern = _UNSTORABLE_LINES if name in MULTILINE else _UNSTORABLE
+        if isinstance(value, str) and pattern.search(value) is not None:
             raise ExchangeError(
                 "invalid_argument",
                 f"parameter '{name}' contains a control character or is not valid UTF-8",

@@ -135,3 +135,19 @@ class Depth(BaseModel):
     timetick: int = Field(description="server time of the snapshot, ms")
     bids: list[tuple[str, str]] = Field(description="[price, amount], best (highest) first")
     asks: list[tuple[str, str]] = Field(description="[price, amount], best (lowest) first")
+
+
+class ApiKeyInfo(BaseModel):
+    id: int
+    api_key: str = Field(description="sent as the X-MBX-APIKEY header of signed requests")
+    label: str
+    kind: str = Field(description="hmac (HMAC-SHA256) or ed25519")
+    permissions: list[str] = Field(description='["read"] or ["read", "trade"]; never withdrawals')
+    ips: list[str] = Field(description="addresses or networks it may be used from; [] = any")
+    created: int
+
+
+class ApiKeyCreated(ApiKeyInfo):
+    secret: str | None = Field(
+        description="the HMAC secret, shown in this answer only (null for Ed25519 keys)"
+    )

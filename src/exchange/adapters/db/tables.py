@@ -64,6 +64,23 @@ sessions = Table(
     Column("last_seen", BigInteger, nullable=False),
 )
 
+#: API keys (Binance-style): ``key`` is what a client sends in X-MBX-APIKEY; ``secret``
+#: is the HMAC secret sealed with the server key, or an Ed25519 public key's PEM.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, nullable=False, index=True),
+    Column("key", String(64), nullable=False, unique=True),
+    Column("label", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("permissions", String(32), nullable=False),
+    Column("ips", Text, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("revoked", BigInteger, nullable=True),
+)
+
 balances = Table(
     "balances",
     metadata,
