@@ -95,10 +95,6 @@ class Param(Generic[T]):
         object.__setattr__(self, "options", options)
         object.__setattr__(self, "reader", _reader(self))
 
-    def parse(self, call: Call) -> object:
-        """The value of this parameter in ``call.params``, or the refusal naming it."""
-        return self.reader(call)
-
     def of(self, call: Call) -> T:
         return call.args[self.name]  # type: ignore[return-value]  # parse() made it a T
 
@@ -142,12 +138,11 @@ def _reader(param: Param[Any]) -> Callable[[Call], object]:
     if kind == "pair" or kind == "coin":
 
         def named(call: Call) -> object:
-            params = call.params
-            if not required:
-                sent = read.optional_text(params, name, max_length=length)
-                if sent is None or not sent.strip():  # blank: every market, every coin
-                    return None
-            text = read.text(params, name, max_length=length)
+            text = read.optional_text(call.params, name, max_length=length)
+            if not required and (text is None or not text.strip()):
+                return None  # blank: every market, every coin
+            if text is None or text == "":
+                raise read.missing(name)
             if kind == "coin":
                 return call.services.wallet.asset(text)
             return market_named(call.services.markets, text)

@@ -157,7 +157,7 @@ async def request_params(
     """Every parameter of the request; ``query`` is the query string if already parsed."""
     if query is None:
         query = parse_query(raw_query) if raw_query else {}
-    params: dict[str, object] = dict(query)
+    params = query  # this request's own dict: the body's parameters join it
     params.pop("router", None)
     if body:
         content_type = incoming.content_type.split(";")[0].strip().lower()

@@ -64,16 +64,6 @@ class ApiKey:
     def allows(self, permission: str) -> bool:
         return permission in self.permissions
 
-    def admits(self, client: str) -> bool:
-        """Whether a request from ``client`` (an address) may use this key."""
-        if not self.ips:
-            return True
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            return False
-        return any(address in ipaddress.ip_network(allowed) for allowed in self.ips)
-
 
 @dataclass(frozen=True, slots=True)
 class CreatedKey:
@@ -86,6 +76,18 @@ class _Live:
     key: ApiKey
     secret: str  # an HMAC secret, or an Ed25519 public key's PEM
     until: int  # ms: read again from the database after this
+    #: ``key.ips`` parsed once, not at every signed request.
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    def admits(self, client: str) -> bool:
+        """Whether a request from ``client`` (an address) may use this key."""
+        if not self.networks:
+            return True
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
 
 
 def _random_text(length: int) -> str:
@@ -221,7 +223,7 @@ class ApiKeys:
         if live is None:
             raise ExchangeError("invalid_api_key", "this API key does not exist or was deleted")
         record = live.key
-        if not record.admits(client):
+        if not live.admits(client):
             raise ExchangeError("forbidden", "this API key may not be used from your address")
         if not record.allows(permission):
             raise ExchangeError("forbidden", f"this API key has no {permission} permission")
@@ -249,7 +251,9 @@ class ApiKeys:
         secret = row.secret if row.kind == ED25519 else self._box.open(row.secret)
         if len(self._live) >= 10_000:
             self._live.clear()
-        live = _Live(_key_of(row), secret, now + CACHE_SECONDS * 1000)
+        record = _key_of(row)
+        networks = tuple(ipaddress.ip_network(allowed) for allowed in record.ips)
+        live = _Live(record, secret, now + CACHE_SECONDS * 1000, networks)
         self._live[key] = live
         return live
 
