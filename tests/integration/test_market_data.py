@@ -649,8 +649,12 @@ async def test_a_failed_or_cancelled_flush_is_written_later() -> None:
         await task
     store.hang = False
     assert await market.flush() == 2 * 5 - 3  # the trades share their 30min, 4h and 1d candles
-    assert store.saved[("ETH/BTC", "1d", DAY0)] == (50_000, 50_000, 50_000, 50_000, 2 * 10**7, 2)
-    assert store.saved[("ETH/BTC", "1min", DAY0)][-1] == 1
+    # o, h, l, c, volume, last trade; quote volume, trades, taker-buy volume and quote, first trade
+    assert store.saved[("ETH/BTC", "1d", DAY0)] == (
+        *(50_000, 50_000, 50_000, 50_000, 2 * 10**7, 2),
+        *(0, 2, 2 * 10**7, 0, 1),
+    )
+    assert store.saved[("ETH/BTC", "1min", DAY0)][5] == 1
     assert await market.flush() == 0
     db.dispose()
 
@@ -678,7 +682,7 @@ async def test_candle_memory_is_bounded_and_answers_do_not_change(database_url: 
         trade = DomainTrade(trade_id, symbol, price, 10**6, 0, "buy", 1, 2, 1, 2, 0, 0, at)
         market.on_commit(Outbox([], [trade], [], set()), at)
         for series in reference.values():
-            series.add_trade(at, price, 10**6, trade_id)
+            series.add_trade(at, price, 10**6, trade_id, quote=0, taker_buys=True)
     await market.flush()
     now = at + 5 * MIN
     minutes = market.series[symbol]["1min"]

@@ -64,9 +64,11 @@ def test_aliases_name_the_five_intervals() -> None:
 
 def test_rows_fill_gaps_with_the_previous_close() -> None:
     series = CandleSeries(BTC, "1min")
-    series.add_trade(DAY0 + 10_000, 3_000_000, 100_000, 1)  # 30000.00, 0.001 BTC
-    series.add_trade(DAY0 + 50_000, 3_010_000, 200_000, 2)
-    series.add_trade(DAY0 + 3 * MIN + 1, 2_990_000, 300_000, 3)
+    series.add_trade(
+        DAY0 + 10_000, 3_000_000, 100_000, 1, quote=0, taker_buys=True
+    )  # 30000.00, 0.001 BTC
+    series.add_trade(DAY0 + 50_000, 3_010_000, 200_000, 2, quote=0, taker_buys=True)
+    series.add_trade(DAY0 + 3 * MIN + 1, 2_990_000, 300_000, 3, quote=0, taker_buys=True)
     rows = series.rows(now=DAY0 + 4 * MIN + 5, limit=500)
     assert rows == [
         [DAY0, "30000.00", "30100.00", "30000.00", "30100.00", "0.00300000"],
@@ -84,10 +86,10 @@ def test_rows_fill_gaps_with_the_previous_close() -> None:
 
 def test_a_row_changes_when_a_trade_lands_in_it() -> None:
     series = CandleSeries(BTC, "5min")
-    series.add_trade(DAY0 + MIN, 100, 5, 1)
+    series.add_trade(DAY0 + MIN, 100, 5, 1, quote=0, taker_buys=True)
     assert series.rows(DAY0 + MIN, 10) == [[DAY0, "1.00", "1.00", "1.00", "1.00", "0.00000005"]]
-    series.add_trade(DAY0 + 2 * MIN, 50, 5, 2)
-    series.add_trade(DAY0 + 3 * MIN, 70, 1, 3)
+    series.add_trade(DAY0 + 2 * MIN, 50, 5, 2, quote=0, taker_buys=True)
+    series.add_trade(DAY0 + 3 * MIN, 70, 1, 3, quote=0, taker_buys=True)
     assert series.rows(DAY0 + MIN, 10) == [[DAY0, "1.00", "1.00", "0.50", "0.70", "0.00000011"]]
 
 
@@ -95,9 +97,9 @@ def test_daily_and_four_hour_candles_align_to_utc() -> None:
     daily = CandleSeries(BTC, "1d")
     four = CandleSeries(BTC, "4h")
     for series in (daily, four):
-        series.add_trade(DAY0 - 1, 100, 1, 1)  # 2025-12-31T23:59:59.999Z
-        series.add_trade(DAY0, 200, 1, 2)
-        series.add_trade(DAY0 + 5 * HOUR, 300, 1, 3)
+        series.add_trade(DAY0 - 1, 100, 1, 1, quote=0, taker_buys=True)  # 2025-12-31T23:59:59.999Z
+        series.add_trade(DAY0, 200, 1, 2, quote=0, taker_buys=True)
+        series.add_trade(DAY0 + 5 * HOUR, 300, 1, 3, quote=0, taker_buys=True)
     assert [row[0] for row in daily.rows(DAY0 + 5 * HOUR, 10)] == [DAY0 - 24 * HOUR, DAY0]
     assert [row[0] for row in four.rows(DAY0 + 5 * HOUR, 10)] == [
         DAY0 - 4 * HOUR,
@@ -109,9 +111,9 @@ def test_daily_and_four_hour_candles_align_to_utc() -> None:
 
 def test_a_clock_step_back_updates_the_older_candle() -> None:
     series = CandleSeries(BTC, "1min")
-    series.add_trade(DAY0 + 2 * MIN, 100, 1, 1)
-    series.add_trade(DAY0 + MIN, 90, 1, 2)
-    series.add_trade(DAY0 + 2 * MIN + 1, 110, 1, 3)
+    series.add_trade(DAY0 + 2 * MIN, 100, 1, 1, quote=0, taker_buys=True)
+    series.add_trade(DAY0 + MIN, 90, 1, 2, quote=0, taker_buys=True)
+    series.add_trade(DAY0 + 2 * MIN + 1, 110, 1, 3, quote=0, taker_buys=True)
     assert series.times == [DAY0 + MIN, DAY0 + 2 * MIN]
     assert series.rows(DAY0 + 2 * MIN, 5)[1][1:] == ["1.00", "1.10", "1.00", "1.10", "0.00000002"]
 
@@ -119,7 +121,7 @@ def test_a_clock_step_back_updates_the_older_candle() -> None:
 def test_closes_are_null_before_the_first_trade() -> None:
     series = CandleSeries(BTC, "30min")
     now = DAY0 + 10 * HOUR + 7 * MIN
-    series.add_trade(DAY0 + 9 * HOUR + 40 * MIN, 123, 1, 1)
+    series.add_trade(DAY0 + 9 * HOUR + 40 * MIN, 123, 1, 1, quote=0, taker_buys=True)
     points = series.closes(now, 48)
     assert len(points) == 48
     assert points[-1] == [DAY0 + 10 * HOUR, "1.23"]
@@ -188,7 +190,7 @@ def test_rows_match_a_naive_model(
     trades = sorted(trades, key=lambda trade: trade[0])
     series = CandleSeries(BTC, interval)
     for trade_id, (t, price, amount) in enumerate(trades, 1):
-        series.add_trade(DAY0 + t, price, amount, trade_id)
+        series.add_trade(DAY0 + t, price, amount, trade_id, quote=0, taker_buys=True)
     now = DAY0 + (trades[-1][0] if trades else 0) + later
     expected = naive_rows([(DAY0 + t, p, a) for t, p, a in trades], INTERVALS[interval], now)
     if since is None:

@@ -36,6 +36,7 @@ __all__ = [
     "SIMPLE_POINTS",
     "Candle",
     "CandleSeries",
+    "CandleValues",
     "format_volume",
 ]
 
@@ -72,13 +73,48 @@ def format_volume(market: Market, units: int) -> str:
     return market.format_amount(units) if units else "0"
 
 
-class Candle:
-    """One interval's open, high, low, close and volume; ``trade_id`` = last trade folded in."""
+#: A Candle's constructor arguments, in order (what the candle store persists).
+CandleValues = tuple[int, int, int, int, int, int, int, int, int, int, int, int]
 
-    __slots__ = ("_row", "close", "high", "low", "open", "time", "trade_id", "volume")
+
+class Candle:
+    """One interval's figures; ``trade_id`` = last trade folded in, ``first_id`` the first.
+
+    Besides OHLCV it counts what Binance's klines and 24 h tickers show: the quote
+    volume (quote minor units, each trade's exact floored quote), the number of
+    trades, and the base and quote volume of trades whose taker bought.
+    """
+
+    __slots__ = (
+        "_row",
+        "buy_quote",
+        "buy_volume",
+        "close",
+        "count",
+        "first_id",
+        "high",
+        "low",
+        "open",
+        "quote",
+        "time",
+        "trade_id",
+        "volume",
+    )
 
     def __init__(
-        self, time: int, open: int, high: int, low: int, close: int, volume: int, trade_id: int
+        self,
+        time: int,
+        open: int,
+        high: int,
+        low: int,
+        close: int,
+        volume: int,
+        trade_id: int,
+        quote: int,
+        count: int,
+        buy_volume: int,
+        buy_quote: int,
+        first_id: int,
     ) -> None:
         self.time = time
         self.open = open
@@ -87,15 +123,36 @@ class Candle:
         self.close = close
         self.volume = volume
         self.trade_id = trade_id
+        self.quote = quote
+        self.count = count
+        self.buy_volume = buy_volume
+        self.buy_quote = buy_quote
+        self.first_id = first_id
         self._row: Row | None = None
 
-    def add(self, price: int, amount: int, trade_id: int) -> None:
+    @classmethod
+    def first(
+        cls, start: int, price: int, amount: int, quote: int, taker_buys: bool, trade_id: int
+    ) -> Candle:
+        """The candle a trade opens."""
+        bought = amount if taker_buys else 0
+        return cls(
+            start, price, price, price, price, amount, trade_id, quote, 1, bought,
+            quote if taker_buys else 0, trade_id,
+        )  # fmt: skip
+
+    def add(self, price: int, amount: int, quote: int, taker_buys: bool, trade_id: int) -> None:
         if price > self.high:
             self.high = price
         if price < self.low:
             self.low = price
         self.close = price
         self.volume += amount
+        self.quote += quote
+        self.count += 1
+        if taker_buys:
+            self.buy_volume += amount
+            self.buy_quote += quote
         self.trade_id = trade_id
         self._row = None
 
@@ -114,8 +171,11 @@ class Candle:
             self._row = row
         return row
 
-    def values(self) -> tuple[int, int, int, int, int, int, int]:
-        return (self.time, self.open, self.high, self.low, self.close, self.volume, self.trade_id)
+    def values(self) -> CandleValues:
+        return (
+            self.time, self.open, self.high, self.low, self.close, self.volume, self.trade_id,
+            self.quote, self.count, self.buy_volume, self.buy_quote, self.first_id,
+        )  # fmt: skip
 
 
 class CandleSeries:
@@ -153,7 +213,9 @@ class CandleSeries:
     def start_of(self, time: int) -> int:
         return time - time % self.width
 
-    def add_trade(self, time: int, price: int, amount: int, trade_id: int) -> Candle:
+    def add_trade(
+        self, time: int, price: int, amount: int, trade_id: int, *, quote: int, taker_buys: bool
+    ) -> Candle:
         """Fold one trade in; trades arrive in id order, normally with rising times."""
         start = time - time % self.width
         if trade_id > self.last_trade_id:
@@ -162,18 +224,18 @@ class CandleSeries:
         if candles:
             last = candles[-1]
             if last.time == start:
-                last.add(price, amount, trade_id)
+                last.add(price, amount, quote, taker_buys, trade_id)
                 return last
             if start < last.time:  # a clock step backwards: find or insert the older candle
                 index = bisect_left(self.times, start)
                 if self.times[index] == start:
-                    candles[index].add(price, amount, trade_id)
+                    candles[index].add(price, amount, quote, taker_buys, trade_id)
                     return candles[index]
-                candle = Candle(start, price, price, price, price, amount, trade_id)
+                candle = Candle.first(start, price, amount, quote, taker_buys, trade_id)
                 self.times.insert(index, start)
                 candles.insert(index, candle)
                 return candle
-        candle = Candle(start, price, price, price, price, amount, trade_id)
+        candle = Candle.first(start, price, amount, quote, taker_buys, trade_id)
         self.times.append(start)
         candles.append(candle)
         if len(candles) > self.kept + _TRIM:

@@ -41,7 +41,7 @@ from exchange.domain.candles import (
 )
 from exchange.domain.events import Committed
 from exchange.domain.markets import Market
-from exchange.domain.orders import Trade
+from exchange.domain.orders import BUY, Trade
 from exchange.domain.tickers import DAY, WINDOW, Ticker, change_percent
 from exchange.engine.port import EnginePort
 
@@ -129,7 +129,14 @@ class MarketData:
         dirty = self._dirty
         for name, series in self.series[trade.market].items():
             if trade.id > series.last_trade_id:
-                candle = series.add_trade(trade.time, trade.price, trade.amount, trade.id)
+                candle = series.add_trade(
+                    trade.time,
+                    trade.price,
+                    trade.amount,
+                    trade.id,
+                    quote=trade.quote,
+                    taker_buys=trade.taker_side == BUY,
+                )
                 if self.persist:
                     dirty[(trade.market, name, candle.time)] = candle
 

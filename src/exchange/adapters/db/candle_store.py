@@ -16,22 +16,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.adapters.db.database import reading
 from exchange.adapters.db.tables import candles, trades
+from exchange.domain.candles import CandleValues
 from exchange.domain.orders import Trade
 
 __all__ = ["CandleRow", "CandleStore", "CandleValues"]
 
-#: (market, period, time, open, high, low, close, volume, trade_id)
-CandleRow = tuple[str, str, int, int, int, int, int, int, int]
-#: (time, open, high, low, close, volume, trade_id): a Candle's constructor arguments
-CandleValues = tuple[int, int, int, int, int, int, int]
+#: (market, period, then a Candle's values)
+CandleRow = tuple[str, str, int, int, int, int, int, int, int, int, int, int, int, int]
 
 REPLAY_CHUNK = 10_000
-_VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "trade_id")
+_VALUE_COLUMNS = (
+    "open", "high", "low", "close", "volume", "trade_id",
+    "quote_volume", "trades", "buy_volume", "buy_quote", "first_trade_id",
+)  # fmt: skip
 _VALUES = (candles.c.time, *(candles.c[name] for name in _VALUE_COLUMNS))
 
 
 def _values(row: Any) -> CandleValues:
-    return (row.time, row.open, row.high, row.low, row.close, row.volume, row.trade_id)
+    return tuple(row)  # type: ignore[return-value]  # the columns of _VALUES, in order
 
 
 def _trade(row: Any) -> Trade:

@@ -223,4 +223,10 @@ candles = Table(
     Column("close", BigInteger, nullable=False),
     Column("volume", BigInteger, nullable=False),
     Column("trade_id", BigInteger, nullable=False),
+    # Binance's kline and 24 h ticker figures (migration 0005).
+    Column("quote_volume", BigInteger, nullable=False, default=0),
+    Column("trades", BigInteger, nullable=False, default=0),
+    Column("buy_volume", BigInteger, nullable=False, default=0),
+    Column("buy_quote", BigInteger, nullable=False, default=0),
+    Column("first_trade_id", BigInteger, nullable=False, default=0),
 )
