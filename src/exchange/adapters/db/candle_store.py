@@ -33,7 +33,7 @@ _VALUES = (candles.c.time, *(candles.c[name] for name in _VALUE_COLUMNS))
 
 
 def _values(row: Any) -> CandleValues:
-    return tuple(row)  # type: ignore[return-value]  # the columns of _VALUES, in order
+    return tuple(row)  # the columns of _VALUES, in order
 
 
 def _trade(row: Any) -> Trade:
