@@ -21,6 +21,8 @@ from starlette.types import Receive, Scope, Send
 from exchange import __version__
 from exchange.adapters.db.errors import database_unavailable
 from exchange.adapters.mailer import Mailer
+from exchange.api.binance.gateway import PREFIX as BINANCE_PREFIX
+from exchange.api.binance.gateway import BinanceApi
 from exchange.api.envelope import error, error_response
 from exchange.api.front_door import FrontDoor
 from exchange.api.methods import ALL_METHODS, METHODS
@@ -43,6 +45,7 @@ class ExchangeApp(Starlette):
 
     runtime: Runtime
     dispatcher: Dispatcher
+    binance: BinanceApi
     front: FrontDoor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,7 +66,10 @@ class ExchangeApp(Starlette):
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith("/api/") or path == "/router" or path == "/router/":
-                await self.dispatcher(scope, receive, send)
+                if path.startswith(BINANCE_PREFIX):
+                    await self.binance(scope, receive, send)
+                else:
+                    await self.dispatcher(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
@@ -138,5 +144,6 @@ def make_app(runtime: Runtime) -> ExchangeApp:
     )
     app.runtime = runtime
     app.dispatcher = dispatcher
+    app.binance = BinanceApi(services, runtime.limiter, database_unavailable)
     app.front = FrontDoor(app.route, runtime.settings)
     return app

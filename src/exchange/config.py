@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     rate_limit_register: str = Field("10/60", description="regeist_user per client address")
     rate_limit_exists: str = Field("30/60", description="check_exist_name per client address")
     rate_limit_orders: str = Field("200/1", description="order placement and cancel per user")
+    rate_limit_weight: str = Field(
+        "6000/60",
+        description="Binance API request weight per client address and window (n/seconds)",
+    )
     rate_limit_auth_failures: str = Field(
         "30/60", description="requests or WebSocket auths with no valid session, per address"
     )

@@ -76,6 +76,38 @@ class Bucket:
 MAX_BUCKETS = 100_000
 
 
+class WeightWindows:
+    """Binance's request weight: a fixed window (a minute) of weight per client address.
+
+    ``spend`` adds a request's weight and answers the weight used in the current
+    window (the ``X-MBX-USED-WEIGHT-1M`` header); over the limit it refuses with
+    the seconds until the window ends. The table is emptied when a window ends,
+    so it holds at most the addresses of one window.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.rate_limits == "on"
+        self.limit, seconds = parse_rate(settings.rate_limit_weight)
+        self.window_ms = seconds * 1000
+        self._window = -1
+        self._used: dict[str, int] = {}
+
+    def spend(self, client: str, weight: int, now_ms: int) -> int:
+        window = now_ms // self.window_ms
+        if window != self._window:
+            self._window = window
+            self._used = {}
+        key = address_key(client)
+        used = self._used.get(key, 0) + weight
+        self._used[key] = used
+        if self.enabled and used > self.limit:
+            wait = max(1, math.ceil(((window + 1) * self.window_ms - now_ms) / 1000))
+            raise ExchangeError(
+                "rate_limited", f"request weight over {self.limit}", retry_after=wait
+            )
+        return used
+
+
 class RateLimiter:
     def __init__(self, settings: Settings, max_buckets: int = MAX_BUCKETS) -> None:
         self.enabled = settings.rate_limits == "on"

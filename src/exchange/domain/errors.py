@@ -6,23 +6,44 @@ the API layer maps the code to an HTTP status, so domain code never knows HTTP.
 
 from __future__ import annotations
 
+#: The order rule an order broke, when it broke one (``ExchangeError.rule``): the
+#: Binance-compatible API names the filter from it (PRICE_FILTER, LOT_SIZE, NOTIONAL).
+PRICE_TICK = "price_tick"
+PRICE_RANGE = "price_range"
+AMOUNT_STEP = "amount_step"
+AMOUNT_RANGE = "amount_range"
+AMOUNT_MINIMUM = "amount_minimum"
+NOTIONAL_MINIMUM = "notional_minimum"
+
 
 class ExchangeError(Exception):
-    """A refusal with a stable code; ``retry_after`` feeds the Retry-After header."""
+    """A refusal with a stable code; ``retry_after`` feeds the Retry-After header.
 
-    def __init__(self, code: str, message: str, *, retry_after: int | None = None) -> None:
+    ``rule``: which order rule was broken (the constants above), for a dialect that
+    names the rule rather than the code.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        rule: str | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.rule = rule
 
     @property
     def description(self) -> str:
         return f"{self.code}: {self.message}"
 
-    def __reduce__(self) -> tuple[object, tuple[str, str, int | None]]:
-        # Picklable (a benchmark's child process may raise one): keyword-only retry_after.
-        return _rebuild, (self.code, self.message, self.retry_after)
+    def __reduce__(self) -> tuple[object, tuple[str, str, int | None, str | None]]:
+        # Picklable (a benchmark's child process may raise one): keyword-only arguments.
+        return _rebuild, (self.code, self.message, self.retry_after, self.rule)
 
 
 def unavailable() -> ExchangeError:
@@ -32,5 +53,5 @@ def unavailable() -> ExchangeError:
     )
 
 
-def _rebuild(code: str, message: str, retry_after: int | None) -> ExchangeError:
-    return ExchangeError(code, message, retry_after=retry_after)
+def _rebuild(code: str, message: str, retry_after: int | None, rule: str | None) -> ExchangeError:
+    return ExchangeError(code, message, retry_after=retry_after, rule=rule)

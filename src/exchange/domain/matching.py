@@ -43,7 +43,15 @@ from collections.abc import Iterable, Mapping
 from exchange.domain.book import Level, OrderBook
 from exchange.domain.client_ids import ClientIds
 from exchange.domain.commands import PlaceOrder, RequestWithdrawal
-from exchange.domain.errors import ExchangeError
+from exchange.domain.errors import (
+    AMOUNT_MINIMUM,
+    AMOUNT_RANGE,
+    AMOUNT_STEP,
+    NOTIONAL_MINIMUM,
+    PRICE_RANGE,
+    PRICE_TICK,
+    ExchangeError,
+)
 from exchange.domain.events import Outbox, PlaceResult
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, Ledger
 from exchange.domain.markets import MAX_UNITS, Market, assets_of
@@ -86,8 +94,8 @@ CLOSED_WITH_CLIENT_ID_KEPT = 100_000
 _TIFS = frozenset(("GTC", "IOC", "FOK"))
 
 
-def _invalid(message: str) -> ExchangeError:
-    return ExchangeError("invalid_argument", message)
+def _invalid(message: str, rule: str | None = None) -> ExchangeError:
+    return ExchangeError("invalid_argument", message, rule=rule)
 
 
 def _order_id(order: Order) -> int:
@@ -241,18 +249,24 @@ class MatchingEngine:
             tif = "FOK" if tif == "FOK" else "IOC"
         else:
             raise _invalid(f"type must be limit or market, not {type[:20]!r}")
-        if price >= MAX_UNITS or amount >= MAX_UNITS:
-            raise _invalid("price or amount is larger than this exchange accepts")
+        if price >= MAX_UNITS:
+            raise _invalid("price is larger than this exchange accepts", PRICE_RANGE)
+        if amount >= MAX_UNITS:
+            raise _invalid("amount is larger than this exchange accepts", AMOUNT_RANGE)
         if price % m.tick:
-            raise _invalid(f"price must be a multiple of {m.format_price(m.tick)} on {market}")
+            raise _invalid(
+                f"price must be a multiple of {m.format_price(m.tick)} on {market}", PRICE_TICK
+            )
         if amount <= 0 or amount % m.step:
             raise _invalid(
-                f"amount must be a positive multiple of {m.format_amount(m.step)} on {market}"
+                f"amount must be a positive multiple of {m.format_amount(m.step)} on {market}",
+                AMOUNT_STEP,
             )
         if amount < m.min_amount:
             raise ExchangeError(
                 "below_minimum",
                 f"amount must be at least {m.format_amount(m.min_amount)} {m.base.code}",
+                rule=AMOUNT_MINIMUM,
             )
         book = self.books[market]
         # A market order is worth what it is where it starts to fill (an empty side: nothing).
@@ -261,6 +275,7 @@ class MatchingEngine:
             raise ExchangeError(
                 "below_minimum",
                 f"order value must be at least {m.format_quote(m.min_notional)} {m.quote.code}",
+                rule=NOTIONAL_MINIMUM,
             )
 
         ledger = self.ledger

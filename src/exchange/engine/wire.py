@@ -169,14 +169,16 @@ def encode_error(request_id: int, error: BaseException) -> bytes:
         {
             "t": "err",
             "id": request_id,
-            "e": [error.code, error.message, error.retry_after],
+            "e": [error.code, error.message, error.retry_after, error.rule],
         }
     )
 
 
 def decode_error(message: dict[str, Any]) -> ExchangeError:
-    code, text, retry_after = message["e"]
-    return ExchangeError(str(code), str(text), retry_after=retry_after)
+    code, text, retry_after, rule = message["e"]
+    return ExchangeError(
+        str(code), str(text), retry_after=retry_after, rule=None if rule is None else str(rule)
+    )
 
 
 # -- committed batches -----------------------------------------------------------

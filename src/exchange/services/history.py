@@ -6,7 +6,7 @@ commit), so a user always finds the order the server just confirmed.
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.adapters.db.database import reading
@@ -49,6 +49,76 @@ class History:
         query = query.order_by(orders.c.id.desc()).limit(limit)
         async with self._reads.connect() as conn:
             return [order_from_row(row) for row in await conn.execute(query)]
+
+    async def order_by_client_id(self, user_id: int, client_order_id: str) -> Order | None:
+        """The newest of the user's orders with this client id (ids are reusable after a while)."""
+        query = (
+            select(orders)
+            .where(orders.c.user_id == user_id, orders.c.client_order_id == client_order_id)
+            .order_by(orders.c.id.desc())
+            .limit(1)
+        )
+        async with self._reads.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else order_from_row(row)
+
+    async def orders_since(
+        self,
+        user_id: int,
+        market: str,
+        from_id: int | None,
+        start: int | None,
+        end: int | None,
+        limit: int,
+    ) -> list[Order]:
+        """Oldest first: from ``from_id`` on, or in [start, end] by creation, else the newest."""
+        c = orders.c
+        query = select(orders).where(c.user_id == user_id, c.market == market)
+        if from_id is not None:
+            query = query.where(c.id >= from_id)
+        if start is not None:
+            query = query.where(c.created >= start)
+        if end is not None:
+            query = query.where(c.created <= end)
+        ascending = from_id is not None or start is not None
+        query = query.order_by(c.id if ascending else c.id.desc()).limit(limit)
+        async with self._reads.connect() as conn:
+            found = [order_from_row(row) for row in await conn.execute(query)]
+        return found if ascending else found[::-1]
+
+    async def trades_since(
+        self,
+        user_id: int,
+        market: str,
+        *,
+        order_id: int | None,
+        from_id: int | None,
+        start: int | None,
+        end: int | None,
+        limit: int,
+    ) -> list[Trade]:
+        """The user's trades on one market, oldest first (the newest ``limit`` if no bound)."""
+        c = trades.c
+        mine = or_(c.maker_user_id == user_id, c.taker_user_id == user_id)
+        query = select(trades).where(c.market == market, mine)
+        if order_id is not None:
+            query = query.where(
+                or_(
+                    and_(c.maker_order_id == order_id, c.maker_user_id == user_id),
+                    and_(c.taker_order_id == order_id, c.taker_user_id == user_id),
+                )
+            )
+        if from_id is not None:
+            query = query.where(c.id >= from_id)
+        if start is not None:
+            query = query.where(c.time >= start)
+        if end is not None:
+            query = query.where(c.time <= end)
+        ascending = from_id is not None or start is not None
+        query = query.order_by(c.id if ascending else c.id.desc()).limit(limit)
+        async with self._reads.connect() as conn:
+            found = [trade_from_row(row) for row in await conn.execute(query)]
+        return found if ascending else found[::-1]
 
     async def trades(self, user_id: int, market: str | None, limit: int) -> list[Trade]:
         """Newest first; a self-matched trade cannot exist (self-trade prevention)."""

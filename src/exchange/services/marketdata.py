@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from bisect import bisect_left, bisect_right
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from exchange.adapters.db.candle_store import CandleRow, CandleStore
@@ -45,7 +47,7 @@ from exchange.domain.orders import BUY, Trade
 from exchange.domain.tickers import DAY, WINDOW, Ticker, change_percent
 from exchange.engine.port import EnginePort
 
-__all__ = ["DEALS_KEPT", "FLUSH_SECONDS", "MarketData"]
+__all__ = ["DEALS_KEPT", "FLUSH_SECONDS", "MarketData", "Rolling"]
 
 log = logging.getLogger("exchange.marketdata")
 
@@ -55,6 +57,36 @@ MINUTE = 60_000
 _DEPTH_LIMITS_CACHED = 8
 
 Levels = tuple[list[list[str]], list[list[str]]]
+
+
+@dataclass(slots=True)
+class Rolling:
+    """A market's last 24 h, summed from minute candles (all units; None: no trade)."""
+
+    start: int
+    end: int
+    open: int | None = None
+    high: int = 0
+    low: int = 0
+    close: int | None = None
+    prev_close: int | None = None
+    volume: int = 0
+    quote: int = 0
+    count: int = 0
+    first_id: int = -1
+    last_id: int = -1
+
+    def add(self, candle: Candle) -> None:
+        if self.open is None:
+            self.open, self.high, self.low = candle.open, candle.high, candle.low
+            self.first_id = candle.first_id
+        self.high = max(self.high, candle.high)
+        self.low = min(self.low, candle.low)
+        self.close = candle.close
+        self.volume += candle.volume
+        self.quote += candle.quote
+        self.count += candle.count
+        self.last_id = candle.trade_id
 
 
 class _TickerView:
@@ -95,6 +127,11 @@ class MarketData:
         self.deals: dict[str, deque[dict[str, Any]]] = {
             symbol: deque(maxlen=DEALS_KEPT) for symbol in markets
         }
+        #: The same trades as records (the Binance dialect formats them its own way).
+        self.recent: dict[str, deque[Trade]] = {
+            symbol: deque(maxlen=DEALS_KEPT) for symbol in markets
+        }
+        self._rolling: dict[str, tuple[tuple[int, int], Rolling]] = {}
         self._version: dict[str, int] = dict.fromkeys(markets, 0)
         self._tickers: dict[str, _TickerView] = {}
         #: symbol -> (the engine's depth key, version, formatted levels per limit)
@@ -124,6 +161,7 @@ class MarketData:
         self.tickers[symbol].add(trade.time, trade.price, trade.amount)
         self._fold(trade)
         self.deals[symbol].append(self.deal_row(trade))
+        self.recent[symbol].append(trade)
 
     def _fold(self, trade: Trade) -> None:
         dirty = self._dirty
@@ -196,6 +234,75 @@ class MarketData:
             if item["pair"] == symbol:
                 return item
         raise KeyError(symbol)
+
+    def update_id(self, symbol: str) -> int:
+        """A number that grows with every committed change of the market (its book or trades).
+
+        The Binance dialect's ``lastUpdateId``: the depth stream's diffs count with
+        the same number, so a client can tell which diffs a snapshot already holds.
+        """
+        return self._version[symbol]
+
+    def rolling(self, symbol: str, now: int) -> Rolling:
+        """The last 24 h of one market from its minute candles (cached per minute and change)."""
+        key = (now - now % MINUTE, self._version[symbol])
+        cached = self._rolling.get(symbol)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        series = self.series[symbol]["1min"]
+        start = key[0] - WINDOW + MINUTE
+        candles = series.candles
+        index = bisect_left(series.times, start)
+        figures = Rolling(start, now)
+        if index > 0:
+            figures.prev_close = candles[index - 1].close
+        for candle in candles[index:]:
+            figures.add(candle)
+        self._rolling[symbol] = (key, figures)
+        return figures
+
+    async def first_trade_time(self, symbol: str) -> int | None:
+        """The start of the minute of the market's first trade; None before any trade."""
+        series = self.series[symbol]["1min"]
+        if series.complete:
+            return series.times[0] if series.times else None
+        found = await self._store.window(symbol, "1min", -1, 0)
+        return found[0][0] if found else None
+
+    async def traded(self, symbol: str, interval: str, start: int, end: int) -> list[Candle]:
+        """The traded candles of [start, end], oldest first, led by the newest one before it.
+
+        From memory when it reaches back far enough, else from the database with
+        memory's newer (possibly unflushed) candles laid over.
+        """
+        series = self.series[symbol][interval]
+        times = series.times
+        if series.complete or (times and times[0] < start):
+            first = max(bisect_left(times, start) - 1, 0)
+            last = bisect_right(times, end)
+            return series.candles[first:last]
+        stored = {
+            values[0]: Candle(*values)
+            for values in await self._store.window(symbol, interval, start - 1, end - start + 1)
+        }
+        for candle in series.candles:
+            if candle.time in stored or start <= candle.time <= end:
+                stored[candle.time] = candle
+        return [stored[time] for time in sorted(stored)]
+
+    async def trades_between(
+        self, symbol: str, from_id: int | None, start: int | None, end: int | None, limit: int
+    ) -> list[Trade]:
+        """Committed trades of one market, oldest first (memory when it holds them all)."""
+        recent = self.recent[symbol]
+        if from_id is None and start is None and end is None:  # the newest
+            if limit <= len(recent) or len(recent) < DEALS_KEPT:
+                return list(recent)[-limit:]
+            return await self._store.recent_trades(symbol, limit, self._through[symbol])
+        if from_id is not None and start is None and recent and recent[0].id <= from_id:
+            found = [t for t in recent if t.id >= from_id and (end is None or t.time <= end)]
+            return found[:limit]
+        return await self._store.trades_between(symbol, from_id, start, end, limit)
 
     def deal_records(self, symbol: str, limit: int) -> list[dict[str, Any]]:
         deals = self.deals[symbol]
@@ -288,10 +395,13 @@ class MarketData:
             self._through[symbol] = through
             deals = self.deals[symbol]
             deals.clear()
+            recent = self.recent[symbol]
+            recent.clear()
             # Not past ``through``: a trade committed after the replay above comes
             # with the batches a worker holds meanwhile (listed twice otherwise).
             for trade in await self._store.recent_trades(symbol, DEALS_KEPT, through):
                 deals.append(self.deal_row(trade))
+                recent.append(trade)
             self._version[symbol] += 1
 
     async def reload(self) -> None:
@@ -305,6 +415,8 @@ class MarketData:
         )
         await fresh.load()
         self.series, self.tickers, self.deals = fresh.series, fresh.tickers, fresh.deals
+        self.recent = fresh.recent
+        self._rolling.clear()
         self._through = fresh._through
         for symbol in self._version:
             self._version[symbol] += 1

@@ -124,6 +124,21 @@ class CandleStore:
         found.reverse()
         return found
 
+    async def trades_between(
+        self, market: str, from_id: int | None, start: int | None, end: int | None, limit: int
+    ) -> list[Trade]:
+        """Trades of ``market`` from id ``from_id`` and/or in [start, end], oldest first."""
+        c = trades.c
+        query = select(trades).where(c.market == market)
+        if from_id is not None:
+            query = query.where(c.id >= from_id)
+        if start is not None:
+            query = query.where(c.time >= start)
+        if end is not None:
+            query = query.where(c.time <= end)
+        async with self._reads.connect() as conn:
+            return [_trade(row) for row in await conn.execute(query.order_by(c.id).limit(limit))]
+
     async def save(self, rows: Sequence[CandleRow]) -> None:
         """Insert or update candles in one transaction (all of a flush or none)."""
         if not rows:

@@ -1,0 +1,236 @@
+"""Binance's public endpoints: exchange information and market data, from memory.
+
+The same market data as the seed's methods (``services.market``), shaped as
+Binance shows it; ``depth``'s ``lastUpdateId`` is market data's update counter.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from exchange.api.binance import klines as kline
+from exchange.api.binance.errors import BinanceError
+from exchange.api.binance.params import BinanceCall, integer, market, markets, required
+from exchange.api.binance.views import aggregate_trades, market_info, public_trade, symbol_of
+from exchange.api.limits import parse_rate
+from exchange.domain.markets import Market
+
+__all__ = ["avg_price", "depth", "exchange_info", "klines", "ping", "server_time"]
+
+AVERAGE_MINUTES = 5
+
+
+async def ping(call: BinanceCall) -> object:
+    return {}
+
+
+async def server_time(call: BinanceCall) -> object:
+    return {"serverTime": call.now}
+
+
+async def exchange_info(call: BinanceCall) -> object:
+    settings = call.services.settings
+    weight, weight_seconds = parse_rate(settings.rate_limit_weight)
+    orders, order_seconds = parse_rate(settings.rate_limit_orders)
+    return {
+        "timezone": "UTC",
+        "serverTime": call.now,
+        "rateLimits": [
+            _limit("REQUEST_WEIGHT", weight_seconds, weight),
+            _limit("ORDERS", order_seconds, orders),
+        ],
+        "exchangeFilters": [],
+        "symbols": [market_info(found) for found in markets(call)],
+    }
+
+
+def _limit(kind: str, seconds: int, limit: int) -> dict[str, Any]:
+    if seconds % 60 == 0:
+        interval, count = "MINUTE", seconds // 60
+    else:
+        interval, count = "SECOND", seconds
+    return {"rateLimitType": kind, "interval": interval, "intervalNum": count, "limit": limit}
+
+
+def depth_weight(params: dict[str, str]) -> int:
+    limit = params.get("limit", "100")
+    size = int(limit) if limit.isdigit() and len(limit) < 8 else 100
+    return 5 if size <= 100 else 25 if size <= 500 else 50 if size <= 1000 else 250
+
+
+async def depth(call: BinanceCall) -> object:
+    found = market(call)
+    limit = integer(call, "limit", 100, low=1, high=5000)
+    assert limit is not None
+    data = call.services.market
+    update_id = data.update_id(found.symbol)  # read together with the book: one snapshot
+    book = data.depth(found.symbol, limit, call.now)
+    return {"lastUpdateId": update_id, "bids": book["bids"], "asks": book["asks"]}
+
+
+async def trades(call: BinanceCall) -> object:
+    found = market(call)
+    limit = integer(call, "limit", 500, low=1, high=1000)
+    assert limit is not None
+    recent = await call.services.market.trades_between(found.symbol, None, None, None, limit)
+    return [public_trade(trade, found) for trade in recent]
+
+
+async def historical_trades(call: BinanceCall) -> object:
+    found = market(call)
+    limit = integer(call, "limit", 500, low=1, high=1000)
+    assert limit is not None
+    from_id = integer(call, "fromId")
+    got = await call.services.market.trades_between(found.symbol, from_id, None, None, limit)
+    return [public_trade(trade, found) for trade in got]
+
+
+async def agg_trades(call: BinanceCall) -> object:
+    found = market(call)
+    limit = integer(call, "limit", 500, low=1, high=1000)
+    assert limit is not None
+    from_id, start, end = (
+        integer(call, "fromId"),
+        integer(call, "startTime"),
+        integer(call, "endTime"),
+    )
+    if start is not None and end is not None and end - start > 3_600_000:
+        raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
+    got = await call.services.market.trades_between(found.symbol, from_id, start, end, limit)
+    rows = aggregate_trades(got, found)
+    if len(got) == limit and len(rows) > 1 and (from_id is not None or start is not None):
+        rows.pop()  # its last fills may be beyond this page: the next page starts with it
+    return rows[:limit]
+
+
+async def klines(call: BinanceCall) -> object:
+    found = market(call)
+    interval = kline.INTERVALS.get(required(call, "interval"))
+    if interval is None:
+        raise BinanceError(-1120, "Invalid interval.")
+    limit = integer(call, "limit", 500, low=1, high=1000)
+    assert limit is not None
+    start, end = integer(call, "startTime"), integer(call, "endTime")
+    data = call.services.market
+    if start is not None:
+        listed = await data.first_trade_time(found.symbol)
+        if listed is not None and start < listed:
+            start = interval.floor(listed)  # like Binance: nothing before the market's start
+    first, last = kline.window(interval, call.now, start, end, limit)
+    if last < first:
+        return []
+    candles = await data.traded(found.symbol, interval.base, first, interval.next(last) - 1)
+    return kline.rows(interval, found, candles, first, last)
+
+
+async def avg_price(call: BinanceCall) -> object:
+    found = market(call)
+    data = call.services.market
+    minute = call.now - call.now % 60_000
+    start = minute - (AVERAGE_MINUTES - 1) * 60_000
+    candles = await data.traded(found.symbol, "1min", start, call.now)
+    volume = quote = 0
+    for candle in candles:
+        if candle.time >= start:
+            volume += candle.volume
+            quote += candle.quote
+    last = data.tickers[found.symbol].last_price
+    return {
+        "mins": AVERAGE_MINUTES,
+        "price": _average(found, quote, volume, last),
+        "closeTime": call.now,
+    }
+
+
+def _average(found: Market, quote: int, volume: int, fallback: int | None) -> str:
+    """quote / volume at the price scale (display only), or the fallback price."""
+    if not volume:
+        return found.format_price(fallback or 0)
+    ratio = Decimal(quote).scaleb(-found.quote.scale) / Decimal(volume).scaleb(-found.base.scale)
+    return str(ratio.quantize(Decimal(1).scaleb(-found.price_scale), rounding=ROUND_HALF_EVEN))
+
+
+def _best(call: BinanceCall, found: Market) -> tuple[str, str, str, str]:
+    bids, asks = call.services.engine.depth(found.symbol, 1)
+    price, amount = found.format_price, found.format_amount
+    bid = (price(bids[0][0]), amount(bids[0][1])) if bids else (price(0), amount(0))
+    ask = (price(asks[0][0]), amount(asks[0][1])) if asks else (price(0), amount(0))
+    return bid[0], bid[1], ask[0], ask[1]
+
+
+def _ticker(call: BinanceCall, found: Market, mini: bool) -> dict[str, Any]:
+    data = call.services.market
+    figures = data.rolling(found.symbol, call.now)
+    price, amount, quote = found.format_price, found.format_amount, found.format_quote
+    last = data.tickers[found.symbol].last_price
+    opened = figures.open
+    view: dict[str, Any] = {"symbol": symbol_of(found)}
+    if not mini:
+        change = 0 if opened is None or last is None else last - opened
+        percent = "0.000"
+        if opened:
+            percent = str((Decimal(change) * 100 / opened).quantize(Decimal("0.001")))
+        view["priceChange"] = price(change)
+        view["priceChangePercent"] = percent
+        view["weightedAvgPrice"] = _average(found, figures.quote, figures.volume, 0)
+        view["prevClosePrice"] = price(figures.prev_close or 0)
+    view["lastPrice"] = price(last or 0)
+    if not mini:
+        recent = data.recent[found.symbol]
+        view["lastQty"] = amount(recent[-1].amount if recent else 0)
+        bid, bid_qty, ask, ask_qty = _best(call, found)
+        view.update(bidPrice=bid, bidQty=bid_qty, askPrice=ask, askQty=ask_qty)
+    view["openPrice"] = price(opened or 0)
+    view["highPrice"] = price(figures.high)
+    view["lowPrice"] = price(figures.low)
+    view["volume"] = amount(figures.volume)
+    view["quoteVolume"] = quote(figures.quote)
+    view["openTime"] = figures.start
+    view["closeTime"] = call.now
+    view["firstId"] = figures.first_id
+    view["lastId"] = figures.last_id
+    view["count"] = figures.count
+    return view
+
+
+def _one_or_all(call: BinanceCall, items: list[dict[str, Any]]) -> object:
+    return items[0] if "symbol" in call.params else items
+
+
+async def ticker_24hr(call: BinanceCall) -> object:
+    mini = call.params.get("type", "FULL") == "MINI"
+    return _one_or_all(call, [_ticker(call, found, mini) for found in markets(call)])
+
+
+async def ticker_price(call: BinanceCall) -> object:
+    tickers = call.services.market.tickers
+    items = [
+        {
+            "symbol": symbol_of(found),
+            "price": found.format_price(tickers[found.symbol].last_price or 0),
+        }
+        for found in markets(call)
+    ]
+    return _one_or_all(call, items)
+
+
+async def book_ticker(call: BinanceCall) -> object:
+    items = []
+    for found in markets(call):
+        bid, bid_qty, ask, ask_qty = _best(call, found)
+        items.append(
+            {
+                "symbol": symbol_of(found),
+                "bidPrice": bid,
+                "bidQty": bid_qty,
+                "askPrice": ask,
+                "askQty": ask_qty,
+            }
+        )
+    return _one_or_all(call, items)
+
+
+def per_symbols(one: int, every: int) -> Any:
+    """A weight that depends on whether one symbol or all are asked for."""
+    return lambda params: one if params.get("symbol") else every
