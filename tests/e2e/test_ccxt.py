@@ -9,8 +9,11 @@ server sent (ccxt's own floats are only used where ccxt computes them).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -76,10 +79,16 @@ class Exchange:
 
 @pytest.fixture
 def exchange(db_url: str, tmp_path: Path) -> Iterator[Exchange]:
+    with started(db_url, tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def started(db_url: str, tmp_path: Path, *args: str) -> Iterator[Exchange]:
     """A server with alice (10,000 USDT) and bob (2 BTC, 10 ETH), each with a trade key."""
     with smtp_server() as (mailbox, smtp_port):
         env = exchange_env(db_url, smtp_port)
-        with running_server(free_port(), env, tmp_path / "server.log") as server:
+        with running_server(free_port(), env, tmp_path / "server.log", args=args) as server:
             traders = []
             for name in ("alice", "bob"):
                 email = f"{name}@example.com"
@@ -288,6 +297,26 @@ def test_refusals_are_the_errors_ccxt_knows(exchange: Exchange) -> None:
     assert answer.json()["status"], answer.text
     with pytest.raises(ccxt.AuthenticationError, match="-2015"):
         reader().fetch_balance()
+    # Binance's third example: part in the query, part in the body, signed as received.
+    now = int(time.time() * 1000)
+    query = "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC"
+    body = f"quantity=0.001&price=20000.00&recvWindow=5000&timestamp={now}"
+    signature = hmac.new(
+        exchange.alice.secret.encode(), (query + body).encode(), hashlib.sha256
+    ).hexdigest()
+    headers = {"X-MBX-APIKEY": exchange.alice.key}
+    mixed = httpx.post(
+        f"{url}/api/v3/order/test?{query}", content=f"{body}&signature={signature}",
+        headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    assert (mixed.status_code, mixed.json()) == (200, {})
+    reordered = httpx.post(  # the same parameters in another order: another payload
+        f"{url}/api/v3/order/test?{query}",
+        content=f"price=20000.00&quantity=0.001&recvWindow=5000&timestamp={now}"
+        f"&signature={signature}",
+        headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert (reordered.status_code, reordered.json()["code"]) == (400, -1022)
     late = exchange.alice.client(url)
     late.options["timeDifference"] = 70_000  # its clock is 70 s behind the server's
     with pytest.raises(ccxt.InvalidNonce):
@@ -369,6 +398,24 @@ def test_async_ccxt(exchange: Exchange) -> None:
             await asyncio.gather(alice.close(), bob.close())
 
     asyncio.run(main())
+
+
+def test_through_workers(tmp_path: Path) -> None:
+    """``--workers 2``: keys, orders, balances and the book agree whichever process answers."""
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    with started(url, tmp_path, "--workers", "2") as running:
+        alice, bob = running.alice.client(running.url), running.bob.client(running.url)
+        alice.load_markets()
+        bob.load_markets()
+        sell = bob.create_order("BTC/USDT", "limit", "sell", 0.3, 30000)
+        for _ in range(3):  # several requests: both workers take some
+            alice.create_order("BTC/USDT", "limit", "buy", 0.1, 30000)
+        assert bob.fetch_order(sell["id"], "BTC/USDT")["status"] == "closed"
+        assert balances(alice)["BTC"] == (Decimal("0.2994"), Decimal(0))
+        assert balances(bob)["USDT"] == (Decimal("8982"), Decimal(0))
+        assert [t["amount"] for t in bob.fetch_my_trades("BTC/USDT")] == [0.1] * 3
+        for _ in range(4):
+            assert alice.fetch_order_book("BTC/USDT")["asks"] == []
 
 
 def test_request_weight_limit(tmp_path: Path) -> None:
