@@ -9,10 +9,12 @@ every page go to ``artifacts/screenshots/``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import ccxt
 import httpx
 import pytest
 from browser_support import (
@@ -77,6 +79,7 @@ def traders(exchange: Exchange) -> dict[str, str]:
         "buyer": (("USDT", "1000"),),
         "wallet": (),
         "phone": (),
+        "bot": (("USDT", "250.5"),),
     }
     tokens = {name: exchange.new_user(f"{name}@example.com") for name in funds}
     exchange.credit(
@@ -333,6 +336,58 @@ def test_withdrawal_addresses(page: Page, exchange: Exchange, traders: dict[str,
         expect(row).to_contain_text(address)
     assert exchange.call(token, "get_withdraw_address", coin="BTC")["address"] is None
     screenshot(page, "account")
+
+
+def test_api_keys_on_the_account_page(
+    page: Page, exchange: Exchange, traders: dict[str, str]
+) -> None:
+    """Create a key, use it from ccxt with the settings the page shows, delete it."""
+    login_cookie(page, exchange, traders["bot"])
+    page.goto("/account")
+    form = page.locator("#key-form")
+    form.locator('input[name="label"]').fill("freqtrade")
+    form.locator('select[name="permissions"]').select_option("trade")
+    form.locator('button[type="submit"]').click()
+    expect(page.locator("#message")).to_contain_text('API key "freqtrade" created.')
+    key = page.locator("#new-key-key").inner_text()
+    secret = page.locator("#new-key-secret").inner_text()
+    assert len(key) == 64 and len(secret) == 64
+    snippet = page.locator("#ccxt-snippet").inner_text()
+    assert f'"{exchange.url}/api/v3"' in snippet and secret in snippet
+    freqtrade = json.loads("{" + page.locator("#freqtrade-snippet").inner_text() + "}")
+    assert freqtrade["exchange"]["key"] == key and freqtrade["exchange"]["secret"] == secret
+    urls = freqtrade["exchange"]["ccxt_config"]["urls"]["api"]
+    assert urls == {name: f"{exchange.url}/api/v3" for name in ("public", "private", "sapi")}
+    row = page.locator("#keys .key-row")
+    expect(row).to_have_count(1)
+    expect(row.locator(".permissions")).to_have_text("read, trade")
+    screenshot(page, "account-api-key")
+
+    api = f"{exchange.url}/api/v3"
+
+    def client() -> ccxt.binance:  # a new one each time: ccxt remembers having logged in
+        return ccxt.binance(
+            {
+                "apiKey": key,
+                "secret": secret,
+                "urls": {"api": {"public": api, "private": api, "sapi": api}},
+                "options": {
+                    "fetchMarkets": {"types": ["spot"]},
+                    "fetchCurrencies": False,
+                    "fetchMargins": False,
+                },
+            }
+        )
+
+    rows = client().fetch_balance()["info"]["balances"]
+    assert {"asset": "USDT", "free": "250.500000", "locked": "0.000000"} in rows
+
+    row.locator("button.delete-key").click()
+    expect(page.locator("#message")).to_contain_text("API key deleted")
+    expect(page.locator("#keys .key-row")).to_have_count(0)
+    expect(page.locator("#new-key")).to_be_hidden()
+    with pytest.raises(ccxt.AuthenticationError, match="-2015"):
+        client().fetch_balance()
 
 
 def test_trade_page_fits_a_phone(

@@ -1,11 +1,12 @@
-// Account: balances, withdrawal addresses, withdraw form and withdrawal history.
-import { api, busy, showError, showMessage, ApiError } from './api.js';
+// Account: balances, withdrawal addresses, withdraw form, withdrawal history and API keys.
+import { api, busy, showError, showMessage, ApiError, ROOT } from './api.js';
 import { el, fmtDateTime, dateTimeNode, fillTable } from './dom.js';
 import { isLoggedIn, setLoggedIn } from './nav.js';
 
 const $id = (id) => document.getElementById(id);
 const addressForm = $id('address-form');
 const withdrawForm = $id('withdraw-form');
+const keyForm = $id('key-form');
 let coins = [];
 
 function setCoins(list) {
@@ -55,17 +56,67 @@ async function loadWithdrawals() {
   )), 'No withdrawals yet');
 }
 
+async function loadKeys() {
+  const keys = await api('get_api_keys');
+  fillTable($id('keys'), keys.map((k) => el('tr', { class: 'key-row', dataset: { id: String(k.id) } },
+    el('td', {}, k.label),
+    el('td', { class: 'mono wrap', title: k.api_key }, `${k.api_key.slice(0, 12)}…`),
+    el('td', {}, k.kind === 'ed25519' ? 'Ed25519' : 'HMAC'),
+    el('td', { class: 'permissions' }, k.permissions.join(', ')),
+    el('td', { class: 'mono hide-sm' }, k.ips.length ? k.ips.join(', ') : 'any'),
+    el('td', { class: 'mono muted hide-sm' }, dateTimeNode(k.created)),
+    el('td', {}, el('button', { type: 'button', class: 'btn small delete-key', dataset: { id: String(k.id) } }, 'Delete')),
+  )), 'No API keys');
+}
+
+// What a user pastes into their tool: this server's URL, nothing else changed.
+function showNewKey(k) {
+  const api = `${window.location.origin}${ROOT}/api/v3`;
+  const secret = k.secret ?? '<your Ed25519 private key (PEM)>';
+  $id('new-key-key').textContent = k.api_key;
+  $id('new-key-secret').textContent = k.secret ?? 'none: you keep the private key';
+  $id('ccxt-snippet').textContent = [
+    'import ccxt',
+    '',
+    'exchange = ccxt.binance({',
+    `    "apiKey": "${k.api_key}",`,
+    `    "secret": "${secret}",`,
+    `    "urls": {"api": {"public": "${api}", "private": "${api}", "sapi": "${api}"}},`,
+    '    "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False},',
+    '})',
+  ].join('\n');
+  const config = JSON.stringify({
+    urls: { api: { public: api, private: api, sapi: api } },
+    options: { fetchMarkets: { types: ['spot'] }, fetchCurrencies: false, fetchMargins: false },
+  });
+  $id('freqtrade-snippet').textContent = [
+    '"exchange": {',
+    '  "name": "binance",',
+    `  "key": "${k.api_key}",`,
+    `  "secret": "${secret}",`,
+    `  "ccxt_config": ${config},`,
+    `  "ccxt_async_config": ${config},`,
+    '  "pair_whitelist": ["BTC/USDT", "ETH/USDT", "ETH/BTC"]',
+    '}',
+  ].join('\n');
+  $id('new-key').hidden = false;
+}
+
 function loggedOut() {
   setLoggedIn(false);
   $id('login-hint').hidden = false;
-  for (const id of ['balances', 'addresses', 'withdrawals']) fillTable($id(id), [], 'Log in to see this');
+  for (const id of ['balances', 'addresses', 'withdrawals', 'keys']) fillTable($id(id), [], 'Log in to see this');
 }
 
 async function refresh(withAddresses = false) {
   if (!isLoggedIn()) return loggedOut();
   try {
     await loadBalances();
-    await Promise.all([loadWithdrawals(), withAddresses ? loadAddresses() : null]);
+    await Promise.all([
+      loadWithdrawals(),
+      withAddresses ? loadAddresses() : null,
+      withAddresses ? loadKeys() : null,
+    ]);
     $id('login-hint').hidden = true;
   } catch (err) {
     if (err instanceof ApiError && err.code === 'not_logged_in') loggedOut();
@@ -103,6 +154,41 @@ withdrawForm.addEventListener('submit', (ev) => {
     showMessage(`Withdrawal #${w.withdrawal_id} of ${w.amount} ${w.coin} (fee ${w.fee}) to ${w.address} is ${w.status}.`, 'ok');
     withdrawForm.elements.amount.value = '';
     await refresh();
+  });
+});
+
+keyForm.elements.kind.addEventListener('change', () => {
+  $id('public-key-field').hidden = keyForm.elements.kind.value !== 'ed25519';
+});
+
+keyForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const f = keyForm.elements;
+  const label = f.label.value.trim();
+  if (!label) {
+    showMessage('Give the key a label, e.g. freqtrade.', 'error');
+    return;
+  }
+  const params = { label, permissions: f.permissions.value, kind: f.kind.value, ips: f.ips.value.trim() };
+  if (f.kind.value === 'ed25519') params.public_key = f.public_key.value.trim();
+  busy(keyForm.querySelector('button[type=submit]'), async () => {
+    const created = await api('create_api_key', params);
+    showNewKey(created);
+    showMessage(`API key "${created.label}" created.`, 'ok');
+    f.label.value = '';
+    f.public_key.value = '';
+    await loadKeys();
+  });
+});
+
+$id('keys').addEventListener('click', (ev) => {
+  const button = ev.target.closest('button.delete-key');
+  if (!button) return;
+  busy(button, async () => {
+    await api('delete_api_key', { id: button.dataset.id });
+    showMessage('API key deleted: programs using it are refused from now on.', 'ok');
+    $id('new-key').hidden = true;
+    await loadKeys();
   });
 });
 
