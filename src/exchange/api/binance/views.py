@@ -86,8 +86,8 @@ def market_info(market: Market) -> dict[str, Any]:
         ],
         "permissions": [],
         "permissionSets": [["SPOT"]],
-        "defaultSelfTradePreventionMode": "EXPIRE_TAKER",
-        "allowedSelfTradePreventionModes": ["EXPIRE_TAKER"],
+        "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+        "allowedSelfTradePreventionModes": ["EXPIRE_MAKER"],
     }
 
 
@@ -128,7 +128,7 @@ def order_result(order: Order, market: Market) -> dict[str, Any]:
         "timeInForce": order.tif if order.type == LIMIT else "GTC",
         "type": type_of(order),
         "side": "BUY" if order.side == BUY else "SELL",
-        "selfTradePreventionMode": "EXPIRE_TAKER",
+        "selfTradePreventionMode": "EXPIRE_MAKER",
     }
 
 
