@@ -216,12 +216,17 @@ def bench_orders(
     clients: Annotated[int, typer.Option(help="concurrent HTTP connections")] = 64,
     database: Annotated[str, typer.Option(help="sqlite, postgres or both")] = "both",
     workers: Annotated[int, WORKERS_OPTION] = 1,
+    api: Annotated[
+        str, typer.Option(help="seed (/api/buy), binance (signed /api/v3/order) or both")
+    ] = "seed",
     as_json: Annotated[bool, JSON_OPTION] = False,
 ) -> None:
     """Durable HTTP order placement against a real server: orders/s, p50/p99."""
     from exchange.bench import report
 
-    report.orders(seconds, clients, database, workers, as_json=as_json)
+    if api not in ("seed", "binance", "both"):
+        raise typer.BadParameter("--api is seed, binance or both")
+    report.orders(seconds, clients, database, workers, as_json=as_json, api=api)
 
 
 @bench.command("market")

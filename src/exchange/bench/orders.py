@@ -29,6 +29,7 @@ from sqlalchemy import insert
 
 from exchange.adapters.db.database import make_sync_engine, migrate
 from exchange.adapters.db.tables import users
+from exchange.adapters.signatures import hmac_signature
 from exchange.admin import Admin
 from exchange.bench.load import LoadResult, post, run_load
 from exchange.bench.server import exchange_env, free_port, running_server
@@ -96,13 +97,70 @@ def order_requests(tokens: list[str], seed: int = 7) -> Any:
 
 
 LUA = Path(__file__).with_name("orders.lua")
+BINANCE_LUA = Path(__file__).with_name("orders_binance.lua")
+SIGNED = 50_000  # signed requests made beforehand (wrk sends them in turn)
 
 
-def wrk_load(url: str, tokens: list[str], seconds: float, connections: int) -> LoadResult:
-    """Drive the server with wrk (C, little CPU) and orders.lua; figures from its report."""
+def api_keys(url: str, tokens: list[str]) -> list[tuple[str, str]]:
+    """A trade key per user: (key, secret)."""
+    found = []
+    with httpx.Client(base_url=url) as client:
+        for token in tokens:
+            answer = client.post(
+                "/api/create_api_key",
+                headers={"Authorization": f"Bearer {token}"},
+                data={"label": "bench", "permissions": "trade"},
+            )
+            data = answer.json()["data"]
+            found.append((data["api_key"], data["secret"]))
+    return found
+
+
+def signed_orders(
+    keys: list[tuple[str, str]], count: int, seed: int = 7
+) -> list[tuple[str, bytes]]:
+    """Binance ``POST /api/v3/order`` bodies like ``order_requests``', signed now.
+
+    Valid for ``recvWindow`` (60 s) from now: enough for a run of the benchmark.
+    """
+    rng = random.Random(seed)
+    now = now_ms()
+    out = []
+    for n in range(count):
+        key, secret = keys[n % len(keys)]
+        query = urlencode(
+            {
+                "symbol": "BTCUSDT",
+                "side": "BUY" if n % 2 else "SELL",
+                "type": "LIMIT",
+                "timeInForce": "GTC",
+                "quantity": f"0.00{rng.randint(1, 9)}",
+                "price": str(20000 + rng.randint(-25, 25)),
+                "newOrderRespType": "FULL",
+                "recvWindow": "60000",
+                "timestamp": str(now),
+            }
+        ).encode()
+        out.append((key, query + b"&signature=" + hmac_signature(secret, query).encode()))
+    return out
+
+
+def signed_requests(signed: list[tuple[str, bytes]]) -> Any:
+    def make(connection: int, n: int) -> bytes:
+        key, body = signed[(connection * 7919 + n) % len(signed)]
+        return post("/api/v3/order", body, {"X-MBX-APIKEY": key})
+
+    return make
+
+
+def wrk_load(
+    url: str, tokens: list[str], seconds: float, connections: int, signed: Path | None = None
+) -> LoadResult:
+    """Drive the server with wrk (C, little CPU) and a Lua script; figures from its report."""
+    script = LUA if signed is None else BINANCE_LUA
     done = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(LUA), url],
-        env={**os.environ, "TOKENS": ",".join(tokens)},
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script), url],
+        env={**os.environ, "TOKENS": ",".join(tokens), "REQUESTS": str(signed or "")},
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -132,7 +190,10 @@ def measure(
     connections: int,
     rate: float | None = None,
     workers: int = 1,
+    api: str = "seed",
 ) -> LoadResult:
+    """``api``: ``seed`` (``/api/buy``, ``/api/sell`` with a session) or ``binance``
+    (signed ``POST /api/v3/order``, the HMAC made beforehand, as a bot would)."""
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
         emails = seed_users(url, USERS)
         port = free_port()
@@ -147,14 +208,23 @@ def measure(
                     answer = client.post("/api/login", data={"user": email, "pass": PASSWORD})
                     tokens.append(answer.json()["data"]["session"])
                     client.cookies.clear()  # a login deletes the session it carries
+            signed: list[tuple[str, bytes]] = []
+            requests_file: Path | None = None
+            if api == "binance":
+                signed = signed_orders(api_keys(server.url, tokens), SIGNED)
+                requests_file = Path(tmp) / "signed.txt"
+                requests_file.write_bytes(
+                    b"".join(key.encode() + b" " + body + b"\n" for key, body in signed)
+                )
             if rate is None and shutil.which("wrk"):
-                return wrk_load(server.url, tokens, seconds, connections)
+                return wrk_load(server.url, tokens, seconds, connections, requests_file)
             return asyncio.run(
                 run_load(
                     port,
-                    order_requests(tokens),
+                    order_requests(tokens) if api == "seed" else signed_requests(signed),
                     connections=connections,
                     seconds=seconds,
                     rate=rate,
+                    accepted=b'{"status":true' if api == "seed" else b'{"symbol"',
                 )
             )

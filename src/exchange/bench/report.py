@@ -38,21 +38,33 @@ def label(name: str, workers: int) -> str:
     return name if workers == 1 else f"{name}_{workers}w"
 
 
-def order_figures(seconds: float, clients: int, database: str, workers: int = 1) -> list[Figure]:
+def order_figures(
+    seconds: float, clients: int, database: str, workers: int = 1, api: str = "seed"
+) -> list[Figure]:
+    """``api``: seed, binance, or both (the Binance figures then with their ratio)."""
     from exchange.bench.orders import measure
 
     figures: list[Figure] = []
     kinds = ["sqlite", "postgres"] if database == "both" else [database]
-    for database_kind in kinds:
-        kind = label(database_kind, workers)
-        result = measure(database_kind, seconds, clients, workers=workers)
+    dialects = ["seed", "binance"] if api == "both" else [api]
+    for database_kind, dialect in ((k, d) for k in kinds for d in dialects):
+        kind = label(database_kind, workers) + ("_binance" if dialect == "binance" else "")
+        result = measure(database_kind, seconds, clients, workers=workers, api=dialect)
         figures += [
             (f"orders_{kind}_per_second", result.rate(), "orders/s"),
             (f"orders_{kind}_p50", result.percentile_ms(0.50), "ms"),
             (f"orders_{kind}_p99", result.percentile_ms(0.99), "ms"),
             (f"orders_{kind}_refused", float(result.refused + result.errors), "requests"),
         ]
-        paced = measure(database_kind, seconds, 32, rate=1000.0, workers=workers)
+        if dialect == "binance" and api == "both":
+            seed_rate = next(
+                v
+                for n, v, _ in figures
+                if n == f"orders_{label(database_kind, workers)}_per_second"
+            )
+            figures.append((f"orders_{kind}_vs_seed", result.rate() / seed_rate, "ratio"))
+            continue
+        paced = measure(database_kind, seconds, 32, rate=1000.0, workers=workers, api=dialect)
         figures += [
             (f"orders_{kind}_at_1000_per_second_p50", paced.percentile_ms(0.50), "ms"),
             (f"orders_{kind}_at_1000_per_second_p99", paced.percentile_ms(0.99), "ms"),
@@ -80,8 +92,10 @@ def engine(orders: int, *, as_json: bool) -> None:
     print_figures(engine_figures(orders), as_json)
 
 
-def orders(seconds: float, clients: int, database: str, workers: int, *, as_json: bool) -> None:
-    print_figures(order_figures(seconds, clients, database, workers), as_json)
+def orders(
+    seconds: float, clients: int, database: str, workers: int, *, as_json: bool, api: str = "seed"
+) -> None:
+    print_figures(order_figures(seconds, clients, database, workers, api), as_json)
 
 
 def run_all(*, as_json: bool) -> None:
