@@ -241,6 +241,13 @@ def test_trading_through_ccxt(exchange: Exchange) -> None:
     assert [Decimal(t["info"]["commission"]) for t in bob_trades] == [Decimal(6), Decimal(12)]
     assert sum(Decimal(t["info"]["quoteQty"]) for t in bob_trades) == Decimal(9000)
 
+    # A market buy by value (quoteOrderQty): 600 USDT buys 0.02 BTC at 30,000.
+    by_cost = alice.create_market_buy_order_with_cost("BTC/USDT", 600)
+    assert by_cost["status"] == "closed" and by_cost["info"]["origQuoteOrderQty"] == "600.000000"
+    assert Decimal(by_cost["info"]["executedQty"]) == Decimal("0.02")
+    assert balances(alice)["USDT"] == (Decimal("400"), Decimal(0))
+    assert balances(alice)["BTC"] == (Decimal("0.2994") + Decimal("0.01996"), Decimal(0))
+
 
 def test_refusals_are_the_errors_ccxt_knows(exchange: Exchange) -> None:
     url = exchange.url

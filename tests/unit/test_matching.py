@@ -799,3 +799,36 @@ def test_the_idempotency_window_is_between_ttl_and_a_slice_more() -> None:
     assert ids.get((1, "x"), 5_000) == 1
     ids.discard((1, "x"), 1)
     assert ids.get((1, "x"), 5_000) is None
+
+
+def test_market_orders_by_value(engine: MatchingEngine) -> None:
+    """``quote``: the most amount (in steps) whose trades spend or bring at most that."""
+    place(engine, 1, "sell", "0.1", "30000")
+    place(engine, 3, "sell", "0.5", "31000")
+    place(engine, 2, "sell", "0.2", "29000")  # the buyer's own: skipped, then cancelled
+    budget = U("4000")  # 3,000 for the first 0.1, then 1,000 / 31,000 = 0.03225.. -> 0.03225
+    result = engine.place(
+        PlaceOrder(2, "BTC/USDT", "buy", 0, 0, type="market", quote=budget), now=1_000
+    )
+    engine.check_invariants()
+    assert result.order is not None and result.order.status == "filled"
+    assert trades_of(result) == [(P("30000"), A("0.1"), 1, 2), (P("31000"), A("0.03225"), 3, 2)]
+    spent = U("3000") + U("999.75")
+    assert result.order.quote_filled == spent <= budget
+    assert bal(engine, 2, "USDT")[0] == START_USDT - spent
+
+    place(engine, 4, "buy", "0.2", "28000")
+    sold = engine.place(
+        PlaceOrder(1, "BTC/USDT", "sell", 0, 0, type="market", quote=U("2000")), now=1_000
+    )
+    engine.check_invariants()
+    assert sold.order is not None and sold.order.filled == A("0.07142")  # 2,000 / 28,000
+    assert sold.order.quote_filled == U("1999.76") <= U("2000")
+
+    for command, words in (
+        (PlaceOrder(1, "BTC/USDT", "buy", 0, 0, type="market", quote=U("0.1")), "one step"),
+        (PlaceOrder(1, "BTC/USDT", "buy", A("1"), 0, type="market", quote=1), "only for market"),
+        (PlaceOrder(1, "BTC/USDT", "buy", 0, P("1"), quote=U("10")), "only for market"),
+    ):
+        with pytest.raises(ExchangeError, match=words):
+            engine.place(command, now=1_000)

@@ -57,6 +57,9 @@ class PlaceOrder(Returns[PlaceResult]):
     tif: str = "GTC"
     post_only: bool = False
     client_order_id: str | None = None
+    #: A market order by value: spend (buy) or receive (sell) at most this many quote
+    #: units; ``amount`` is then 0 and the engine works it out from the book.
+    quote: int = 0
 
 
 @dataclass(slots=True, frozen=True)

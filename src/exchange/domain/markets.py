@@ -111,6 +111,10 @@ class Market:
         """A positive decimal amount in base minor units, exactly (the step: ``place``)."""
         return _in_range(to_units(parse_decimal(value), self.base.scale, "amount"), "amount")
 
+    def parse_quote(self, value: object) -> int:
+        """A positive decimal of the quote asset in its minor units, exactly."""
+        return _in_range(to_units(parse_decimal(value), self.quote.scale, "quote"), "quote")
+
     # -- formatting ---------------------------------------------------------
 
     def format_price(self, price: int) -> str:

@@ -27,6 +27,10 @@ Rules (SPEC §6):
   buyer has (so an unfunded order costs the writer one step, not the book);
   a market order's value at the best opposite price must reach the market's
   minimum notional, as a limit order's value at its price must;
+* a market order by value (``quote``) gets the largest amount, a multiple of the
+  step, whose trades at the book's prices as they stand spend (buy) or bring
+  (sell) at most that quote; the walk is the same as the match that follows, in
+  the same step of the single writer, so nothing can change in between;
 * a repeated ``client_order_id`` returns the first order unchanged, and is
   refused if the repetition asks for a different order.
 
@@ -205,6 +209,22 @@ class MatchingEngine:
         )
         type, tif, post_only = command.type, command.tif, command.post_only
         client_order_id = command.client_order_id
+        if command.quote:
+            if type != MARKET or amount:
+                raise _invalid("a quote amount is only for market orders, without an amount")
+            if command.quote >= MAX_UNITS:
+                raise _invalid("quote amount is larger than this exchange accepts", AMOUNT_RANGE)
+            m = self.markets.get(market)
+            if m is None:
+                raise ExchangeError("unknown_pair", f"{market[:40]!r} is not a listed pair")
+            amount = self._amount_for_quote(m, self.books[market], side == BUY, user_id, command)
+            if not amount:
+                raise ExchangeError(
+                    "below_minimum",
+                    f"{m.format_quote(command.quote)} {m.quote.code} does not reach one step "
+                    f"({m.format_amount(m.step)} {m.base.code}) at the book's prices",
+                    rule=AMOUNT_MINIMUM,
+                )
         if client_order_id is not None:
             if not client_order_id:
                 client_order_id = None
@@ -216,7 +236,7 @@ class MatchingEngine:
                 known = self._client_ids.get((user_id, client_order_id), now)
                 if known is not None:
                     original = self._open.get(known) or self._closed.get(known)
-                    if original is not None:
+                    if original is not None and not command.quote:  # by value: amounts vary
                         differs = repeated_differently(original, market, side, type, price, amount)
                         if differs:
                             raise _invalid(
@@ -556,6 +576,41 @@ class MatchingEngine:
                 del levels[price]
         order.updated = now
         return trades
+
+    @staticmethod
+    def _amount_for_quote(
+        m: Market, book: OrderBook, is_buy: bool, user_id: int, command: PlaceOrder
+    ) -> int:
+        """The most base (a multiple of the step) whose trades move at most ``command.quote``.
+
+        Walks the opposite side as ``_match`` will (own orders are skipped: they are
+        cancelled, not traded), within the price limit if there is one.
+        """
+        left = command.quote
+        limit = command.price
+        mul, div, step = m.notional_mul, m.notional_div, m.step
+        amount = 0
+        if is_buy:
+            levels = book.asks
+            prices = iter(levels)
+        else:
+            levels = book.bids
+            prices = reversed(levels)
+        for price in prices:
+            if limit and (price > limit if is_buy else price < limit):
+                break
+            for maker in levels[price].orders:
+                if maker.user_id == user_id:
+                    continue
+                remaining: int = maker.amount - maker.filled
+                # The most base whose floored quote fits: price*f*mul//div <= left.
+                affordable: int = ((left + 1) * div - 1) // (price * mul)
+                if affordable >= remaining:
+                    amount += remaining
+                    left -= price * remaining * mul // div
+                    continue
+                return amount + affordable - affordable % step
+        return amount
 
     def _market_buy_cost(
         self, m: Market, book: OrderBook, user_id: int, amount: int, limit: int, have: int

@@ -147,12 +147,21 @@ def _order_command(call: BinanceCall) -> tuple[PlaceOrder, Market, str]:
     if side is None:
         raise BinanceError(-1117, "Invalid side.")
     kind = _choice(call, "type", TYPES, -1116, "orderType")
-    if decimal(call, "quoteOrderQty") is not None:
-        raise BinanceError(-1013, "Filter failure: quoteOrderQty is not supported; send quantity.")
     quantity = decimal(call, "quantity")
-    if quantity is None:
+    by_value = decimal(call, "quoteOrderQty")
+    quote = 0
+    if by_value is not None:
+        if kind != "MARKET" or quantity is not None:
+            raise BinanceError(-1106, "Parameter 'quoteOrderQty' sent when not required.")
+        try:
+            quote = found.parse_quote(by_value)
+        except ExchangeError:
+            raise filter_failure("NOTIONAL") from None
+        amount = 0
+    elif quantity is None:
         raise mandatory("quantity")
-    amount = _units(found, quantity, price=False)
+    else:
+        amount = _units(found, quantity, price=False)
     sent_price = decimal(call, "price")
     tif_text = text(call, "timeInForce")
     if kind == "MARKET":
@@ -192,6 +201,7 @@ def _order_command(call: BinanceCall) -> tuple[PlaceOrder, Market, str]:
         tif,
         kind == "LIMIT_MAKER",
         client_id,
+        quote,
     )
     return command, found, respond
 
@@ -228,7 +238,7 @@ async def new_order(call: BinanceCall) -> object:
             raise BinanceError(-2010, "Duplicate order sent.")
     elif order.status == REJECTED:
         raise BinanceError(-2010, WOULD_TAKE)
-    return new_order_view(order, trades, found, respond)
+    return new_order_view(order, trades, found, respond, command.quote)
 
 
 async def test_order(call: BinanceCall) -> object:

@@ -59,7 +59,7 @@ def market_info(market: Market) -> dict[str, Any]:
         "icebergAllowed": False,
         "ocoAllowed": False,
         "otoAllowed": False,
-        "quoteOrderQtyMarketAllowed": False,
+        "quoteOrderQtyMarketAllowed": True,
         "allowTrailingStop": False,
         "cancelReplaceAllowed": False,
         "amendAllowed": False,
@@ -153,9 +153,13 @@ def _fee(trade: Trade, order: Order, market: Market) -> tuple[str, str]:
 
 
 def new_order_view(
-    order: Order, trades: list[Trade], market: Market, respond: str
+    order: Order, trades: list[Trade], market: Market, respond: str, by_value: int = 0
 ) -> dict[str, Any]:
-    """``POST /api/v3/order``'s answer as ``newOrderRespType`` asks (ACK, RESULT or FULL)."""
+    """``POST /api/v3/order``'s answer as ``newOrderRespType`` asks (ACK, RESULT or FULL).
+
+    ``by_value``: the ``quoteOrderQty`` of a market order by value (not stored: later
+    queries of the order show 0 there).
+    """
     if respond == "ACK":
         return {
             "symbol": symbol_of(market),
@@ -166,7 +170,7 @@ def new_order_view(
         }
     view = order_result(order, market)
     view["transactTime"] = order.updated
-    view["origQuoteOrderQty"] = market.format_quote(0)
+    view["origQuoteOrderQty"] = market.format_quote(by_value)
     view["workingTime"] = order.created if order.is_open or order.filled else -1
     if respond == "FULL":
         fills = []
