@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from exchange.adapters.signatures import hmac_signature, hmac_valid
 from exchange.api.binance.gateway import unsigned
-from exchange.api.binance.klines import INTERVALS, rows, window
+from exchange.api.binance.klines import INTERVALS, LAST_TIME, rows, window
 from exchange.domain.candles import Candle
 from exchange.domain.markets import default_assets, default_markets
 
@@ -74,3 +75,18 @@ def test_the_signature_is_taken_out_of_the_payload_exactly() -> None:
     )
     assert unsigned(b"signature=ab&b=2") == (b"b=2", True)
     assert unsigned(b"b=2&a=1") == (b"b=2&a=1", False)  # never re-sorted
+
+
+def test_a_start_in_the_future_or_after_the_end_asks_for_nothing() -> None:
+    minute = INTERVALS["1m"]
+    now = ms(2026, 12, 2, 14, 0, 30)
+    first, last = window(minute, now, now + 3_600_000, None, 10)
+    assert last < first
+    first, last = window(minute, now, ms(2026, 12, 2, 13), ms(2026, 12, 2, 12), 10)
+    assert last < first
+    assert INTERVALS["1M"].floor(LAST_TIME) == ms(9999, 12, 1)
+
+
+def test_a_signature_that_is_not_ascii_is_simply_not_valid() -> None:
+    assert not hmac_valid("secret", b"a=1", "\u00e9" * 64)
+    assert hmac_valid("secret", b"a=1", hmac_signature("secret", b"a=1").upper())

@@ -825,7 +825,18 @@ def test_market_orders_by_value(engine: MatchingEngine) -> None:
     assert sold.order is not None and sold.order.filled == A("0.07142")  # 2,000 / 28,000
     assert sold.order.quote_filled == U("1999.76") <= U("2000")
 
+    # A retry with the same client id gets the first order, even once the book is gone.
+    retry = PlaceOrder(
+        4, "BTC/USDT", "buy", 0, 0, type="market", quote=U("500"), client_order_id="q"
+    )
+    first = engine.place(retry, now=1_000)
+    assert first.order is not None and first.order.filled == A("0.01612")
+    again = engine.place(retry, now=1_001)
+    assert again.duplicate and again.order is first.order
+    engine.credit(9, "USDT", U("10"))
     for command, words in (
+        (PlaceOrder(9, "BTC/USDT", "buy", 0, 0, type="market", quote=U("11")), "insufficient"),
+        (PlaceOrder(9, "BTC/USDT", "sell", 0, 0, type="market", quote=U("1")), "insufficient"),
         (PlaceOrder(1, "BTC/USDT", "buy", 0, 0, type="market", quote=U("0.1")), "one step"),
         (PlaceOrder(1, "BTC/USDT", "buy", A("1"), 0, type="market", quote=1), "only for market"),
         (PlaceOrder(1, "BTC/USDT", "buy", 0, P("1"), quote=U("10")), "only for market"),

@@ -26,6 +26,8 @@ def hmac_signature(secret: str, payload: bytes) -> str:
 
 
 def hmac_valid(secret: str, payload: bytes, signature: str) -> bool:
+    if not signature.isascii():  # compare_digest refuses non-ASCII text (it is not valid)
+        return False
     return hmac.compare_digest(hmac_signature(secret, payload), signature.strip().lower())
 
 

@@ -98,6 +98,8 @@ class WeightWindows:
             self._window = window
             self._used = {}
         key = address_key(client)
+        if len(self._used) >= MAX_BUCKETS and key not in self._used:
+            self._used = {}  # a flood of addresses: forget the window (bounded memory)
         used = self._used.get(key, 0) + weight
         self._used[key] = used
         if self.enabled and used > self.limit:

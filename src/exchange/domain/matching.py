@@ -209,22 +209,6 @@ class MatchingEngine:
         )
         type, tif, post_only = command.type, command.tif, command.post_only
         client_order_id = command.client_order_id
-        if command.quote:
-            if type != MARKET or amount:
-                raise _invalid("a quote amount is only for market orders, without an amount")
-            if command.quote >= MAX_UNITS:
-                raise _invalid("quote amount is larger than this exchange accepts", AMOUNT_RANGE)
-            m = self.markets.get(market)
-            if m is None:
-                raise ExchangeError("unknown_pair", f"{market[:40]!r} is not a listed pair")
-            amount = self._amount_for_quote(m, self.books[market], side == BUY, user_id, command)
-            if not amount:
-                raise ExchangeError(
-                    "below_minimum",
-                    f"{m.format_quote(command.quote)} {m.quote.code} does not reach one step "
-                    f"({m.format_amount(m.step)} {m.base.code}) at the book's prices",
-                    rule=AMOUNT_MINIMUM,
-                )
         if client_order_id is not None:
             if not client_order_id:
                 client_order_id = None
@@ -244,6 +228,31 @@ class MatchingEngine:
                                 f"{known} with another {', '.join(differs)}"
                             )
                     return PlaceResult(original, [], True, known)
+        if command.quote:
+            if type != MARKET or amount:
+                raise _invalid("a quote amount is only for market orders, without an amount")
+            if command.quote >= MAX_UNITS:
+                raise _invalid("quote amount is larger than this exchange accepts", AMOUNT_RANGE)
+            m = self.markets.get(market)
+            if m is None:
+                raise ExchangeError("unknown_pair", f"{market[:40]!r} is not a listed pair")
+            if side == BUY:  # the whole value must be there (and no walk for an unfunded one)
+                have = self.ledger.available(user_id, m.quote.code)
+                if have < command.quote:
+                    raise self.ledger.insufficient_error(m.quote.code, command.quote, have)
+                most = MAX_UNITS
+            else:  # at most what the seller has: the walk stops there
+                most = self.ledger.available(user_id, m.base.code)
+                if most < m.step:
+                    raise self.ledger.insufficient_error(m.base.code, m.step, most)
+            amount = self._amount_for_quote(m, self.books[market], user_id, command, most)
+            if not amount:
+                raise ExchangeError(
+                    "below_minimum",
+                    f"{m.format_quote(command.quote)} {m.quote.code} does not reach one step "
+                    f"({m.format_amount(m.step)} {m.base.code}) at the book's prices",
+                    rule=AMOUNT_MINIMUM,
+                )
         m = self.markets.get(market)
         if m is None:
             raise ExchangeError("unknown_pair", f"{market[:40]!r} is not a listed pair")
@@ -579,13 +588,16 @@ class MatchingEngine:
 
     @staticmethod
     def _amount_for_quote(
-        m: Market, book: OrderBook, is_buy: bool, user_id: int, command: PlaceOrder
+        m: Market, book: OrderBook, user_id: int, command: PlaceOrder, most: int
     ) -> int:
-        """The most base (a multiple of the step) whose trades move at most ``command.quote``.
+        """The most base (a multiple of the step, at most ``most``) whose trades move at most
+        ``command.quote``.
 
         Walks the opposite side as ``_match`` will (own orders are skipped: they are
         cancelled, not traded), within the price limit if there is one.
         """
+        is_buy = command.side == BUY
+        most -= most % m.step
         left = command.quote
         limit = command.price
         mul, div, step = m.notional_mul, m.notional_div, m.step
@@ -605,11 +617,11 @@ class MatchingEngine:
                 remaining: int = maker.amount - maker.filled
                 # The most base whose floored quote fits: price*f*mul//div <= left.
                 affordable: int = ((left + 1) * div - 1) // (price * mul)
-                if affordable >= remaining:
+                if affordable >= remaining and amount + remaining < most:
                     amount += remaining
                     left -= price * remaining * mul // div
                     continue
-                return amount + affordable - affordable % step
+                return min(amount + affordable - affordable % step, most)
         return amount
 
     def _market_buy_cost(

@@ -127,7 +127,11 @@ class CandleStore:
     async def trades_between(
         self, market: str, from_id: int | None, start: int | None, end: int | None, limit: int
     ) -> list[Trade]:
-        """Trades of ``market`` from id ``from_id`` and/or in [start, end], oldest first."""
+        """Trades of ``market`` from id ``from_id`` and/or in [start, end], oldest first.
+
+        With a lower bound, the first ``limit`` from it; with only ``end``, the last
+        ``limit`` up to it.
+        """
         c = trades.c
         query = select(trades).where(c.market == market)
         if from_id is not None:
@@ -136,8 +140,11 @@ class CandleStore:
             query = query.where(c.time >= start)
         if end is not None:
             query = query.where(c.time <= end)
+        ascending = from_id is not None or start is not None
+        query = query.order_by(c.id if ascending else c.id.desc()).limit(limit)
         async with self._reads.connect() as conn:
-            return [_trade(row) for row in await conn.execute(query.order_by(c.id).limit(limit))]
+            found = [_trade(row) for row in await conn.execute(query)]
+        return found if ascending else found[::-1]
 
     async def save(self, rows: Sequence[CandleRow]) -> None:
         """Insert or update candles in one transaction (all of a flush or none)."""

@@ -16,7 +16,7 @@ from typing import Any
 from exchange.domain.candles import Candle
 from exchange.domain.markets import Market
 
-__all__ = ["INTERVALS", "Interval", "rows"]
+__all__ = ["INTERVALS", "LAST_TIME", "Interval", "rows", "window"]
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -24,6 +24,8 @@ DAY = 24 * HOUR
 WEEK = 7 * DAY
 MONDAY = 4 * DAY  # the epoch was a Thursday
 _EPOCH = date(1970, 1, 1).toordinal()
+#: The last millisecond a request may name (9999-12-31): calendar months end there.
+LAST_TIME = 253_402_300_799_999
 
 
 class Interval:
@@ -96,8 +98,10 @@ def window(
         first = interval.floor(start)
         if first < start:
             first = interval.next(first)
-        last = first
         stop = current if end is None else min(current, interval.floor(end))
+        if first > stop:  # starts in the future, or after endTime: nothing
+            return first, first - 1
+        last = first
         for _ in range(limit - 1):
             following = interval.next(last)
             if following > stop:

@@ -11,7 +11,7 @@ from typing import Any
 
 from exchange.api.binance import klines as kline
 from exchange.api.binance.errors import BinanceError
-from exchange.api.binance.params import BinanceCall, integer, market, markets, required
+from exchange.api.binance.params import BinanceCall, integer, market, markets, required, text
 from exchange.api.binance.views import aggregate_trades, market_info, public_trade, symbol_of
 from exchange.api.limits import parse_rate
 from exchange.domain.markets import Market
@@ -55,7 +55,7 @@ def _limit(kind: str, seconds: int, limit: int) -> dict[str, Any]:
 
 def depth_weight(params: dict[str, str]) -> int:
     limit = params.get("limit", "100")
-    size = int(limit) if limit.isdigit() and len(limit) < 8 else 100
+    size = int(limit) if limit.isascii() and limit.isdigit() and len(limit) < 8 else 100
     return 5 if size <= 100 else 25 if size <= 500 else 50 if size <= 1000 else 250
 
 
@@ -111,7 +111,8 @@ async def klines(call: BinanceCall) -> object:
         raise BinanceError(-1120, "Invalid interval.")
     limit = integer(call, "limit", 500, low=1, high=1000)
     assert limit is not None
-    start, end = integer(call, "startTime"), integer(call, "endTime")
+    start = integer(call, "startTime", high=kline.LAST_TIME)
+    end = integer(call, "endTime", high=kline.LAST_TIME)
     data = call.services.market
     if start is not None:
         listed = await data.first_trade_time(found.symbol)
@@ -195,7 +196,7 @@ def _ticker(call: BinanceCall, found: Market, mini: bool) -> dict[str, Any]:
 
 
 def _one_or_all(call: BinanceCall, items: list[dict[str, Any]]) -> object:
-    return items[0] if "symbol" in call.params else items
+    return items[0] if text(call, "symbol") is not None else items
 
 
 async def ticker_24hr(call: BinanceCall) -> object:
