@@ -10,6 +10,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.adapters.db.database import reading
+from exchange.adapters.db.pages import bounded
 from exchange.adapters.db.records import order_from_row, trade_from_row
 from exchange.adapters.db.tables import orders, trades
 from exchange.domain.orders import OPEN, PARTIALLY_FILLED, Order, Trade
@@ -74,14 +75,7 @@ class History:
         """Oldest first: from ``from_id`` on, or in [start, end] by creation, else the newest."""
         c = orders.c
         query = select(orders).where(c.user_id == user_id, c.market == market)
-        if from_id is not None:
-            query = query.where(c.id >= from_id)
-        if start is not None:
-            query = query.where(c.created >= start)
-        if end is not None:
-            query = query.where(c.created <= end)
-        ascending = from_id is not None or start is not None
-        query = query.order_by(c.id if ascending else c.id.desc()).limit(limit)
+        query, ascending = bounded(query, c.id, c.created, from_id, start, end, limit)
         async with self._reads.connect() as conn:
             found = [order_from_row(row) for row in await conn.execute(query)]
         return found if ascending else found[::-1]
@@ -108,14 +102,7 @@ class History:
                     and_(c.taker_order_id == order_id, c.taker_user_id == user_id),
                 )
             )
-        if from_id is not None:
-            query = query.where(c.id >= from_id)
-        if start is not None:
-            query = query.where(c.time >= start)
-        if end is not None:
-            query = query.where(c.time <= end)
-        ascending = from_id is not None or start is not None
-        query = query.order_by(c.id if ascending else c.id.desc()).limit(limit)
+        query, ascending = bounded(query, c.id, c.time, from_id, start, end, limit)
         async with self._reads.connect() as conn:
             found = [trade_from_row(row) for row in await conn.execute(query)]
         return found if ascending else found[::-1]

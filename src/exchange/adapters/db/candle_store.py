@@ -15,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.adapters.db.database import reading
+from exchange.adapters.db.pages import bounded
 from exchange.adapters.db.tables import candles, trades
 from exchange.domain.candles import CandleValues
 from exchange.domain.orders import Trade
@@ -133,15 +134,9 @@ class CandleStore:
         ``limit`` up to it.
         """
         c = trades.c
-        query = select(trades).where(c.market == market)
-        if from_id is not None:
-            query = query.where(c.id >= from_id)
-        if start is not None:
-            query = query.where(c.time >= start)
-        if end is not None:
-            query = query.where(c.time <= end)
-        ascending = from_id is not None or start is not None
-        query = query.order_by(c.id if ascending else c.id.desc()).limit(limit)
+        query, ascending = bounded(
+            select(trades).where(c.market == market), c.id, c.time, from_id, start, end, limit
+        )
         async with self._reads.connect() as conn:
             found = [_trade(row) for row in await conn.execute(query)]
         return found if ascending else found[::-1]
