@@ -136,6 +136,9 @@ def make_app(runtime: Runtime) -> ExchangeApp:
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             WebSocketRoute("/ws", runtime.stream.endpoint),
+            WebSocketRoute("/ws/{rest:path}", runtime.binance_streams.raw),
+            WebSocketRoute("/stream", runtime.binance_streams.combined),
+            WebSocketRoute("/ws-api/v3", runtime.binance_streams.ws_api),
             *page_routes(
                 pairs=list(markets),
                 taker_fees={symbol: m.taker_fee for symbol, m in markets.items()},

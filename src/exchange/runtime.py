@@ -34,6 +34,7 @@ from exchange.adapters.mailer import Mailer, make_mailer
 from exchange.adapters.passwords import PasswordHashing
 from exchange.adapters.secret_box import SecretBox
 from exchange.adapters.secret_key import load_secret_key
+from exchange.api.binance.streams import BinanceStreams
 from exchange.api.context import Services
 from exchange.api.front_door import parse_origins
 from exchange.api.limits import RateLimiter
@@ -83,6 +84,8 @@ class Runtime:
     services: Services
     limiter: RateLimiter  # one table of buckets for the API and the stream
     stream: Stream
+    #: The Binance dialect's streams (``/ws/...``, ``/stream``, ``/ws-api/v3``).
+    binance_streams: BinanceStreams
     housekeeping: Housekeeping
     database: AsyncEngine
     #: The writer's engine, in the process that holds it; None on a worker.
@@ -124,12 +127,14 @@ class Runtime:
             await writer.engine.start()
             market.start()
             self.stream.start()
+            self.binance_streams.start()
             self.housekeeping.start()
             yield
         finally:
             await self.housekeeping.stop()
             await writer.engine.stop()
             await self.stream.stop()
+            await self.binance_streams.stop()
             await market.stop()  # the last candle flush, while the database is open
             await self.database.dispose()
             writer.database.dispose()
@@ -152,9 +157,11 @@ class Runtime:
         try:
             await link.start()  # snapshot, market data loaded, held batches folded in
             self.stream.start()
+            self.binance_streams.start()
             yield
         finally:
             await self.stream.stop()
+            await self.binance_streams.stop()
             await link.stop()
             await self.database.dispose()
 
@@ -216,7 +223,7 @@ def build_runtime(
             cooldown_seconds=settings.withdraw_address_cooldown,
             rules=withdraw_rules(settings, port.assets),
         ),
-        api_keys=ApiKeys(db, clock, SecretBox(server_key)),
+        api_keys=ApiKeys(db, clock, SecretBox(server_key), server_key=server_key),
     )
     limiter = RateLimiter(settings)
     stream = Stream(
@@ -230,13 +237,24 @@ def build_runtime(
         auth_failures=settings.ws_auth_failures,
         limiter=limiter,
     )
-    port.subscribe(market.on_commit)  # market data first: the stream reads it
+    binance_streams = BinanceStreams(
+        market,
+        port,
+        services.api_keys,
+        clock,
+        admission=stream.admission,
+        max_message=settings.ws_max_message,
+    )
+    stream.handover = binance_streams.adopt
+    port.subscribe(market.on_commit)  # market data first: the streams read it
     port.subscribe(stream.on_commit)
+    port.subscribe(binance_streams.on_commit)
     return Runtime(
         settings=settings,
         services=services,
         limiter=limiter,
         stream=stream,
+        binance_streams=binance_streams,
         housekeeping=Housekeeping(services.accounts, sessions, settings.prune_interval),
         database=db,
         writer=writer.engine if writer is not None else None,

@@ -357,7 +357,10 @@ def test_api_keys_on_the_account_page(
     freqtrade = json.loads("{" + page.locator("#freqtrade-snippet").inner_text() + "}")
     assert freqtrade["exchange"]["key"] == key and freqtrade["exchange"]["secret"] == secret
     urls = freqtrade["exchange"]["ccxt_config"]["urls"]["api"]
+    streams = urls.pop("ws")
     assert urls == {name: f"{exchange.url}/api/v3" for name in ("public", "private", "sapi")}
+    ws = exchange.url.replace("http://", "ws://")
+    assert streams == {"spot": f"{ws}/ws", "ws-api": {"spot": f"{ws}/ws-api/v3"}}
     row = page.locator("#keys .key-row")
     expect(row).to_have_count(1)
     expect(row.locator(".permissions")).to_have_text("read, trade")

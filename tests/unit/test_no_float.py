@@ -17,6 +17,8 @@ CHECKED_PATHS: tuple[str, ...] = (
     "src/exchange/api/*_methods.py",
     "src/exchange/api/ws.py",
     "src/exchange/api/fanout.py",
+    "src/exchange/api/subscribers.py",
+    "src/exchange/api/binance",
     "src/exchange/services/wallet.py",
     "src/exchange/admin.py",
     "src/exchange/services/history.py",

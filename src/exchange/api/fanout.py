@@ -1,12 +1,10 @@
-"""The stream's fan-out: every committed batch, formatted once, to each subscriber.
+"""The seed stream's fan-out: every committed batch, formatted once, to each subscriber.
 
 The engine calls ``FanOut.on_commit`` synchronously after each durable commit
-(after market data has folded the batch in). It must never wait on a client, so
-each connection has a bounded queue and its own sender task: the listener only
-formats each event once and ``put_nowait``s it into the queues of the
-subscribers. A queue that is full means the client does not keep up: it is
-disconnected (close code 1008, "too slow") instead of slowing anyone else; it
-reconnects and reloads a snapshot over REST, as the web UI does.
+(after market data has folded the batch in). The connections, their bounded
+queues and the dropping of slow clients are ``api/subscribers.py``'s, shared
+with the Binance dialect's streams; a dropped client reconnects and reloads a
+snapshot over REST, as the web UI does.
 
 The endpoint that speaks the protocol (subscriptions, auth, limits) is
 ``api/ws.py``'s ``Stream``, a ``FanOut``.
@@ -14,15 +12,12 @@ The endpoint that speaks the protocol (subscriptions, auth, limits) is
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import defaultdict
-from collections.abc import Coroutine
 from typing import Any
 
 import orjson
 
-from exchange.api.limits import Bucket
+from exchange.api.subscribers import Admission, Connection, Subscribers, Topic
 from exchange.api.views import balances_view, order_info
 from exchange.domain.candles import INTERVALS
 from exchange.domain.errors import ExchangeError
@@ -31,16 +26,9 @@ from exchange.domain.orders import Trade
 from exchange.engine.port import Balances, EnginePort
 from exchange.services.marketdata import MarketData
 
-__all__ = ["Connection", "FanOut", "Topic", "private_topic", "seq_key"]
+__all__ = ["FanOut", "private_topic", "seq_key"]
 
-QUEUE_SIZE = 1_000
 DEPTH_LEVELS = 50
-TOO_SLOW = 1008
-CLOSE_SECONDS = 2.0  # float-ok: seconds to wait for a close handshake
-
-#: ("trades", "BTC/USDT"), ("kline:5min", "BTC/USDT"), ("orders", "#42"): private topics are
-#: keyed by user id so that the fan-out finds a user's connections without a scan.
-Topic = tuple[str, str]
 
 
 def private_topic(channel: str, user_id: int) -> Topic:
@@ -53,61 +41,15 @@ def seq_key(topic: Topic) -> tuple[str, str | None]:
     return channel.split(":", 1)[0], None if key.startswith("#") else key
 
 
-class Connection:
-    """One client: its subscriptions, sequence counters and bounded outgoing queue."""
+class FanOut(Subscribers):
+    """The seed's events of each committed batch, for the subscribed connections."""
 
-    __slots__ = (
-        "address",
-        "auth_failures",
-        "auth_refused_until",
-        "closing",
-        "queue",
-        "seqs",
-        "socket",
-        "token",
-        "topics",
-        "user_id",
-    )
-
-    def __init__(self, socket: Any, queue_size: int = QUEUE_SIZE, address: str = "") -> None:
-        self.socket = socket
-        self.address = address
-        self.auth_failures: Bucket | None = None  # made at the first failed auth
-        self.auth_refused_until = 0  # monotonic ns
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
-        self.topics: set[Topic] = set()
-        self.seqs: dict[tuple[str, str | None], int] = {}
-        self.user_id: int | None = None
-        self.token: str | None = None  # the session behind user_id, checked again and again
-        self.closing = False
-
-    def push(self, text: str) -> bool:
-        """Queue a message; False (and the caller drops the client) when the queue is full."""
-        if self.closing:
-            return False
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
-            return False
-        return True
-
-    def event(self, channel: str, pair: str | None, head: str, data: str) -> bool:
-        key = (channel, pair)
-        seq = self.seqs.get(key, 0) + 1
-        self.seqs[key] = seq
-        return self.push(f'{head}"seq":{seq},"data":{data}}}')
-
-
-class FanOut:
-    """Connections, their subscriptions, and the engine listener that feeds them."""
-
-    def __init__(self, market: MarketData, engine: EnginePort) -> None:
+    def __init__(
+        self, market: MarketData, engine: EnginePort, admission: Admission | None = None
+    ) -> None:
+        super().__init__(admission)
         self.market = market
         self.engine = engine
-        self.connections: set[Connection] = set()
-        self.subscribers: dict[Topic, set[Connection]] = defaultdict(set)
-        self.dropped = 0  # slow clients disconnected
-        self._closers: set[asyncio.Task[None]] = set()
 
     def on_commit(self, outbox: Committed, now: int) -> None:
         if not self.connections:
@@ -147,7 +89,7 @@ class FanOut:
             if listeners:
                 balances = self.engine.balances_now(user)
                 if balances is None:  # a worker: the writer holds them, one round trip away
-                    self._spawn(self._publish_balances(user))
+                    self.spawn(self._publish_balances(user))
                 else:
                     self._publish(listeners, "balances", None, self._balances(balances))
 
@@ -162,11 +104,6 @@ class FanOut:
         listeners = self.subscribers.get(private_topic("balances", user))
         if listeners:
             self._publish(listeners, "balances", None, self._balances(balances))
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
 
     def _publish(
         self,
@@ -183,26 +120,3 @@ class FanOut:
         for connection in list(listeners):
             if not connection.event(channel, pair, head, text):
                 self.drop(connection)
-
-    def drop(self, connection: Connection) -> None:
-        """Disconnect a client that does not keep up (scheduled: the caller never waits)."""
-        if connection.closing:
-            return
-        connection.closing = True
-        self.dropped += 1
-        self._forget(connection)
-        self._spawn(self._close(connection, TOO_SLOW, "too slow"))
-
-    async def _close(self, connection: Connection, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception, asyncio.TimeoutError):
-            await asyncio.wait_for(connection.socket.close(code=code, reason=reason), CLOSE_SECONDS)
-
-    def _forget(self, connection: Connection) -> None:
-        self.connections.discard(connection)
-        for topic in connection.topics:
-            listeners = self.subscribers.get(topic)
-            if listeners is not None:
-                listeners.discard(connection)
-                if not listeners:
-                    del self.subscribers[topic]
-        connection.topics.clear()

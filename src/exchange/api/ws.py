@@ -29,19 +29,25 @@ session lookup, and unknown tokens are remembered briefly by ``Sessions``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket
 
-from exchange.api.fanout import QUEUE_SIZE, Connection, FanOut, Topic, private_topic, seq_key
+from exchange.api.fanout import FanOut, private_topic, seq_key
 from exchange.api.front_door import same_origin
 from exchange.api.limits import Bucket, RateLimiter, address_key, parse_rate
+from exchange.api.subscribers import (
+    QUEUE_SIZE,
+    TRY_AGAIN_LATER,
+    Admission,
+    Connection,
+    Topic,
+)
 from exchange.domain.candles import ALIASES
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import normalize_pair
@@ -57,13 +63,23 @@ PUBLIC = frozenset(("trades", "depth", "ticker", "kline"))
 PRIVATE = frozenset(("orders", "balances"))
 MAX_SUBSCRIPTIONS = 64
 MAX_MESSAGE = 4_096
-TRY_AGAIN_LATER = 1013
 #: How often private streams check that their session still lives (logout, expiry).
 REVALIDATE_MS = 2_000
 
 
 def _error(code: str, message: str) -> str:
     return orjson.dumps({"op": "error", "description": f"{code}: {message}"}).decode()
+
+
+def _binance_form(text: str) -> bool:
+    """A first message like Binance's (``{"method": "SUBSCRIBE", ...}``), not the seed's."""
+    if '"method"' not in text:
+        return False
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and "method" in message and "op" not in message
 
 
 class Stream(FanOut):
@@ -83,19 +99,17 @@ class Stream(FanOut):
         auth_failures: str = "5/60",
         limiter: RateLimiter | None = None,
     ) -> None:
-        super().__init__(market, engine)
+        super().__init__(market, engine, Admission(max_connections, max_per_address))
+        self.queue_size = queue_size
         self.sessions = sessions
         self.allowed_origins = frozenset(allowed_origins)
-        self.queue_size = queue_size
         self.max_message = max_message
-        self.max_connections = max_connections
-        self.max_per_address = max_per_address
         self.auth_failures = parse_rate(auth_failures)
         #: Failed auths per client address, shared with the HTTP API's dispatcher.
         self.limiter = limiter
-        self.per_address: dict[str, int] = {}
-        self.active = 0  # connections admitted (counted before any await)
-        self._revalidator: asyncio.Task[None] | None = None
+        #: The other dialect on the same path: a first message in Binance's form
+        #: (``{"method": ...}``) hands the connection over to it.
+        self.handover: Callable[[WebSocket, Connection, str], Awaitable[None]] | None = None
 
     # -- the endpoint ------------------------------------------------------------
 
@@ -103,68 +117,41 @@ class Stream(FanOut):
         await websocket.accept()
         client = websocket.client
         address = address_key(client.host) if client is not None else "unknown"
-        held = self.per_address.get(address, 0)
-        if held >= self.max_per_address or self.active >= self.max_connections:
-            code, why = (
-                ("rate_limited", "too many connections from your address")
-                if held >= self.max_per_address
-                else ("overloaded", "too many connections; try again")
-            )
+        admission = self.admission
+        refused = admission.enter(address)
+        if refused is not None:
+            code, why = refused
             with contextlib.suppress(Exception):
                 await websocket.send_text(_error(code, why))
-            await self._close(Connection(websocket), TRY_AGAIN_LATER, why)
+            await self.close(Connection(websocket), TRY_AGAIN_LATER, why)
             return
-        self.per_address[address] = held + 1
-        self.active += 1
         connection = Connection(websocket, self.queue_size, address)
         try:
             await self._serve(websocket, connection)
+        except Exception as error:  # a broken socket ends this connection only
+            log.debug("websocket ended: %r", error)
         finally:
-            self.active -= 1
-            left = self.per_address.get(address, 1) - 1
-            if left > 0:
-                self.per_address[address] = left
-            else:
-                self.per_address.pop(address, None)
+            admission.leave(address)
 
     async def _serve(self, websocket: WebSocket, connection: Connection) -> None:
+        message = await websocket.receive()  # the first message says which dialect
+        if message["type"] == "websocket.disconnect":
+            return
+        first = message.get("text")
+        if first is not None and self.handover is not None and _binance_form(first):
+            await self.handover(websocket, connection, first)
+            return
         token = websocket.cookies.get("session")
         if token and self._same_origin(websocket):
             connection.user_id = await self._resolve(token)
             connection.token = token if connection.user_id is not None else None
-        self.connections.add(connection)
-        sender = asyncio.create_task(self._send_loop(connection), name="ws-sender")
-        try:
-            while not connection.closing:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                if text is None:
-                    self._reply(connection, _error("invalid_argument", "send JSON text frames"))
-                    continue
-                await self._handle(connection, text)
-        except Exception as error:  # a broken socket ends this connection only
-            log.debug("websocket ended: %r", error)
-        finally:
-            self._forget(connection)
-            connection.closing = True
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+        await self.serve(websocket, connection, self._handle_frame, [first])
 
-    async def _send_loop(self, connection: Connection) -> None:
-        socket = connection.socket
-        queue = connection.queue
-        try:
-            while True:
-                text = await queue.get()
-                await socket.send_text(text)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            log.debug("websocket send failed: %r", error)
-            self.drop(connection)
+    async def _handle_frame(self, connection: Connection, text: str | None) -> None:
+        if text is None:
+            self._reply(connection, _error("invalid_argument", "send JSON text frames"))
+        else:
+            await self._handle(connection, text)
 
     def _same_origin(self, websocket: WebSocket) -> bool:
         headers = websocket.headers
@@ -180,8 +167,7 @@ class Stream(FanOut):
             return None
 
     def _reply(self, connection: Connection, text: str) -> None:
-        if not connection.push(text):
-            self.drop(connection)
+        self.reply(connection, text)
 
     async def _handle(self, connection: Connection, text: str) -> None:
         try:
@@ -254,8 +240,7 @@ class Stream(FanOut):
                 raise ExchangeError(
                     "invalid_argument", f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
                 )
-            connection.topics.add(topic)
-            self.subscribers[topic].add(connection)
+            self.subscribe(connection, topic)
         else:
             self._unsubscribe(connection, topic)
         ack: dict[str, Any] = {
@@ -268,12 +253,7 @@ class Stream(FanOut):
         self._reply(connection, orjson.dumps(ack).decode())
 
     def _unsubscribe(self, connection: Connection, topic: Topic) -> None:
-        connection.topics.discard(topic)
-        listeners = self.subscribers.get(topic)
-        if listeners is not None:
-            listeners.discard(connection)
-            if not listeners:
-                del self.subscribers[topic]
+        self.unsubscribe(connection, topic)
         key = seq_key(topic)
         if not any(seq_key(other) == key for other in connection.topics):
             connection.seqs.pop(key, None)
@@ -308,37 +288,24 @@ class Stream(FanOut):
         return channel, symbol, interval
 
     def start(self) -> None:
-        self._revalidator = asyncio.create_task(self._revalidate_loop(), name="ws-sessions")
+        self.every(REVALIDATE_MS, self._revalidate, "ws-sessions")
 
-    async def _revalidate_loop(self) -> None:
+    async def _revalidate(self) -> None:
         """End private streams whose session ended (logout, expiry) within a few seconds."""
-        while True:
-            await asyncio.sleep(REVALIDATE_MS / 1000)
-            for connection in [c for c in self.connections if c.user_id is not None]:
-                try:
-                    user_id = await self.sessions.resolve(connection.token)
-                except Exception as error:  # the database is down: decide next time
-                    log.debug("cannot check a websocket session (%s)", error)
-                    continue
-                if user_id == connection.user_id or connection.closing:
-                    continue
-                for topic in [t for t in connection.topics if t[1].startswith("#")]:
-                    self._unsubscribe(connection, topic)
-                connection.user_id = None
-                connection.token = None
-                self._reply(connection, _error("not_logged_in", "the session ended; log in again"))
+        for connection in [c for c in self.connections if c.user_id is not None]:
+            try:
+                user_id = await self.sessions.resolve(connection.token)
+            except Exception as error:  # the database is down: decide next time
+                log.debug("cannot check a websocket session (%s)", error)
+                continue
+            if user_id == connection.user_id or connection.closing:
+                continue
+            for topic in [t for t in connection.topics if t[1].startswith("#")]:
+                self._unsubscribe(connection, topic)
+            connection.user_id = None
+            connection.token = None
+            self._reply(connection, _error("not_logged_in", "the session ended; log in again"))
 
     async def stop(self) -> None:
         """Close every client (server shutdown)."""
-        if self._revalidator is not None:
-            self._revalidator.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._revalidator
-        connections = list(self.connections)
-        for connection in connections:
-            connection.closing = True
-            self._forget(connection)
-        await asyncio.gather(*(self._close(c, 1001, "server shutting down") for c in connections))
-        for task in list(self._closers):
-            with contextlib.suppress(Exception):
-                await task
+        await self.close_all()

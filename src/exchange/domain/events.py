@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from exchange.domain.ledger import Entry
-from exchange.domain.orders import Order, Trade
+from exchange.domain.orders import LIMIT, Order, Trade
 from exchange.domain.withdrawals import Withdrawal
 
-__all__ = ["Committed", "Outbox", "PlaceResult", "Replicated"]
+__all__ = ["Committed", "Outbox", "PlaceResult", "Replicated", "number_books"]
 
 
 @dataclass(slots=True)
@@ -40,6 +40,8 @@ class Outbox:
     entries: list[Entry]
     accounts: set[tuple[int, str]]
     withdrawals: list[Withdrawal] = field(default_factory=list)
+    #: market -> (first, last) batch numbers its book's change covers (``number_books``).
+    books: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Committed(Protocol):
@@ -59,6 +61,9 @@ class Committed(Protocol):
     @property
     def accounts(self) -> set[tuple[int, str]]: ...
 
+    @property
+    def books(self) -> dict[str, tuple[int, int]]: ...
+
 
 @dataclass(slots=True)
 class Replicated:
@@ -67,3 +72,22 @@ class Replicated:
     orders: list[Order]
     trades: list[Trade]
     accounts: set[tuple[int, str]]
+    books: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def number_books(
+    numbers: dict[str, int], orders: list[Order], sequence: int
+) -> dict[str, tuple[int, int]]:
+    """Number batch ``sequence``'s book changes; ``numbers`` (market -> last) moves on.
+
+    A book's number is the last batch that changed it (Binance's ``lastUpdateId``);
+    a batch's change of a book covers the batches from one past the previous
+    change to this one, so a client that holds a book at number N can tell whether
+    a change follows on from it. Every process numbers the same batches alike.
+    """
+    changed = {order.market for order in orders if order.type == LIMIT}
+    books = {}
+    for market in changed:
+        books[market] = (numbers.get(market, 0) + 1, sequence)
+        numbers[market] = sequence
+    return books

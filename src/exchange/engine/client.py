@@ -29,7 +29,7 @@ from sortedcontainers import SortedDict
 
 from exchange.domain.commands import Returns
 from exchange.domain.errors import ExchangeError
-from exchange.domain.events import Committed
+from exchange.domain.events import Committed, number_books
 from exchange.domain.markets import Asset, Market, assets_of
 from exchange.domain.orders import BUY
 from exchange.engine.port import Balances, Levels, Listener
@@ -101,6 +101,8 @@ class EngineClient:
         self._assets = assets_of(markets.values())
         self.books: dict[str, LevelBook] = {symbol: LevelBook([[], []]) for symbol in markets}
         self.seq = 0
+        #: The writer's ``book_numbers``: from the snapshot, then moved on by each batch.
+        self.book_numbers: dict[str, int] = {}
         #: Runs after a reconnection, before missed batches could be misread as current.
         self.on_resync: Callable[[], Awaitable[None]] | None = None
         #: Runs when any worker ends a session (forget the cached copy).
@@ -223,6 +225,7 @@ class EngineClient:
         if message.get("t") != "hello":
             raise ValueError("the writer did not start with a snapshot")
         self.seq = int(message["seq"])
+        self.book_numbers = {str(s): int(n) for s, n in message.get("numbers", {}).items()}
         books = message["books"]
         self.books = {symbol: LevelBook(books.get(symbol, [[], []])) for symbol in self.markets}
 
@@ -257,6 +260,7 @@ class EngineClient:
             if book is not None:
                 book.set(side, price, total)
         outbox = decode_outbox(message)
+        outbox.books = number_books(self.book_numbers, outbox.orders, seq)
         now = int(message["now"])
         if self._held is not None:
             if len(self._held) >= HELD_MAX:
@@ -315,3 +319,14 @@ class EngineClient:
 
     def depth(self, symbol: str, limit: int) -> Levels:
         return self.books[symbol].depth(limit)
+
+    def level_total(self, symbol: str, side: str, price: int) -> int:
+        book = self.books[symbol]
+        return int((book.bids if side == BUY else book.asks).get(price, 0))
+
+    @property
+    def sequence(self) -> int:
+        return self.seq
+
+    def book_number(self, symbol: str) -> int:
+        return self.book_numbers.get(symbol, 0)

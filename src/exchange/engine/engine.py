@@ -48,9 +48,10 @@ from exchange.domain.commands import (
     Returns,
 )
 from exchange.domain.errors import ExchangeError, unavailable
+from exchange.domain.events import number_books
 from exchange.domain.markets import Market
 from exchange.domain.matching import CLIENT_ID_TTL_MS, MatchingEngine
-from exchange.domain.orders import Order
+from exchange.domain.orders import BUY, Order
 from exchange.engine.journal import Batch, Journal, command_from_inbox
 from exchange.engine.port import Balances, Listener
 from exchange.engine.recovery import State, load_state
@@ -124,6 +125,8 @@ class Engine:
         self._busy = False
         self._on_idle: list[Callable[[], None]] = []
         self.batches = 0
+        #: market -> the last committed batch that changed its book (``number_books``).
+        self.book_numbers: dict[str, int] = {}
         self.commands = 0
         self.commit_ns = 0  # total time spent in group commits, for operators and benchmarks
         self.reloads = 0  # times memory was rebuilt from the database after the start
@@ -276,6 +279,18 @@ class Engine:
     def depth(self, symbol: str, limit: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         return self.core.depth(symbol, limit)
 
+    def level_total(self, symbol: str, side: str, price: int) -> int:
+        book = self.core.books[symbol]
+        level = (book.bids if side == BUY else book.asks).get(price)
+        return 0 if level is None else int(level.total)
+
+    @property
+    def sequence(self) -> int:
+        return self.batches
+
+    def book_number(self, symbol: str) -> int:
+        return self.book_numbers.get(symbol, 0)
+
     # -- the writer -----------------------------------------------------------
 
     async def _run(self) -> None:
@@ -383,6 +398,7 @@ class Engine:
             raise _Poisoned() from error
         self.core.accept()
         self.batches += 1
+        outbox.books = number_books(self.book_numbers, outbox.orders, self.batches)
         self.commands += len(group)
         for (_command, future, _inbox), result in zip(group, results, strict=True):
             if future is None or future.done():

@@ -25,11 +25,9 @@ from typing import Any
 from exchange.domain.book import OrderBook
 from exchange.domain.errors import ExchangeError, unavailable
 from exchange.domain.events import Committed
-from exchange.domain.orders import BUY
 from exchange.engine.engine import Engine
 from exchange.engine.port import Levels
 from exchange.engine.wire import (
-    LevelTotal,
     decode_command,
     encode_error,
     encode_events,
@@ -94,6 +92,7 @@ class WriterHub:
         finally:
             os.umask(previous)
         self._known = dict(self.engine.books)
+        self.seq = self.engine.batches
         self.engine.subscribe(self.on_commit)
 
     async def stop(self) -> None:
@@ -194,13 +193,14 @@ class WriterHub:
             {
                 "t": "hello",
                 "seq": self.seq,
+                "numbers": self.engine.book_numbers,
                 "books": {symbol: book_levels(book) for symbol, book in books.items()},
             }
         )
 
     def on_commit(self, outbox: Committed, now: int) -> None:
         """The engine listener: one ``events`` frame per committed batch, for all workers."""
-        self.seq += 1
+        self.seq = self.engine.batches  # the engine's number: one count for every process
         try:
             self._broadcast(outbox, now)
         except Exception:  # a worker that misses a batch must start again, not drift
@@ -224,11 +224,10 @@ class WriterHub:
             for order in outbox.orders
             if order.market not in replaced and order.market in books
         }
-        levels: list[LevelTotal] = []
-        for market, side, price in touched:
-            book = books[market]
-            level = (book.bids if side == BUY else book.asks).get(price)
-            levels.append((market, side, price, 0 if level is None else level.total))
+        total = self.engine.level_total
+        levels = [
+            (market, side, price, total(market, side, price)) for market, side, price in touched
+        ]
         data = encode_events(self.seq, now, outbox, levels, replaced)
         for peer in list(self._peers):
             if not peer.send(data, self.max_buffer):

@@ -47,3 +47,18 @@ class EnginePort(Protocol):
         rolled back wholesale: depth cached under another key is stale."""
 
     def depth(self, symbol: str, limit: int) -> Levels: ...
+
+    def level_total(self, symbol: str, side: str, price: int) -> int:
+        """What rests at one price of one side now (0: nothing)."""
+
+    def book_number(self, symbol: str) -> int:
+        """The last committed batch that changed this market's book (0: none yet)."""
+
+    @property
+    def sequence(self) -> int:
+        """The number of the last committed batch this process has seen.
+
+        The same number for the same batch in every process (the writer counts its
+        commits, a worker takes the writer's number with each batch), so a book read
+        in one process and a change streamed by another can be put in order.
+        """

@@ -21,6 +21,8 @@ this process stops working at once, in another process within ``CACHE_SECONDS``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
 import secrets
@@ -121,12 +123,17 @@ def parse_ips(text: str | None) -> tuple[str, ...]:
 
 
 class ApiKeys:
-    def __init__(self, db: AsyncEngine, clock: Clock, box: SecretBox) -> None:
+    def __init__(
+        self, db: AsyncEngine, clock: Clock, box: SecretBox, *, server_key: bytes = b""
+    ) -> None:
         self._db = db
         self._reads = reading(db)
         self._clock = clock
         self._box = box
         self._live: dict[str, _Live] = {}
+        #: Listen keys are MACs of the API key under this key: no table, and the same
+        #: in every process of the server.
+        self._listen = hmac.new(server_key, b"exchange listen keys", hashlib.sha256).digest()
 
     async def create(
         self,
@@ -218,16 +225,52 @@ class ApiKeys:
         self._live.pop(row.key, None)
         return _key_of(row)
 
+    async def identify(self, key: str, client: str) -> ApiKey:
+        """A live key that may be used from ``client`` (no signature: Binance's USER_STREAM)."""
+        return (await self._admitted(key, client)).key
+
+    async def _admitted(self, key: str, client: str) -> _Live:
+        live = await self._lookup(key)
+        if live is None:
+            raise ExchangeError("invalid_api_key", "this API key does not exist or was deleted")
+        if not live.admits(client):
+            raise ExchangeError("forbidden", "this API key may not be used from your address")
+        return live
+
+    def listen_key(self, key: ApiKey) -> str:
+        """The key's user data stream name: 60 characters, like Binance's listen keys.
+
+        Derived, not stored: the key's id and a MAC of the key under the server key,
+        so any process of the server can tell which key a listen key stands for.
+        """
+        mac = hmac.new(self._listen, f"{key.id}:{key.key}".encode(), hashlib.sha256).hexdigest()
+        return f"{key.id:012d}{mac[:48]}"
+
+    async def by_listen_key(self, listen_key: str, client: str) -> ApiKey | None:
+        """The live key behind a listen key (None: not one of ours, or the key is gone)."""
+        if len(listen_key) != 60 or not listen_key[:12].isdigit() or not listen_key.isascii():
+            return None
+        query = select(api_keys.c.key).where(
+            api_keys.c.id == int(listen_key[:12]), api_keys.c.revoked.is_(None)
+        )
+        async with self._reads.connect() as conn:
+            key = (await conn.execute(query)).scalar_one_or_none()
+        if key is None:
+            return None
+        try:
+            record = await self.identify(str(key), client)
+        except ExchangeError:
+            return None
+        if not hmac.compare_digest(self.listen_key(record), listen_key):
+            return None
+        return record
+
     async def authenticate(
         self, key: str, payload: bytes, signature: str, client: str, permission: str
     ) -> ApiKey:
         """The key that signed ``payload``, if it may do ``permission`` from ``client``."""
-        live = await self._lookup(key)
-        if live is None:
-            raise ExchangeError("invalid_api_key", "this API key does not exist or was deleted")
+        live = await self._admitted(key, client)
         record = live.key
-        if not live.admits(client):
-            raise ExchangeError("forbidden", "this API key may not be used from your address")
         if not record.allows(permission):
             raise ExchangeError("forbidden", f"this API key has no {permission} permission")
         if record.kind == ED25519:

@@ -236,12 +236,13 @@ class MarketData:
         raise KeyError(symbol)
 
     def update_id(self, symbol: str) -> int:
-        """A number that grows with every committed change of the market (its book or trades).
+        """The Binance dialect's ``lastUpdateId``: the last batch that changed this book.
 
-        The Binance dialect's ``lastUpdateId``: the depth stream's diffs count with
-        the same number, so a client can tell which diffs a snapshot already holds.
+        Batch numbers are the same in every process (``domain.events.number_books``)
+        and the depth stream's diffs carry them, so a client can tell which diffs a
+        book it read (from any process) already holds.
         """
-        return self._version[symbol]
+        return self._engine.book_number(symbol)
 
     def rolling(self, symbol: str, now: int) -> Rolling:
         """The last 24 h of one market from its minute candles (cached per minute and change)."""

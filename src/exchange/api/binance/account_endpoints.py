@@ -349,3 +349,32 @@ async def my_trades(call: BinanceCall) -> object:
         limit=limit,
     )
     return [my_trade(trade, call.user_id, found) for trade in got]
+
+
+# -- user data streams (Binance's USER_STREAM: the API key, no signature) -----------
+
+
+def _own_listen_key(call: BinanceCall) -> str:
+    assert call.key is not None
+    listen_key = call.services.api_keys.listen_key(call.key)
+    if required(call, "listenKey") != listen_key:
+        raise BinanceError(-1125, "This listenKey does not exist.")
+    return listen_key
+
+
+async def new_listen_key(call: BinanceCall) -> object:
+    """The key's listen key (the same one each time, like Binance's while it is valid)."""
+    assert call.key is not None
+    return {"listenKey": call.services.api_keys.listen_key(call.key)}
+
+
+async def keep_listen_key(call: BinanceCall) -> object:
+    """A keepalive: a listen key lives as long as its API key, so this only checks it."""
+    _own_listen_key(call)
+    return {}
+
+
+async def close_listen_key(call: BinanceCall) -> object:
+    """Accepted; the stream itself ends when its API key is deleted (docs/binance-api.md)."""
+    _own_listen_key(call)
+    return {}

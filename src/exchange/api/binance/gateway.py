@@ -38,6 +38,9 @@ from exchange.api.router import BodyTooLarge, Incoming, read_body
 from exchange.domain.errors import ExchangeError
 from exchange.services.api_keys import READ, TRADE
 
+#: An endpoint that needs only the API key, not a signature (Binance's USER_STREAM).
+KEY_ONLY = "key"
+
 __all__ = ["PREFIX", "BinanceApi", "Endpoint"]
 
 log = logging.getLogger("exchange.binance")
@@ -84,8 +87,27 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
     ("DELETE", "openOrders"): Endpoint(private.cancel_open_orders, 1, TRADE),
     ("GET", "allOrders"): Endpoint(private.all_orders, 20, READ),
     ("GET", "myTrades"): Endpoint(private.my_trades, 20, READ),
+    ("POST", "userDataStream"): Endpoint(private.new_listen_key, 2, KEY_ONLY),
+    ("PUT", "userDataStream"): Endpoint(private.keep_listen_key, 2, KEY_ONLY),
+    ("DELETE", "userDataStream"): Endpoint(private.close_listen_key, 2, KEY_ONLY),
 }
 PATHS = {path for _verb, path in ENDPOINTS}
+
+
+def check_time(now: int, timestamp: int | None, window: int | None) -> None:
+    """A signed request's ``timestamp`` within ``recvWindow`` of ``now``, as Binance checks it."""
+    if timestamp is None:
+        raise mandatory("timestamp")
+    if window is None:
+        window = DEFAULT_WINDOW
+    if window > MAX_WINDOW:
+        raise BinanceError(-1131, "recvWindow must be less than 60000")
+    if timestamp >= now + 1000:
+        raise BinanceError(
+            -1021, "Timestamp for this request was 1000ms ahead of the server's time."
+        )
+    if now - timestamp > window:
+        raise BinanceError(-1021, "Timestamp for this request is outside of the recvWindow.")
 
 
 def unsigned(raw: bytes) -> tuple[bytes, bool]:
@@ -164,28 +186,27 @@ class BinanceApi:
         key = _header(incoming, b"x-mbx-apikey")
         if not key:
             raise BinanceError(-2014, "API-key format invalid.", 401)
-        timestamp = integer(call, "timestamp")
-        if timestamp is None:
-            raise mandatory("timestamp")
-        window = integer(call, "recvWindow", DEFAULT_WINDOW)
-        assert window is not None
-        if window > MAX_WINDOW:
-            raise BinanceError(-1131, "recvWindow must be less than 60000")
-        if timestamp >= call.now + 1000:
-            raise BinanceError(
-                -1021, "Timestamp for this request was 1000ms ahead of the server's time."
-            )
-        if call.now - timestamp > window:
-            raise BinanceError(-1021, "Timestamp for this request is outside of the recvWindow.")
+        api_keys = self.services.api_keys
+        limiter = self.limiter
+        if permission == KEY_ONLY:
+            limiter.refuse_failed_auth(call.client)
+            try:
+                call.key = await api_keys.identify(key, call.client)
+            except ExchangeError as refusal:
+                if refusal.code == "invalid_api_key":
+                    limiter.failed_auth(call.client)
+                raise
+            call.user_id = call.key.user_id
+            return
+        check_time(call.now, integer(call, "timestamp"), integer(call, "recvWindow"))
         signature = call.params.get("signature")
         if not signature:
             raise mandatory("signature")
         payload_query, _ = unsigned(query)
         payload_body, _ = unsigned(body)
-        limiter = self.limiter
         limiter.refuse_failed_auth(call.client)
         try:
-            found = await self.services.api_keys.authenticate(
+            found = await api_keys.authenticate(
                 key, payload_query + payload_body, signature, call.client, permission
             )
         except ExchangeError as refusal:

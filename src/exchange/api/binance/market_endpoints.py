@@ -6,15 +6,14 @@ Binance shows it; ``depth``'s ``lastUpdateId`` is market data's update counter.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from exchange.api.binance import klines as kline
 from exchange.api.binance.errors import BinanceError
 from exchange.api.binance.params import BinanceCall, integer, market, markets, required, text
+from exchange.api.binance.tickers import average, best, ticker
 from exchange.api.binance.views import aggregate_trades, market_info, public_trade, symbol_of
 from exchange.api.limits import parse_rate
-from exchange.domain.markets import Market
 
 __all__ = ["avg_price", "depth", "exchange_info", "klines", "ping", "server_time"]
 
@@ -139,60 +138,9 @@ async def avg_price(call: BinanceCall) -> object:
     last = data.tickers[found.symbol].last_price
     return {
         "mins": AVERAGE_MINUTES,
-        "price": _average(found, quote, volume, last),
+        "price": average(found, quote, volume, last),
         "closeTime": call.now,
     }
-
-
-def _average(found: Market, quote: int, volume: int, fallback: int | None) -> str:
-    """quote / volume at the price scale (display only), or the fallback price."""
-    if not volume:
-        return found.format_price(fallback or 0)
-    ratio = Decimal(quote).scaleb(-found.quote.scale) / Decimal(volume).scaleb(-found.base.scale)
-    return str(ratio.quantize(Decimal(1).scaleb(-found.price_scale), rounding=ROUND_HALF_EVEN))
-
-
-def _best(call: BinanceCall, found: Market) -> tuple[str, str, str, str]:
-    bids, asks = call.services.engine.depth(found.symbol, 1)
-    price, amount = found.format_price, found.format_amount
-    bid = (price(bids[0][0]), amount(bids[0][1])) if bids else (price(0), amount(0))
-    ask = (price(asks[0][0]), amount(asks[0][1])) if asks else (price(0), amount(0))
-    return bid[0], bid[1], ask[0], ask[1]
-
-
-def _ticker(call: BinanceCall, found: Market, mini: bool) -> dict[str, Any]:
-    data = call.services.market
-    figures = data.rolling(found.symbol, call.now)
-    price, amount, quote = found.format_price, found.format_amount, found.format_quote
-    last = data.tickers[found.symbol].last_price
-    opened = figures.open
-    view: dict[str, Any] = {"symbol": symbol_of(found)}
-    if not mini:
-        change = 0 if opened is None or last is None else last - opened
-        percent = "0.000"
-        if opened:
-            percent = str((Decimal(change) * 100 / opened).quantize(Decimal("0.001")))
-        view["priceChange"] = price(change)
-        view["priceChangePercent"] = percent
-        view["weightedAvgPrice"] = _average(found, figures.quote, figures.volume, 0)
-        view["prevClosePrice"] = price(figures.prev_close or 0)
-    view["lastPrice"] = price(last or 0)
-    if not mini:
-        recent = data.recent[found.symbol]
-        view["lastQty"] = amount(recent[-1].amount if recent else 0)
-        bid, bid_qty, ask, ask_qty = _best(call, found)
-        view.update(bidPrice=bid, bidQty=bid_qty, askPrice=ask, askQty=ask_qty)
-    view["openPrice"] = price(opened or 0)
-    view["highPrice"] = price(figures.high)
-    view["lowPrice"] = price(figures.low)
-    view["volume"] = amount(figures.volume)
-    view["quoteVolume"] = quote(figures.quote)
-    view["openTime"] = figures.start
-    view["closeTime"] = call.now
-    view["firstId"] = figures.first_id
-    view["lastId"] = figures.last_id
-    view["count"] = figures.count
-    return view
 
 
 def _one_or_all(call: BinanceCall, items: list[dict[str, Any]]) -> object:
@@ -201,7 +149,13 @@ def _one_or_all(call: BinanceCall, items: list[dict[str, Any]]) -> object:
 
 async def ticker_24hr(call: BinanceCall) -> object:
     mini = call.params.get("type", "FULL") == "MINI"
-    return _one_or_all(call, [_ticker(call, found, mini) for found in markets(call)])
+    return _one_or_all(
+        call,
+        [
+            ticker(call.services.market, call.services.engine, found, call.now, mini)
+            for found in markets(call)
+        ],
+    )
 
 
 async def ticker_price(call: BinanceCall) -> object:
@@ -219,7 +173,7 @@ async def ticker_price(call: BinanceCall) -> object:
 async def book_ticker(call: BinanceCall) -> object:
     items = []
     for found in markets(call):
-        bid, bid_qty, ask, ask_qty = _best(call, found)
+        bid, bid_qty, ask, ask_qty = best(call.services.engine, found)
         items.append(
             {
                 "symbol": symbol_of(found),

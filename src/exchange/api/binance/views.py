@@ -145,7 +145,7 @@ def order_view(order: Order, market: Market) -> dict[str, Any]:
     return view
 
 
-def _fee(trade: Trade, order: Order, market: Market) -> tuple[str, str]:
+def fee_of(trade: Trade, order: Order, market: Market) -> tuple[str, str]:
     fee = trade.taker_fee if trade.taker_order_id == order.id else trade.maker_fee
     if order.side == BUY:
         return market.format_amount(fee), market.base.code
@@ -175,7 +175,7 @@ def new_order_view(
     if respond == "FULL":
         fills = []
         for trade in trades:
-            commission, asset = _fee(trade, order, market)
+            commission, asset = fee_of(trade, order, market)
             fills.append(
                 {
                     "price": market.format_price(trade.price),

@@ -72,21 +72,24 @@ async function loadKeys() {
 // What a user pastes into their tool: this server's URL, nothing else changed.
 function showNewKey(k) {
   const api = `${window.location.origin}${ROOT}/api/v3`;
+  const ws = `${window.location.origin.replace(/^http/, 'ws')}${ROOT}`;
+  const streams = { spot: `${ws}/ws`, 'ws-api': { spot: `${ws}/ws-api/v3` } };
   const secret = k.secret ?? '<your Ed25519 private key (PEM)>';
   $id('new-key-key').textContent = k.api_key;
   $id('new-key-secret').textContent = k.secret ?? 'none: you keep the private key';
   $id('ccxt-snippet').textContent = [
-    'import ccxt',
+    'import ccxt  # or ccxt.pro for the streams (watch_order_book, watch_orders...)',
     '',
     'exchange = ccxt.binance({',
     `    "apiKey": "${k.api_key}",`,
     `    "secret": "${secret}",`,
-    `    "urls": {"api": {"public": "${api}", "private": "${api}", "sapi": "${api}"}},`,
+    `    "urls": {"api": {"public": "${api}", "private": "${api}", "sapi": "${api}",`,
+    `                     "ws": ${JSON.stringify(streams)}}},`,
     '    "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "fetchMargins": False},',
     '})',
   ].join('\n');
   const config = JSON.stringify({
-    urls: { api: { public: api, private: api, sapi: api } },
+    urls: { api: { public: api, private: api, sapi: api, ws: streams } },
     options: { fetchMarkets: { types: ['spot'] }, fetchCurrencies: false, fetchMargins: false },
   });
   $id('freqtrade-snippet').textContent = [
