@@ -243,6 +243,7 @@ def build_runtime(
         services.api_keys,
         clock,
         admission=stream.admission,
+        limiter=limiter,
         max_message=settings.ws_max_message,
     )
     stream.handover = binance_streams.adopt

@@ -235,7 +235,7 @@ def test_refusals_are_the_errors_ccxt_knows(exchange: Exchange) -> None:
     # Binance's third example: part in the query, part in the body, signed as received.
     now = int(time.time() * 1000)
     query = "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC"
-    body = f"quantity=0.001&price=20000.00&recvWindow=5000&timestamp={now}"
+    body = f"quantity=0.001&price=20000.00&recvWindow=60000&timestamp={now}"
     signature = hmac.new(
         exchange.alice.secret.encode(), (query + body).encode(), hashlib.sha256
     ).hexdigest()
@@ -247,7 +247,7 @@ def test_refusals_are_the_errors_ccxt_knows(exchange: Exchange) -> None:
     assert (mixed.status_code, mixed.json()) == (200, {})
     reordered = httpx.post(  # the same parameters in another order: another payload
         f"{url}/api/v3/order/test?{query}",
-        content=f"price=20000.00&quantity=0.001&recvWindow=5000&timestamp={now}"
+        content=f"price=20000.00&quantity=0.001&recvWindow=60000&timestamp={now}"
         f"&signature={signature}",
         headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
     )
@@ -257,6 +257,19 @@ def test_refusals_are_the_errors_ccxt_knows(exchange: Exchange) -> None:
     with pytest.raises(ccxt.InvalidNonce):
         late.fetch_balance()
     assert balances(alice)["USDT"] == (Decimal("10000"), Decimal(0))  # nothing happened
+    # No newClientOrderId (ccxt always sends one; other clients may not): the order
+    # is shown as ex-<orderId>, and that id finds it again.
+    real = httpx.post(
+        f"{url}/api/v3/order?{query}", content=f"{body}&signature={signature}",
+        headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    placed = real.json()
+    assert real.status_code == 200 and placed["clientOrderId"] == f"ex-{placed['orderId']}"
+    again = alice.fetch_order(None, "BTC/USDT", {"origClientOrderId": placed["clientOrderId"]})
+    assert again["id"] == str(placed["orderId"]) and again["status"] == "open"
+    with pytest.raises(ccxt.OrderNotFound):
+        alice.fetch_order(None, "BTC/USDT", {"origClientOrderId": "ex-999999"})
+    alice.cancel_order(None, "BTC/USDT", {"origClientOrderId": placed["clientOrderId"]})
 
 
 def test_ed25519_keys_sign_through_ccxt(exchange: Exchange, db_url: str) -> None:

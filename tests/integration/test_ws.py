@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import ClientConnection
 
 from exchange.adapters.db.candle_store import CandleStore
+from exchange.api.binance.streams import BinanceStreams
 from exchange.api.ws import Stream
 from exchange.clock import ManualClock
 from exchange.domain.commands import Credit
@@ -362,3 +363,38 @@ async def test_a_slow_client_is_dropped_and_the_engine_never_waits() -> None:
     await asyncio.wait_for(tasks[1], WAIT)
     assert not stream.connections and not stream.subscribers
     db.dispose()
+
+
+async def test_a_slow_binance_client_on_ws_is_dropped_too() -> None:
+    """The Binance dialect on ``/ws`` (a first ``{"method"}`` message) has the same guarantee."""
+    markets = default_markets(default_assets())
+    engine = Engine(markets, create_engine("sqlite://"), lambda: DAY0)
+    unused = create_async_engine("sqlite+aiosqlite://")
+    market = MarketData(markets, engine, lambda: DAY0, CandleStore(unused))
+    stream = Stream(market, cast(Any, None), engine, queue_size=8)
+    binance = BinanceStreams(
+        market, engine, cast(Any, None), lambda: DAY0, admission=stream.admission, queue_size=8
+    )
+    stream.handover = binance.adopt
+    slow, fast = FakeSocket(stuck=True), FakeSocket(stuck=False)
+    tasks = [asyncio.create_task(stream.endpoint(cast(Any, socket))) for socket in (slow, fast)]
+    for socket in (slow, fast):
+        socket.say(method="SUBSCRIBE", params=["btcusdt@trade"], id=1)
+    topic = ("btcusdt@trade", "BTC/USDT")
+    await until(
+        lambda: len(binance.subscribers.get(topic, ())) == 2 and len(fast.sent) == 1,
+        WAIT,
+        "both subscribed",
+    )
+    assert json.loads(fast.sent[0]) == {"result": None, "id": 1}
+    assert not stream.connections  # handed over: the seed's stream does not hold them
+    for trade_id in range(1, 41):
+        outbox = Outbox([], [trade(trade_id)], [], set())
+        market.on_commit(outbox, DAY0)
+        binance.on_commit(outbox, DAY0)  # synchronous: returns without waiting on anyone
+        await asyncio.sleep(0)
+    await until(lambda: len(fast.sent) == 41 and slow.closed is not None, WAIT, "the fan-out")
+    assert slow.closed == 1008 and binance.dropped == 1 and fast.closed is None
+    assert [json.loads(text)["t"] for text in fast.sent[1:]] == list(range(1, 41))
+    await asyncio.wait_for(tasks[0], WAIT)
+    assert len(binance.connections) == 1 and stream.admission.active == 1

@@ -53,7 +53,7 @@ def test_book_numbers_follow_on_from_the_last_change_of_each_book() -> None:
 def test_a_new_order_filled_in_two_trades_reports_new_then_each_fill() -> None:
     done = order(filled=COIN, quote_filled=30_000 * CENT, status=FILLED)
     fills = [trade(1, COIN // 4), trade(2, 3 * COIN // 4)]
-    reports = execution_reports(done, fills, MARKET, NOW)
+    reports = execution_reports(done, fills, MARKET, NOW, True)
     assert [(r["x"], r["X"]) for r in reports] == [
         ("NEW", "NEW"),
         ("TRADE", "PARTIALLY_FILLED"),
@@ -74,12 +74,12 @@ def test_a_resting_order_partly_filled_then_cancelled() -> None:
     partly = order(created=earlier, filled=COIN // 2, quote_filled=15_000 * CENT)
     partly.status = PARTIALLY_FILLED
     maker_fill = trade(5, COIN // 4, maker=7, taker=8)
-    reports = execution_reports(partly, [maker_fill], MARKET, NOW)
+    reports = execution_reports(partly, [maker_fill], MARKET, NOW, False)
     assert [(r["x"], r["X"], r["m"]) for r in reports] == [("TRADE", "PARTIALLY_FILLED", True)]
     assert Decimal(reports[0]["z"]) == Decimal("0.5")  # counted from the quarter before
     rest.status = CANCELED
     rest.client_order_id = "mine"
-    reports = execution_reports(rest, [], MARKET, NOW)
+    reports = execution_reports(rest, [], MARKET, NOW, False)
     assert [(r["x"], r["X"], r["C"], r["c"]) for r in reports] == [
         ("CANCELED", "CANCELED", "mine", "mine")
     ]
@@ -88,10 +88,10 @@ def test_a_resting_order_partly_filled_then_cancelled() -> None:
 def test_an_ioc_rest_expires_and_a_refused_post_only_is_not_reported() -> None:
     ioc = order(tif="IOC", side=SELL, filled=COIN // 2, quote_filled=15_000 * CENT)
     ioc.status = CANCELED
-    reports = execution_reports(ioc, [trade(3, COIN // 2, maker=9, taker=7)], MARKET, NOW)
+    reports = execution_reports(ioc, [trade(3, COIN // 2, maker=9, taker=7)], MARKET, NOW, True)
     assert [r["x"] for r in reports] == ["NEW", "TRADE", "EXPIRED"]
     assert reports[1]["N"] == "USDT"  # a seller's fee is in the quote
     refused = order(post_only=True)
     refused.status = "rejected"
-    assert execution_reports(refused, [], MARKET, NOW) == []
-    assert execution_reports(order(created=NOW - 1, status=OPEN), [], MARKET, NOW) == []
+    assert execution_reports(refused, [], MARKET, NOW, True) == []
+    assert execution_reports(order(created=NOW - 1, status=OPEN), [], MARKET, NOW, False) == []

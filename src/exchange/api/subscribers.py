@@ -47,6 +47,7 @@ class Connection:
         "auth_refused_until",
         "closing",
         "combined",
+        "host",
         "key",
         "queue",
         "seqs",
@@ -56,9 +57,12 @@ class Connection:
         "user_id",
     )
 
-    def __init__(self, socket: Any, queue_size: int = QUEUE_SIZE, address: str = "") -> None:
+    def __init__(
+        self, socket: Any, queue_size: int = QUEUE_SIZE, address: str = "", host: str = ""
+    ) -> None:
         self.socket = socket
-        self.address = address
+        self.address = address  # the client's address as limits count it (an IPv6 /64)
+        self.host = host  # the client's own address (what an API key's allow-list names)
         self.auth_failures: Bucket | None = None  # made at the first failed auth
         self.auth_refused_until = 0  # monotonic ns
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)

@@ -133,16 +133,22 @@ def run(
         env = exchange_env(url, EXCHANGE_LOG_LEVEL="error")
         args = ("--workers", str(workers)) if workers > 1 else ()
         with running_server(port, env, Path(tmp) / "server.log", args=args):
+            rates: dict[str, float] = {}
             for name, path in (
                 ("get_depth", f"/router?router=get_depth&pair={PAIR}"),
+                ("api_v3_depth", f"/api/v3/depth?symbol={PAIR.replace('/', '')}&limit=50"),
                 ("get_coin", f"/router?router=get_coin&pair={PAIR}"),
             ):
                 rate, p99, failed = _throughput(port, path, processes, connections, seconds)
+                rates[name] = rate
                 figures += [
                     (f"{label(name, workers)}_per_second", rate, "req/s"),
                     (f"{label(name, workers)}_p99", p99, "ms"),
                     (f"{label(name, workers)}_failed", float(failed), "requests"),
                 ]
+            # The Binance dialect's depth against the seed's, same book, same run.
+            ratio = rates["api_v3_depth"] / rates["get_depth"] if rates["get_depth"] else 0.0
+            figures.append((label("api_v3_depth_vs_get_depth", workers), ratio, "x"))
             kline = _load(port, f"/router?router=get_coin_k_line&pair={PAIR}&limit=500", 1, 2.0)
             figures.append(("get_coin_k_line_500_http_p50", kline.percentile_ms(0.5), "ms"))
     return figures

@@ -303,6 +303,9 @@ class EngineClient:
             raise _not_connected() from None
         return decode_balances(result)
 
+    async def settled(self) -> None:
+        return None  # a worker only ever holds committed batches
+
     def balances_now(self, user_id: int) -> Balances | None:
         return None  # a round trip away: the stream asks with read_balances
 
@@ -315,7 +318,9 @@ class EngineClient:
             self._unsent_revokes.append(key)
 
     def depth_key(self, symbol: str) -> object:
-        return self.books[symbol]
+        # The book changes in place as batches arrive, also while they are held back
+        # from market data (a reload): its number says which batches it holds.
+        return self.books[symbol], self.book_numbers.get(symbol, 0)
 
     def depth(self, symbol: str, limit: int) -> Levels:
         return self.books[symbol].depth(limit)

@@ -255,6 +255,14 @@ class Engine:
         self.when_idle(answer)
         return await future
 
+    async def settled(self) -> None:
+        """Return once no batch is in flight (memory = the database), at once if none is."""
+        if not self._busy:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.when_idle(lambda: None if future.done() else future.set_result(None))
+        await future
+
     def balances_now(self, user_id: int) -> Balances | None:
         """Balances without waiting (the stream's fan-out cannot await)."""
         return self.balances(user_id)

@@ -39,6 +39,10 @@ class EnginePort(Protocol):
     async def read_balances(self, user_id: int) -> Balances:
         """Committed balances (never a batch's uncommitted changes)."""
 
+    async def settled(self) -> None:
+        """Return once this process's memory holds only committed batches (a book read then
+        never shows a change that may still be rolled back)."""
+
     def balances_now(self, user_id: int) -> Balances | None:
         """The balances if they can be had without waiting, else None."""
 

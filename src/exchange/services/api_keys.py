@@ -123,9 +123,7 @@ def parse_ips(text: str | None) -> tuple[str, ...]:
 
 
 class ApiKeys:
-    def __init__(
-        self, db: AsyncEngine, clock: Clock, box: SecretBox, *, server_key: bytes = b""
-    ) -> None:
+    def __init__(self, db: AsyncEngine, clock: Clock, box: SecretBox, *, server_key: bytes) -> None:
         self._db = db
         self._reads = reading(db)
         self._clock = clock

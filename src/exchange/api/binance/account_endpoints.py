@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import string
 from typing import Any
 
 from exchange.api.binance.errors import (
@@ -35,6 +34,8 @@ from exchange.api.binance.params import (
 from exchange.api.binance.views import (
     balances,
     basis_points,
+    client_id_of,
+    derived_order_id,
     my_trade,
     new_order_view,
     order_result,
@@ -50,7 +51,6 @@ from exchange.services.api_keys import TRADE
 
 __all__ = ["account", "cancel_order", "new_order", "query_order"]
 
-_ALPHABET = string.ascii_letters + string.digits
 SIDES = {"BUY": BUY, "SELL": SELL}
 TYPES = ("LIMIT", "MARKET", "LIMIT_MAKER")
 TIFS = ("GTC", "IOC", "FOK")
@@ -59,8 +59,11 @@ MAX_ROWS = 1000
 
 
 def new_client_id() -> str:
-    """What Binance makes when a client sends none: 22 letters and digits."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(22))
+    """What Binance makes when a client sends none: 22 characters of ``[A-Za-z0-9_-]``.
+
+    128 random bits in one call (a character at a time cost ~20 µs an order).
+    """
+    return secrets.token_urlsafe(16)
 
 
 async def account(call: BinanceCall) -> object:
@@ -180,10 +183,8 @@ def _order_command(call: BinanceCall) -> tuple[PlaceOrder, Market, str]:
                 raise BinanceError(-1115, "Invalid timeInForce.")
         else:
             tif = "GTC"
-    client_id = text(call, "newClientOrderId")
-    if client_id is None:
-        client_id = new_client_id()
-    elif not CLIENT_ID.fullmatch(client_id):
+    client_id = text(call, "newClientOrderId")  # none: shown as derived from the order id
+    if client_id is not None and not CLIENT_ID.fullmatch(client_id):
         raise bad_parameter("newClientOrderId")
     respond = text(call, "newOrderRespType")
     if respond is None:
@@ -255,10 +256,15 @@ async def _find(call: BinanceCall, found: Market, missing: str) -> Order:
     if order_id is not None:
         stored = await history.order(call.user_id, order_id)
         order = None if stored is None else stored[0]
-        if order is not None and client_id is not None and order.client_order_id != client_id:
+        if order is not None and client_id is not None and client_id_of(order) != client_id:
             order = None
     elif client_id is not None:
         order = await history.order_by_client_id(call.user_id, client_id)
+        derived = derived_order_id(client_id)
+        if order is None and derived is not None:  # ex-42: order 42, placed without an id
+            stored = await history.order(call.user_id, derived)
+            if stored is not None and stored[0].client_order_id is None:
+                order = stored[0]
     else:
         raise BinanceError(
             -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!"

@@ -63,6 +63,7 @@ async def depth(call: BinanceCall) -> object:
     limit = integer(call, "limit", 100, low=1, high=5000)
     assert limit is not None
     data = call.services.market
+    await call.services.engine.settled()  # never a batch that may still be rolled back
     update_id = data.update_id(found.symbol)  # read together with the book: one snapshot
     book = data.depth(found.symbol, limit, call.now)
     return {"lastUpdateId": update_id, "bids": book["bids"], "asks": book["asks"]}

@@ -20,7 +20,7 @@ from typing import Any
 
 from exchange.api.binance.klines import Interval, rows
 from exchange.api.binance.tickers import best, ticker
-from exchange.api.binance.views import fee_of, status_of, symbol_of, type_of
+from exchange.api.binance.views import client_id_of, fee_of, status_of, symbol_of, type_of
 from exchange.domain.candles import CandleSeries
 from exchange.domain.markets import Asset, Market
 from exchange.domain.money import format_units
@@ -202,10 +202,9 @@ def book_ticker(engine: EnginePort, market: Market, update_id: int) -> dict[str,
 
 
 def execution_reports(
-    order: Order, fills: list[Trade], market: Market, now: int
+    order: Order, fills: list[Trade], market: Market, now: int, new: bool
 ) -> list[dict[str, Any]]:
-    """What the batch did to ``order``, as Binance reports it (possibly nothing)."""
-    new = order.created == now
+    """What the batch did to ``order`` (``new``: placed in it), as Binance reports it."""
     if new and order.status == REJECTED:
         return []
     filled = order.filled - sum(trade.amount for trade in fills)
@@ -237,7 +236,7 @@ def execution_reports(
         ended = status_of(order)
         report = _report(order, market, now, ended, ended, filled, quote, False)
         if ended == "CANCELED":
-            report["C"] = order.client_order_id or ""
+            report["C"] = client_id_of(order)
         reports.append(report)
     return reports
 
@@ -257,7 +256,7 @@ def _report(
         "e": "executionReport",
         "E": now,
         "s": symbol_of(market),
-        "c": order.client_order_id or "",
+        "c": client_id_of(order),
         "S": "BUY" if order.side == BUY else "SELL",
         "o": type_of(order),
         "f": order.tif if order.type == LIMIT else "GTC",

@@ -59,7 +59,7 @@ from exchange.api.binance.stream_events import (
     trade_event,
 )
 from exchange.api.binance.views import aggregate_trades, symbol_of
-from exchange.api.limits import address_key
+from exchange.api.limits import RateLimiter, address_key
 from exchange.api.subscribers import (
     QUEUE_SIZE,
     TRY_AGAIN_LATER,
@@ -114,10 +114,13 @@ class BinanceStreams(Subscribers):
         clock: Clock,
         *,
         admission: Admission | None = None,
+        limiter: RateLimiter | None = None,
         queue_size: int = QUEUE_SIZE,
         max_message: int = MAX_MESSAGE,
     ) -> None:
         super().__init__(admission, queue_size)
+        #: Failed signatures per client address, shared with the REST API.
+        self.limiter = limiter
         self.market = market
         self.engine = engine
         self.api_keys = api_keys
@@ -126,6 +129,7 @@ class BinanceStreams(Subscribers):
         #: "btcusdt" -> the market (stream names carry the lower-case symbol).
         self.streams_of = {symbol_of(m).lower(): m for m in market.markets.values()}
         self._ids = {m.symbol: symbol_of(m).lower() for m in market.markets.values()}
+        self._newest_order = 0  # the newest order id of the batches seen so far
 
     # -- endpoints -----------------------------------------------------------------
 
@@ -152,14 +156,15 @@ class BinanceStreams(Subscribers):
     ) -> None:
         await websocket.accept()
         client = websocket.client
-        address = address_key(client.host) if client is not None else "unknown"
+        host = client.host if client is not None else "unknown"
+        address = address_key(host)
         refused = self.admission.enter(address)
         if refused is not None:
             with contextlib.suppress(Exception):
                 await websocket.send_text(_error(None, -1003, refused[1]))
             await self.close(Connection(websocket), TRY_AGAIN_LATER, refused[1])
             return
-        connection = Connection(websocket, self.queue_size, address)
+        connection = Connection(websocket, self.queue_size, address, host)
         connection.combined = combined
         connection.api = api
         try:
@@ -168,7 +173,7 @@ class BinanceStreams(Subscribers):
                 return
             names = [name for name in path.split("/") if name]
             if not combined and len(names) == 1 and "@" not in names[0]:
-                key = await self.api_keys.by_listen_key(names[0], address)
+                key = await self.api_keys.by_listen_key(names[0], host)
                 if key is not None:
                     connection.key = key
                     connection.token = names[0]
@@ -209,7 +214,8 @@ class BinanceStreams(Subscribers):
             if not isinstance(message, dict):
                 raise _Invalid(2, "Invalid request: expected a JSON object")
             request_id = message.get("id")
-            if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0:
+            if not _valid_id(request_id):
+                request_id = None
                 raise _Invalid(2, "Invalid request: request ID must be an unsigned integer")
             method = message.get("method")
             if method is None:
@@ -222,8 +228,9 @@ class BinanceStreams(Subscribers):
                 self._subscribe(connection, params)
             elif method == "UNSUBSCRIBE":
                 for name in params:
-                    if isinstance(name, str):
-                        self.unsubscribe(connection, self._topic(name))
+                    with contextlib.suppress(_Invalid):  # not a stream: not subscribed
+                        if isinstance(name, str):
+                            self.unsubscribe(connection, self._topic(name))
             elif method == "LIST_SUBSCRIPTIONS":
                 result = sorted(t[0] for t in connection.topics if t[0] != "user")
             elif method in ("SET_PROPERTY", "GET_PROPERTY"):
@@ -331,7 +338,15 @@ class BinanceStreams(Subscribers):
 
         check_time(self.clock(), number("timestamp"), number("recvWindow"))
         payload = "&".join(f"{name}={values[name]}" for name in sorted(values)).encode()
-        found = await self.api_keys.authenticate(key, payload, signature, connection.address, READ)
+        limiter = self.limiter
+        if limiter is not None:  # the same budget of failed signatures as the REST API's
+            limiter.refuse_failed_auth(connection.address)
+        try:
+            found = await self.api_keys.authenticate(key, payload, signature, connection.host, READ)
+        except ExchangeError as refusal:
+            if limiter is not None and refusal.code in ("invalid_api_key", "invalid_signature"):
+                limiter.failed_auth(connection.address)
+            raise
         self._end_user_stream(connection)
         connection.key = found
         connection.token = key
@@ -348,6 +363,10 @@ class BinanceStreams(Subscribers):
     # -- the engine listener ----------------------------------------------------------
 
     def on_commit(self, outbox: Committed, now: int) -> None:
+        known = self._newest_order  # orders up to this one were placed in earlier batches
+        for order in outbox.orders:
+            if order.id > self._newest_order:
+                self._newest_order = order.id
         if not self.subscribers:
             return
         subscribers = self.subscribers
@@ -373,7 +392,7 @@ class BinanceStreams(Subscribers):
                     ]
                     self._send(listeners, name, events)
         if any(topic[0] == "user" for topic in subscribers):
-            self._user_events(outbox, now)
+            self._user_events(outbox, now, known)
 
     def _market_events(
         self,
@@ -450,7 +469,7 @@ class BinanceStreams(Subscribers):
             if not connection.push(text):
                 self.drop(connection)
 
-    def _user_events(self, outbox: Committed, now: int) -> None:
+    def _user_events(self, outbox: Committed, now: int, known: int) -> None:
         subscribers = self.subscribers
         markets = self.market.markets
         fills: dict[int, list[Trade]] = defaultdict(list)
@@ -461,8 +480,9 @@ class BinanceStreams(Subscribers):
         for order in outbox.orders:
             listeners = subscribers.get(_user_topic(order.user_id))
             if listeners and order.market in markets:
+                new = order.id > known and order.created == now  # placed in this batch
                 reports = execution_reports(
-                    order, fills.get(order.id, []), markets[order.market], now
+                    order, fills.get(order.id, []), markets[order.market], now, new
                 )
                 for report in reports:
                     self._send_user(listeners, report)
@@ -475,8 +495,10 @@ class BinanceStreams(Subscribers):
             if balances is None:  # a worker: the writer holds them, one round trip away
                 self.spawn(self._positions_later(user, assets, now))
             else:
-                event = account_position(balances, self.engine.assets, assets, now)
-                self._send_user(subscribers[_user_topic(user)], event)
+                listeners = subscribers.get(_user_topic(user))
+                if listeners:  # (its last listener may have been dropped just now)
+                    event = account_position(balances, self.engine.assets, assets, now)
+                    self._send_user(listeners, event)
 
     async def _positions_later(self, user: int, assets: set[str], now: int) -> None:
         try:
@@ -508,7 +530,7 @@ class BinanceStreams(Subscribers):
             key = connection.key
             assert isinstance(key, ApiKey)
             try:
-                await self.api_keys.identify(key.key, connection.address)
+                await self.api_keys.identify(key.key, connection.host)
                 continue
             except ExchangeError:
                 pass
@@ -537,6 +559,17 @@ def _known(kind: str) -> bool:
         if kind == f"depth{speed}" or any(kind == f"depth{n}{speed}" for n in PARTIAL):
             return True
     return kind.startswith("kline_") and kind[6:] in kline.INTERVALS
+
+
+def _valid_id(value: object) -> bool:
+    """Binance's request ids: an unsigned 64-bit integer, up to 36 letters and digits, or null."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 2**64
+    return isinstance(value, str) and len(value) <= 36 and value.isascii() and value.isalnum()
 
 
 def _text(value: object) -> str:

@@ -27,6 +27,23 @@ from exchange.domain.orders import (
 from exchange.engine.port import Balances
 
 ORDER_TYPES = ["LIMIT", "LIMIT_MAKER", "MARKET"]
+#: An order placed without ``newClientOrderId`` is shown as ``ex-<orderId>``: Binance
+#: always shows one, but a made-up id would cost a stored, indexed client id per
+#: order for nothing (the client never had it to retry with). ``_find`` reads it back.
+DERIVED_PREFIX = "ex-"
+
+
+def client_id_of(order: Order) -> str:
+    """The order's ``clientOrderId``: the client's own, or the one derived from its id."""
+    return order.client_order_id or f"{DERIVED_PREFIX}{order.id}"
+
+
+def derived_order_id(client_id: str) -> int | None:
+    """The order id in a derived client id (``ex-42`` -> 42), else None."""
+    digits = client_id[len(DERIVED_PREFIX) :]
+    if client_id.startswith(DERIVED_PREFIX) and digits.isascii() and digits.isdigit():
+        return int(digits) if len(digits) < 19 else None
+    return None
 
 
 def symbol_of(market: Market) -> str:
@@ -119,7 +136,7 @@ def order_result(order: Order, market: Market) -> dict[str, Any]:
         "symbol": symbol_of(market),
         "orderId": order.id,
         "orderListId": -1,
-        "clientOrderId": order.client_order_id or "",
+        "clientOrderId": client_id_of(order),
         "price": market.format_price(order.price),
         "origQty": market.format_amount(order.amount),
         "executedQty": market.format_amount(order.filled),
@@ -165,7 +182,7 @@ def new_order_view(
             "symbol": symbol_of(market),
             "orderId": order.id,
             "orderListId": -1,
-            "clientOrderId": order.client_order_id or "",
+            "clientOrderId": client_id_of(order),
             "transactTime": order.updated,
         }
     view = order_result(order, market)
