@@ -124,7 +124,15 @@ def make_app(runtime: Runtime) -> ExchangeApp:
         return Response(openapi_body, media_type="application/json")
 
     async def healthz(_: Request) -> Response:
+        """The process lives (a liveness probe: nothing else is checked)."""
         return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(_: Request) -> Response:
+        """The process can serve (a readiness probe): 200, or 503 naming what is not ready."""
+        checks = await runtime.readiness()
+        ready = all(checks.values())
+        body = {"status": "ready" if ready else "not_ready", "checks": checks}
+        return Response(orjson.dumps(body), 200 if ready else 503, media_type="application/json")
 
     app = ExchangeApp(
         lifespan=lifespan,
@@ -135,6 +143,7 @@ def make_app(runtime: Runtime) -> ExchangeApp:
         routes=[
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             WebSocketRoute("/ws", runtime.stream.endpoint),
             WebSocketRoute("/ws/{rest:path}", runtime.binance_streams.raw),
             WebSocketRoute("/stream", runtime.binance_streams.combined),

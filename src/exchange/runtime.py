@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
+from sqlalchemy import text
 from sqlalchemy.engine import Engine as SyncEngine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -69,6 +70,9 @@ def configured_markets(settings: Settings) -> dict[str, Market]:
     return default_markets(default_assets(), settings.fee_rate, settings.markets)
 
 
+READY_SECONDS = 2  # how long /readyz waits for the database
+
+
 @dataclass(slots=True)
 class _Writer:
     engine: Engine
@@ -102,6 +106,23 @@ class Runtime:
     @property
     def engine(self) -> EnginePort:
         return self.services.engine
+
+    async def readiness(self) -> dict[str, bool]:
+        """What ``/readyz`` checks: the database answers, and the engine (the writer's own,
+        or a worker's link to it, in step) can take commands. Cheap: one ``SELECT 1``."""
+        checks: dict[str, bool] = {}
+        try:
+            async with asyncio.timeout(READY_SECONDS):
+                async with self.database.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            checks["database"] = True
+        except Exception:  # unreachable, or slower than a probe waits: not ready
+            checks["database"] = False
+        if self.writer is not None:
+            checks["engine"] = self.writer.ready
+        if self.link is not None:
+            checks["writer_link"] = self.link.connected
+        return checks
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

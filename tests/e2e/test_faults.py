@@ -441,6 +441,37 @@ def test_postgres_unreachable_then_back(tmp_path: Path) -> None:
         independent_balances(direct_url, CREDITS)  # BTC and USDT: ETH was credited once
 
 
+def test_readyz_says_when_the_database_is_away(tmp_path: Path) -> None:
+    """``/readyz`` is 503 naming the database while it is unreachable; ``/healthz`` stays 200."""
+
+    def readiness(url: str) -> tuple[int, dict[str, Any]]:
+        answer = httpx.get(f"{url}/readyz", timeout=10)
+        return answer.status_code, answer.json()
+
+    def wait_for(url: str, status: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 30  # a guard against a hang, not a measured time
+        while True:
+            code, body = readiness(url)
+            if code == status or time.monotonic() > deadline:
+                assert code == status, body
+                return body
+            time.sleep(0.2)
+
+    with postgres_database() as direct_url, TcpProxy(5432) as proxy:
+        env = exchange_env(proxied(direct_url, proxy.port))
+        with running_server(free_port(), env, tmp_path / "server.log") as server:
+            assert readiness(server.url) == (
+                200,
+                {"status": "ready", "checks": {"database": True, "engine": True}},
+            )
+            proxy.cut()
+            away = wait_for(server.url, 503)
+            assert away == {"status": "not_ready", "checks": {"database": False, "engine": True}}
+            assert httpx.get(f"{server.url}/healthz").status_code == 200
+            proxy.restore()
+            assert wait_for(server.url, 200)["status"] == "ready"
+
+
 # -- 3. SQLite on a full disk ---------------------------------------------------------------
 
 

@@ -393,6 +393,11 @@ async def test_openapi_documents_every_method(client: httpx.AsyncClient) -> None
         assert documented == {p.name for p in method.params}, name
     health = await client.get("/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    checks = ready.json()["checks"]
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    # The writer checks its engine; a worker (EXCHANGE_TEST_THROUGH_WORKER) its link to it.
+    assert checks in ({"database": True, "engine": True}, {"database": True, "writer_link": True})
 
 
 async def test_rate_limits_answer_429_with_retry_after(sqlite_url: str, mail: Any) -> None:
