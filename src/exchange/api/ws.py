@@ -149,7 +149,7 @@ class Stream(FanOut):
 
     async def _handle_frame(self, connection: Connection, text: str | None) -> None:
         if text is None:
-            self._reply(connection, _error("invalid_argument", "send JSON text frames"))
+            self.reply(connection, _error("invalid_argument", "send JSON text frames"))
         else:
             await self._handle(connection, text)
 
@@ -165,9 +165,6 @@ class Stream(FanOut):
         except Exception as error:
             log.warning("cannot resolve a websocket session (%s)", error)
             return None
-
-    def _reply(self, connection: Connection, text: str) -> None:
-        self.reply(connection, text)
 
     async def _handle(self, connection: Connection, text: str) -> None:
         try:
@@ -204,15 +201,15 @@ class Stream(FanOut):
                         self._unsubscribe(connection, topic)
                 connection.user_id = user_id
                 connection.token = str(message.get("session"))
-                self._reply(connection, '{"op":"authenticated"}')
+                self.reply(connection, '{"op":"authenticated"}')
             elif op == "ping":
-                self._reply(connection, '{"op":"pong"}')
+                self.reply(connection, '{"op":"pong"}')
             else:
                 raise ExchangeError(
                     "invalid_argument", "op must be subscribe, unsubscribe, auth or ping"
                 )
         except ExchangeError as refusal:
-            self._reply(connection, _error(refusal.code, refusal.message))
+            self.reply(connection, _error(refusal.code, refusal.message))
 
     def _auth_failed(self, connection: Connection, now: int) -> None:
         bucket = connection.auth_failures
@@ -250,7 +247,7 @@ class Stream(FanOut):
         }
         if interval:
             ack["interval"] = interval
-        self._reply(connection, orjson.dumps(ack).decode())
+        self.reply(connection, orjson.dumps(ack).decode())
 
     def _unsubscribe(self, connection: Connection, topic: Topic) -> None:
         self.unsubscribe(connection, topic)
@@ -304,7 +301,7 @@ class Stream(FanOut):
                 self._unsubscribe(connection, topic)
             connection.user_id = None
             connection.token = None
-            self._reply(connection, _error("not_logged_in", "the session ended; log in again"))
+            self.reply(connection, _error("not_logged_in", "the session ended; log in again"))
 
     async def stop(self) -> None:
         """Close every client (server shutdown)."""

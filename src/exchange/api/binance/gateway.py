@@ -36,7 +36,7 @@ from exchange.api.limits import RateLimiter, WeightWindows
 from exchange.api.params import check_text, parse_form, parse_query
 from exchange.api.router import BodyTooLarge, Incoming, read_body
 from exchange.domain.errors import ExchangeError
-from exchange.services.api_keys import READ, TRADE
+from exchange.services.api_keys import READ, TRADE, ApiKey
 
 #: An endpoint that needs only the API key, not a signature (Binance's USER_STREAM).
 KEY_ONLY = "key"
@@ -108,6 +108,25 @@ def check_time(now: int, timestamp: int | None, window: int | None) -> None:
         )
     if now - timestamp > window:
         raise BinanceError(-1021, "Timestamp for this request is outside of the recvWindow.")
+
+
+async def budgeted(
+    limiter: RateLimiter | None, client: str, check: Callable[[], Awaitable[ApiKey]]
+) -> ApiKey:
+    """An API key check under the client address's failed-auth budget (REST and streams).
+
+    Refused at once when the budget is spent; a key that does not exist or a bad
+    signature spends from it (a forbidden permission or address does not).
+    """
+    if limiter is None:
+        return await check()
+    limiter.refuse_failed_auth(client)  # over the budget: no lookup at all
+    try:
+        return await check()
+    except ExchangeError as refusal:
+        if refusal.code in ("invalid_api_key", "invalid_signature"):
+            limiter.failed_auth(client)
+        raise
 
 
 def unsigned(raw: bytes) -> tuple[bytes, bool]:
@@ -187,32 +206,21 @@ class BinanceApi:
         if not key:
             raise BinanceError(-2014, "API-key format invalid.", 401)
         api_keys = self.services.api_keys
-        limiter = self.limiter
         if permission == KEY_ONLY:
-            limiter.refuse_failed_auth(call.client)
-            try:
-                call.key = await api_keys.identify(key, call.client)
-            except ExchangeError as refusal:
-                if refusal.code == "invalid_api_key":
-                    limiter.failed_auth(call.client)
-                raise
-            call.user_id = call.key.user_id
-            return
-        check_time(call.now, integer(call, "timestamp"), integer(call, "recvWindow"))
-        signature = call.params.get("signature")
-        if not signature:
-            raise mandatory("signature")
-        payload_query, _ = unsigned(query)
-        payload_body, _ = unsigned(body)
-        limiter.refuse_failed_auth(call.client)
-        try:
-            found = await api_keys.authenticate(
-                key, payload_query + payload_body, signature, call.client, permission
+            found = await budgeted(
+                self.limiter, call.client, lambda: api_keys.identify(key, call.client)
             )
-        except ExchangeError as refusal:
-            if refusal.code in ("invalid_api_key", "invalid_signature"):
-                limiter.failed_auth(call.client)
-            raise
+        else:
+            check_time(call.now, integer(call, "timestamp"), integer(call, "recvWindow"))
+            signature = call.params.get("signature")
+            if not signature:
+                raise mandatory("signature")
+            payload = unsigned(query)[0] + unsigned(body)[0]
+            found = await budgeted(
+                self.limiter,
+                call.client,
+                lambda: api_keys.authenticate(key, payload, signature, call.client, permission),
+            )
         call.key = found
         call.user_id = found.user_id
 

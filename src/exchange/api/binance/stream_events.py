@@ -15,7 +15,7 @@ if it ended so. A post-only order refused for crossing was never accepted
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Any
 
 from exchange.api.binance.klines import Interval, rows
@@ -35,7 +35,6 @@ __all__ = [
     "depth_diff",
     "execution_reports",
     "kline_event",
-    "mini_ticker",
     "partial_depth",
     "ticker_event",
     "trade_event",
@@ -109,13 +108,12 @@ def kline_event(
     end = interval.next(start) - 1
     candles = series.candles
     times = series.times
-    low = bisect_left(times, start)
-    inside = [c for c in candles[max(low - 1, 0) :] if c.time <= end]
-    found = rows(interval, market, inside, start, start)
+    low, high = bisect_left(times, start), bisect_right(times, end)
+    found = rows(interval, market, candles[max(low - 1, 0) : high], start, start)
     if not found:
         return None
     row = found[0]
-    traded = [c for c in inside if c.time >= start]
+    traded = candles[low:high]
     return {
         "e": "kline",
         "E": now,
@@ -142,48 +140,29 @@ def kline_event(
     }
 
 
-def mini_ticker(data: MarketData, engine: EnginePort, market: Market, now: int) -> dict[str, Any]:
-    view = ticker(data, engine, market, now, True)
-    return {
-        "e": "24hrMiniTicker",
-        "E": now,
-        "s": view["symbol"],
-        "c": view["lastPrice"],
-        "o": view["openPrice"],
-        "h": view["highPrice"],
-        "l": view["lowPrice"],
-        "v": view["volume"],
-        "q": view["quoteVolume"],
-    }
+#: The stream tickers' short names for the REST ``ticker/24hr`` fields.
+MINI_FIELDS = (
+    ("s", "symbol"), ("c", "lastPrice"), ("o", "openPrice"), ("h", "highPrice"),
+    ("l", "lowPrice"), ("v", "volume"), ("q", "quoteVolume"),
+)  # fmt: skip
+FULL_FIELDS = (
+    ("s", "symbol"), ("p", "priceChange"), ("P", "priceChangePercent"),
+    ("w", "weightedAvgPrice"), ("x", "prevClosePrice"), ("c", "lastPrice"), ("Q", "lastQty"),
+    ("b", "bidPrice"), ("B", "bidQty"), ("a", "askPrice"), ("A", "askQty"), ("o", "openPrice"),
+    ("h", "highPrice"), ("l", "lowPrice"), ("v", "volume"), ("q", "quoteVolume"),
+    ("O", "openTime"), ("C", "closeTime"), ("F", "firstId"), ("L", "lastId"), ("n", "count"),
+)  # fmt: skip
 
 
-def ticker_event(data: MarketData, engine: EnginePort, market: Market, now: int) -> dict[str, Any]:
-    view = ticker(data, engine, market, now, False)
-    return {
-        "e": "24hrTicker",
-        "E": now,
-        "s": view["symbol"],
-        "p": view["priceChange"],
-        "P": view["priceChangePercent"],
-        "w": view["weightedAvgPrice"],
-        "x": view["prevClosePrice"],
-        "c": view["lastPrice"],
-        "Q": view["lastQty"],
-        "b": view["bidPrice"],
-        "B": view["bidQty"],
-        "a": view["askPrice"],
-        "A": view["askQty"],
-        "o": view["openPrice"],
-        "h": view["highPrice"],
-        "l": view["lowPrice"],
-        "v": view["volume"],
-        "q": view["quoteVolume"],
-        "O": view["openTime"],
-        "C": view["closeTime"],
-        "F": view["firstId"],
-        "L": view["lastId"],
-        "n": view["count"],
-    }
+def ticker_event(
+    data: MarketData, engine: EnginePort, market: Market, now: int, mini: bool
+) -> dict[str, Any]:
+    """``24hrMiniTicker`` or ``24hrTicker``: the REST ticker's figures under short names."""
+    view = ticker(data, engine, market, now, mini)
+    event: dict[str, Any] = {"e": "24hrMiniTicker" if mini else "24hrTicker", "E": now}
+    for short, name in MINI_FIELDS if mini else FULL_FIELDS:
+        event[short] = view[name]
+    return event
 
 
 def book_ticker(engine: EnginePort, market: Market, update_id: int) -> dict[str, Any]:

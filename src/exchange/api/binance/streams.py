@@ -45,7 +45,7 @@ from starlette.websockets import WebSocket
 
 from exchange.api.binance import klines as kline
 from exchange.api.binance.errors import BinanceError, from_exchange
-from exchange.api.binance.gateway import check_time
+from exchange.api.binance.gateway import budgeted, check_time
 from exchange.api.binance.stream_events import (
     account_position,
     agg_trade_events,
@@ -53,7 +53,6 @@ from exchange.api.binance.stream_events import (
     depth_diff,
     execution_reports,
     kline_event,
-    mini_ticker,
     partial_depth,
     ticker_event,
     trade_event,
@@ -338,15 +337,11 @@ class BinanceStreams(Subscribers):
 
         check_time(self.clock(), number("timestamp"), number("recvWindow"))
         payload = "&".join(f"{name}={values[name]}" for name in sorted(values)).encode()
-        limiter = self.limiter
-        if limiter is not None:  # the same budget of failed signatures as the REST API's
-            limiter.refuse_failed_auth(connection.address)
-        try:
-            found = await self.api_keys.authenticate(key, payload, signature, connection.host, READ)
-        except ExchangeError as refusal:
-            if limiter is not None and refusal.code in ("invalid_api_key", "invalid_signature"):
-                limiter.failed_auth(connection.address)
-            raise
+        found = await budgeted(  # the same budget of failed signatures as the REST API's
+            self.limiter,
+            connection.address,
+            lambda: self.api_keys.authenticate(key, payload, signature, connection.host, READ),
+        )
         self._end_user_stream(connection)
         connection.key = found
         connection.token = key
@@ -452,17 +447,18 @@ class BinanceStreams(Subscribers):
                 self._send(found, f"{base}@bookTicker", book_ticker(self.engine, market, last))
 
     def _ticker(self, market: Market, now: int, mini: bool) -> dict[str, Any]:
-        if mini:
-            return mini_ticker(self.market, self.engine, market, now)
-        return ticker_event(self.market, self.engine, market, now)
+        return ticker_event(self.market, self.engine, market, now, mini)
 
     def _send(self, listeners: set[Connection], name: str, payload: object) -> None:
-        """One event to each listener: raw, or wrapped for combined streams (made once)."""
+        """One event to each listener: raw, or wrapped (made once) for a combined stream
+        (``{"stream", "data"}``) or the WebSocket API (``{"subscriptionId", "event"}``)."""
         raw = orjson.dumps(payload).decode()
         wrapped: str | None = None
         for connection in list(listeners):
             text = raw
-            if connection.combined:
+            if connection.api:
+                text = f'{{"subscriptionId":0,"event":{raw}}}'
+            elif connection.combined:
                 if wrapped is None:
                     wrapped = f'{{"stream":{orjson.dumps(name).decode()},"data":{raw}}}'
                 text = wrapped
@@ -475,8 +471,7 @@ class BinanceStreams(Subscribers):
         fills: dict[int, list[Trade]] = defaultdict(list)
         for trade in outbox.trades:
             fills[trade.maker_order_id].append(trade)
-            if trade.taker_order_id != trade.maker_order_id:
-                fills[trade.taker_order_id].append(trade)
+            fills[trade.taker_order_id].append(trade)
         for order in outbox.orders:
             listeners = subscribers.get(_user_topic(order.user_id))
             if listeners and order.market in markets:
@@ -485,7 +480,7 @@ class BinanceStreams(Subscribers):
                     order, fills.get(order.id, []), markets[order.market], now, new
                 )
                 for report in reports:
-                    self._send_user(listeners, report)
+                    self._send(listeners, "", report)  # user data: never combined
         changed: dict[int, set[str]] = defaultdict(set)
         for user, asset in outbox.accounts:
             if _user_topic(user) in subscribers:
@@ -498,7 +493,7 @@ class BinanceStreams(Subscribers):
                 listeners = subscribers.get(_user_topic(user))
                 if listeners:  # (its last listener may have been dropped just now)
                     event = account_position(balances, self.engine.assets, assets, now)
-                    self._send_user(listeners, event)
+                    self._send(listeners, "", event)
 
     async def _positions_later(self, user: int, assets: set[str], now: int) -> None:
         try:
@@ -508,16 +503,7 @@ class BinanceStreams(Subscribers):
         listeners = self.subscribers.get(_user_topic(user))
         if listeners:
             event = account_position(balances, self.engine.assets, assets, now)
-            self._send_user(listeners, event)
-
-    def _send_user(self, listeners: set[Connection], payload: dict[str, Any]) -> None:
-        raw = orjson.dumps(payload).decode()
-        for connection in list(listeners):
-            text = raw
-            if connection.api:
-                text = f'{{"subscriptionId":0,"event":{raw}}}'
-            if not connection.push(text):
-                self.drop(connection)
+            self._send(listeners, "", event)
 
     # -- life cycle --------------------------------------------------------------------
 
