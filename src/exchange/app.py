@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import perf_counter
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -16,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from exchange import __version__
 from exchange.adapters.db.errors import database_unavailable
@@ -31,10 +33,16 @@ from exchange.api.router import Dispatcher
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings
 from exchange.domain.errors import unavailable
+from exchange.logs import REQUEST, request_id
+from exchange.metrics import DATABASE_ERRORS, HTTP_SECONDS, http_method
 from exchange.runtime import Runtime, build_runtime
 from exchange.web.pages import page_routes
 
 log = logging.getLogger("exchange")
+access = logging.getLogger("exchange.access")
+
+#: (HTTP verb, status) -> its histogram child (``labels()`` takes a lock: once per key).
+_HTTP_CHILDREN: dict[tuple[str, int], Any] = {}
 
 
 class ExchangeApp(Starlette):
@@ -44,14 +52,61 @@ class ExchangeApp(Starlette):
     """
 
     runtime: Runtime
+    access_log: bool
     dispatcher: Dispatcher
     binance: BinanceApi
     front: FrontDoor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "http":
+            await self._timed(scope, receive, send)
+            return
+        if kind == "lifespan":
             await super().__call__(scope, receive, send)
             return
+        await self._enter(scope, receive, send)
+
+    async def _timed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every HTTP request: an id (``X-Request-Id``, taken or made) on its answer and its
+        log lines, ``exchange_http_request_duration_seconds``, and the access line."""
+        status = 0
+        rid = scope["request_id"] = request_id(scope["headers"])
+        REQUEST.set(scope)
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message["headers"], (b"x-request-id", rid)]}
+            await send(message)
+
+        started = perf_counter()
+        try:
+            await self._enter(scope, receive, sending)
+        finally:
+            took = perf_counter() - started
+            key = (http_method(scope["method"]), status)
+            child = _HTTP_CHILDREN.get(key)
+            if child is None:  # bounded: the standard verbs times the statuses we send
+                child = HTTP_SECONDS.labels(key[0], str(status or "none"))
+                _HTTP_CHILDREN[key] = child
+            child.observe(took)
+            if self.access_log:
+                access.info(
+                    "%s %s %s",
+                    key[0],
+                    scope["path"],
+                    status,
+                    extra={
+                        "method": key[0],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(took * 1000, 3),
+                    },
+                )
+
+    async def _enter(self, scope: Scope, receive: Receive, send: Send) -> None:
         front = self.front
         if front.proxied:
             await front(scope, receive, send)
@@ -91,6 +146,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     if database_unavailable(exc):  # a page while the database is down: 503, not 500
+        DATABASE_ERRORS.labels("pages").inc()
         log.warning("%s: the database is unavailable (%s)", request.url.path, exc)
         return error_response(unavailable())
     log.error("unhandled error on %s: %r", request.url.path, exc)
@@ -155,6 +211,7 @@ def make_app(runtime: Runtime) -> ExchangeApp:
         ],
     )
     app.runtime = runtime
+    app.access_log = runtime.settings.access_log
     app.dispatcher = dispatcher
     app.binance = BinanceApi(services, runtime.limiter, database_unavailable)
     app.front = FrontDoor(app.route, runtime.settings)

@@ -100,6 +100,75 @@ def demo(
     _serve(get_settings(), host, port, demo=True)
 
 
+@app.command()
+def audit() -> None:
+    """Check the books from the database (read-only; safe while the server runs): balances
+    against the ledger, zero sums, trades, orders, frozen amounts. Exit 1 with one line per
+    difference."""
+    from exchange.adapters.db.database import make_sync_engine, sqlite_path
+    from exchange.audit import audit as find_differences
+
+    settings = get_settings()
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        typer.echo(f"error: there is no database at {path}", err=True)
+        raise SystemExit(2)
+    db = make_sync_engine(settings.database_url)
+    try:
+        differences = find_differences(db)
+    except Exception as error:  # no schema, no server, no permission: say so, no trace
+        typer.echo(f"error: cannot read the database ({type(error).__name__})", err=True)
+        raise SystemExit(2) from None
+    finally:
+        db.dispose()
+    for line in differences:
+        typer.echo(line)
+    if differences:
+        typer.echo(f"{len(differences)} differences found", err=True)
+        raise SystemExit(1)
+    typer.echo("the books balance: every balance, trade, order and hold agrees with the ledger")
+
+
+@app.command()
+def backup(
+    file: Annotated[str, typer.Argument(help="the new backup file (must not exist)")],
+) -> None:
+    """A consistent copy of the database, taken while the server runs (SQLite's online
+    backup; pg_dump for PostgreSQL)."""
+    from pathlib import Path
+
+    from exchange.backup import BackupError
+    from exchange.backup import backup as take
+
+    try:
+        copied = take(get_settings().database_url, Path(file))
+    except BackupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(1) from None
+    typer.echo(f"backed up the {copied.kind} database to {copied.path} ({copied.size} bytes)")
+
+
+@app.command()
+def restore(
+    file: Annotated[str, typer.Argument(help="a file made by exchange backup")],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="overwrite a database that holds an exchange")
+    ] = False,
+) -> None:
+    """Put a backup into the configured database; refuses while a server uses it."""
+    from pathlib import Path
+
+    from exchange.backup import BackupError
+    from exchange.backup import restore as put_back
+
+    try:
+        copied = put_back(get_settings().database_url, Path(file), replace=replace)
+    except BackupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(1) from None
+    typer.echo(f"restored {copied.path} into the {copied.kind} database; start the server")
+
+
 def _admin() -> Any:
     from exchange.adapters.db.database import make_sync_engine, migrate
     from exchange.admin import Admin

@@ -28,6 +28,17 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="HTTP worker processes of `exchange serve` (1 = one process)"
     )
     log_level: str = Field("info", description="debug, info, warning or error")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line (docs/operations.md)"
+    )
+    access_log: bool = Field(
+        False, description="a log line per HTTP request: method, path, status, duration"
+    )
+    metrics_address: str = Field(
+        "127.0.0.1:9108",
+        description="host:port of the Prometheus /metrics listener (the writer's process); "
+        "empty = off. Keep it off the public network",
+    )
 
     smtp_host: str = Field("", description="SMTP server; empty = codes go to the log")
     smtp_port: int = Field(25, description="SMTP port")

@@ -45,8 +45,10 @@ from exchange.config import Settings, get_settings
 from exchange.domain.markets import Market, default_assets, default_markets
 from exchange.engine.client import EngineClient
 from exchange.engine.engine import Engine
+from exchange.engine.gauges import EngineCollector
 from exchange.engine.port import EnginePort
 from exchange.engine.writer_lock import WriterLock
+from exchange.metrics import MetricsListener, parse_address
 from exchange.services.accounts import Accounts
 from exchange.services.api_keys import ApiKeys
 from exchange.services.history import History
@@ -55,7 +57,14 @@ from exchange.services.marketdata import MarketData
 from exchange.services.sessions import Sessions
 from exchange.services.wallet import Wallet, withdraw_rules
 
-__all__ = ["AnotherWriter", "Companion", "Runtime", "build_runtime", "configured_markets"]
+__all__ = [
+    "AnotherWriter",
+    "Companion",
+    "MetricsUnavailable",
+    "Runtime",
+    "build_runtime",
+    "configured_markets",
+]
 
 #: Something that runs beside the exchange once it has started (the demo's bots).
 Companion = Callable[["Runtime"], AbstractAsyncContextManager[None]]
@@ -63,6 +72,10 @@ Companion = Callable[["Runtime"], AbstractAsyncContextManager[None]]
 
 class AnotherWriter(RuntimeError):
     """Another exchange process already writes to this database."""
+
+
+class MetricsUnavailable(RuntimeError):
+    """The metrics listener cannot bind its address."""
 
 
 def configured_markets(settings: Settings) -> dict[str, Market]:
@@ -98,6 +111,8 @@ class Runtime:
     link: EngineClient | None
     _writer: _Writer | None = None
     companions: list[Companion] = field(default_factory=list)
+    #: The ``/metrics`` listener, in the writer's process while it runs (None: off).
+    metrics: MetricsListener | None = None
 
     @property
     def markets(self) -> dict[str, Market]:
@@ -150,8 +165,12 @@ class Runtime:
             self.stream.start()
             self.binance_streams.start()
             self.housekeeping.start()
+            self._start_metrics(writer.engine)
             yield
         finally:
+            if self.metrics is not None:
+                await asyncio.to_thread(self.metrics.stop)
+                self.metrics = None
             await self.housekeeping.stop()
             await writer.engine.stop()
             await self.stream.stop()
@@ -160,6 +179,21 @@ class Runtime:
             await self.database.dispose()
             writer.database.dispose()
             writer.lock.release()
+
+    def _start_metrics(self, engine: Engine) -> None:
+        """The ``/metrics`` listener (every process's counters, the writer's state)."""
+        address = parse_address(self.settings.metrics_address)
+        if address is None:
+            return
+        listener = MetricsListener(address, [EngineCollector(engine, asyncio.get_running_loop())])
+        try:
+            listener.start()
+        except OSError as error:
+            raise MetricsUnavailable(
+                f"cannot serve metrics on {address[0]}:{address[1]} ({error.strerror or error}); "
+                "set EXCHANGE_METRICS_ADDRESS to a free host:port, or empty to turn them off"
+            ) from None
+        self.metrics = listener
 
     @asynccontextmanager
     async def _worker_running(self) -> AsyncIterator[None]:

@@ -274,8 +274,9 @@ def server_config(app: Any, settings: Settings, **where: Any) -> uvicorn.Config:
         http=guarded_protocol(HttpLimits.of(settings)),
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_message,
-        log_level=settings.log_level,
-        access_log=False,
+        log_config=None,  # exchange.logs configured every logger, uvicorn's too
+        log_level=None,
+        access_log=False,  # the app's own access line (EXCHANGE_ACCESS_LOG) names no query
         timeout_graceful_shutdown=5,
         server_header=False,
     )

@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -110,10 +111,14 @@ class _Workers:
 
     def check(self) -> bool:
         """Restart dead workers; False when they keep dying at start."""
+        from exchange.metrics import process_died  # after the multiprocess choice
+
         for index, process in enumerate(self.processes):
             if process.is_alive():
                 continue
             process.join()
+            if process.pid is not None:
+                process_died(process.pid)
             lived = time.monotonic() - self.started[index]
             log.error(
                 "worker %d (pid %s) ended with %s after %.1f s; starting another",
@@ -178,11 +183,21 @@ async def _writer(settings: Settings, workers: _Workers) -> int:
             await hub.stop()
 
 
+def _count_every_process(folder: str) -> None:
+    """prometheus-client's multiprocess mode for this process and the workers it spawns.
+
+    Set before ``exchange.metrics`` is first imported (its values pick their storage
+    then); the workers inherit the variable.
+    """
+    if "exchange.metrics" in sys.modules:
+        raise RuntimeError("exchange.metrics was imported before --workers chose its storage")
+    os.makedirs(folder, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
 def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
     """Serve with ``count`` HTTP workers; the exit status (3: could not start)."""
     import uvloop
-
-    from exchange.runtime import AnotherWriter
 
     try:
         sock = bind(host, port)
@@ -193,13 +208,18 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
     if len(directory) > 80:  # a Unix socket path has at most 107 bytes
         os.rmdir(directory)
         directory = tempfile.mkdtemp(prefix="exchange-", dir="/tmp")
+    if settings.metrics_address.strip():
+        _count_every_process(os.path.join(directory, "metrics"))
     workers = _Workers(settings, sock, os.path.join(directory, "writer.sock"), count)
+    from exchange.runtime import AnotherWriter, MetricsUnavailable  # after the metrics' choice
+
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_writer(settings, workers))
-    except AnotherWriter as error:
+    except (AnotherWriter, MetricsUnavailable) as error:
         log.error("%s", error)
         return 3
     finally:
         sock.close()
         shutil.rmtree(directory, ignore_errors=True)
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -38,6 +38,8 @@ PAIR = "BTC/USDT"
 FUNDS = (("BTC", "10"), ("USDT", "1000000"))
 CREDITS = {"BTC": 10 * 10**8, "USDT": 1_000_000 * 10**6}
 SCALE = {"BTC": 8, "USDT": 6}
+BTC_ADDRESS = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"
+USDT_ADDRESS = "0x" + "5a" * 20
 
 
 @dataclass
@@ -88,6 +90,19 @@ def start_users(server: Server, mailbox: Mailbox, url: str, n: int) -> list[str]
     tokens = [register_over_http(server.url, mailbox, email) for email in emails]
     credit(url, *((email, coin, amount) for email in emails for coin, amount in FUNDS))
     return tokens
+
+
+def set_addresses(base: str, tokens: list[str]) -> None:
+    """Every trader's withdrawal addresses (usable at once with a cooldown of 0)."""
+    for token in tokens:
+        headers = {"Authorization": f"Bearer {token}"}
+        for coin, address in (("BTC", BTC_ADDRESS), ("USDT", USDT_ADDRESS)):
+            answer = httpx.post(
+                f"{base}/api/set_withdraw_address",
+                data={"coin": coin, "address": address},
+                headers=headers,
+            )
+            assert answer.json()["status"], answer.text
 
 
 async def client_loop(

@@ -43,6 +43,7 @@ from load_support import (
     check_outcomes,
     client_loop,
     credit,
+    set_addresses,
     start_users,
 )
 from sqlalchemy import select
@@ -61,23 +62,7 @@ from support import (
     smtp_server,
 )
 
-BTC_ADDRESS = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"
-USDT_ADDRESS = "0x" + "5a" * 20
-
-
 # -- the world: a server with funded users (the load and its checks: load_support.py) ----
-
-
-def set_addresses(base: str, tokens: list[str]) -> None:
-    for token in tokens:
-        headers = {"Authorization": f"Bearer {token}"}
-        for coin, address in (("BTC", BTC_ADDRESS), ("USDT", USDT_ADDRESS)):
-            answer = httpx.post(
-                f"{base}/api/set_withdraw_address",
-                data={"coin": coin, "address": address},
-                headers=headers,
-            )
-            assert answer.json()["status"], answer.text
 
 
 # -- checks on the database after the fact -------------------------------------------------

@@ -29,6 +29,7 @@ from exchange.api.params import (
     parse_query,
 )
 from exchange.domain.errors import ExchangeError, unavailable
+from exchange.metrics import API_REFUSALS, DATABASE_ERRORS
 
 log = logging.getLogger("exchange.api")
 
@@ -251,22 +252,27 @@ class Dispatcher:
                 )
             await self._dispatch(scope, receive, send, name, query, parsed)
         except BodyTooLarge:
-            await send_error(
-                send,
-                ExchangeError("invalid_argument", "the request body is larger than 64 KiB"),
-                PAYLOAD_TOO_LARGE,
-            )
+            refusal = ExchangeError("invalid_argument", "the request body is larger than 64 KiB")
+            self._count(name, refusal)
+            await send_error(send, refusal, PAYLOAD_TOO_LARGE)
         except ExchangeError as refusal:
+            self._count(name, refusal)
             await send_error(send, refusal)
         except Exception as failure:
             if self.database_unavailable(failure):  # e.g. a session check while the DB is down
                 log.warning("method %r: the database is unavailable (%s)", name, failure)
+                DATABASE_ERRORS.labels("api").inc()
+                self._count(name, unavailable())
                 await send_error(send, unavailable())
                 return
             log.exception("internal error in method %r", name)
-            await send_error(
-                send, ExchangeError("internal_error", "something went wrong on our side; try again")
-            )
+            failed = ExchangeError("internal_error", "something went wrong on our side; try again")
+            self._count(name, failed)
+            await send_error(send, failed)
+
+    def _count(self, name: str, refusal: ExchangeError) -> None:
+        method = name if name in self.methods else "unknown"
+        API_REFUSALS.labels("seed", method, refusal.code).inc()
 
     async def _first_valid(self, carried: list[tuple[str, bool]]) -> tuple[str, int] | None:
         """(token, user id) of the first live session, in SPEC's order."""
@@ -293,6 +299,7 @@ class Dispatcher:
             error = ExchangeError(
                 "method_not_allowed", f"{name} needs {method.verb}, not {verb[:10]}"
             )
+            self._count(name, error)
             await send_json(send, 405, error_body(error), [(b"allow", method.verb.encode())])
             return
         incoming = Incoming(scope)

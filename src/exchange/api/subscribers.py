@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from exchange.api.limits import Bucket
+from exchange.metrics import WS_CONNECTIONS, WS_DROPPED, WS_SUBSCRIPTIONS
 
 __all__ = ["QUEUE_SIZE", "Admission", "Connection", "Subscribers", "Topic"]
 
@@ -31,6 +32,7 @@ QUEUE_SIZE = 1_000
 TOO_SLOW = 1008
 TRY_AGAIN_LATER = 1013
 CLOSE_SECONDS = 2.0  # float-ok: seconds to wait for a close handshake
+REPORT_MS = 1000  # how often the connection and subscription gauges are set
 
 #: ("trades", "BTC/USDT"), ("kline:5min", "BTC/USDT"), ("orders", "#42"): private topics are
 #: keyed by user id so that a listener finds a user's connections without a scan.
@@ -125,6 +127,9 @@ class Admission:
 class Subscribers:
     """Connections, their topics, the senders and the dropping of slow clients."""
 
+    #: The metrics' ``dialect`` label.
+    DIALECT = "seed"
+
     def __init__(self, admission: Admission | None = None, queue_size: int = QUEUE_SIZE) -> None:
         self.admission = admission or Admission()
         self.queue_size = queue_size
@@ -159,6 +164,18 @@ class Subscribers:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
+
+    def start(self) -> None:
+        """The periodic work every dialect has: the gauges of its connections."""
+        self.every(REPORT_MS, self._report, "ws-metrics")
+
+    async def _report(self) -> None:
+        # Set (not counted up and down): in multiprocess mode each process's value is
+        # its own file, and a worker that died no longer counts (``livesum``).
+        WS_CONNECTIONS.labels(self.DIALECT).set(len(self.connections))
+        WS_SUBSCRIPTIONS.labels(self.DIALECT).set(
+            sum(len(connection.topics) for connection in self.connections)
+        )
 
     def every(self, milliseconds: int, work: Callable[[], Awaitable[None]], name: str) -> None:
         """Run ``work`` every so often until ``close_all`` (checks of sessions and keys)."""
@@ -216,6 +233,7 @@ class Subscribers:
             return
         connection.closing = True
         self.dropped += 1
+        WS_DROPPED.labels(self.DIALECT).inc()
         self.forget(connection)
         self.spawn(self.close(connection, TOO_SLOW, "too slow"))
 
@@ -249,3 +267,4 @@ class Subscribers:
         for task in list(self._closers):
             with contextlib.suppress(Exception):
                 await task
+        await self._report()  # nothing open any more

@@ -285,6 +285,7 @@ class Stream(FanOut):
         return channel, symbol, interval
 
     def start(self) -> None:
+        super().start()
         self.every(REVALIDATE_MS, self._revalidate, "ws-sessions")
 
     async def _revalidate(self) -> None:

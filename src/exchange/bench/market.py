@@ -50,7 +50,11 @@ async def _seed(url: str, minutes: int, samples: int) -> list[int]:
     start = now_ms() - minutes * MIN
     clock = ManualClock(start)
     settings = Settings(
-        database_url=url, rate_limits="off", sqlite_synchronous="NORMAL", log_level="warning"
+        database_url=url,
+        rate_limits="off",
+        sqlite_synchronous="NORMAL",
+        log_level="warning",
+        metrics_address="",
     )
     runtime = build_runtime(settings, clock=clock)
     rng = random.Random(5)

@@ -39,6 +39,8 @@ def exchange_env(database_url: str, smtp_port: int | None = None, **extra: str) 
             "EXCHANGE_RATE_LIMITS": "off",
             "EXCHANGE_LOG_LEVEL": "warning",
             "EXCHANGE_SECRET_KEY_FILE": scratch_key_file(database_url),
+            # Metrics on, as an operator runs it, on a port of its own (never a clash).
+            "EXCHANGE_METRICS_ADDRESS": "127.0.0.1:0",
         }
     )
     if smtp_port:

@@ -56,6 +56,7 @@ from exchange.engine.journal import Batch, Journal, command_from_inbox
 from exchange.engine.port import Balances, Listener
 from exchange.engine.recovery import State, load_state
 from exchange.engine.writer_lock import WriterLock
+from exchange.metrics import BATCH_COMMANDS, COMMIT_SECONDS, DATABASE_ERRORS
 
 log = logging.getLogger("exchange.engine")
 
@@ -132,6 +133,11 @@ class Engine:
         self.reloads = 0  # times memory was rebuilt from the database after the start
         self.rollbacks = 0  # batches (or parts) whose changes were taken back
         self.refused_unstorable = 0  # commands set aside because their rows cannot be written
+        #: (command class, "accepted" or the refusal's code) -> committed answers, for metrics.
+        self.outcomes: dict[tuple[type, str], int] = {}
+        self.trades = 0  # trades committed
+        #: withdrawal status -> changes committed (requested, sent, rejected).
+        self.withdrawal_changes: dict[str, int] = {}
 
     # -- life cycle -----------------------------------------------------------
 
@@ -392,10 +398,12 @@ class Engine:
             # lock across awaits, so a commit that blocked the loop could deadlock.
             started = time.perf_counter_ns()
             await asyncio.to_thread(self.journal.commit, batch)
-            self.commit_ns += time.perf_counter_ns() - started
+            took = time.perf_counter_ns() - started
+            self.commit_ns += took
         except Exception as error:
             self._rollback()
             if database_unavailable(error):
+                DATABASE_ERRORS.labels("commit").inc()
                 log.error("group commit failed (%s): answering 503 and reloading", error)
                 raise _Unavailable() from error
             log.error(
@@ -408,13 +416,23 @@ class Engine:
         self.batches += 1
         outbox.books = number_books(self.book_numbers, outbox.orders, self.batches)
         self.commands += len(group)
-        for (_command, future, _inbox), result in zip(group, results, strict=True):
-            if future is None or future.done():
-                continue
+        COMMIT_SECONDS.observe(took / 1_000_000_000)
+        BATCH_COMMANDS.observe(len(group))
+        outcomes = self.outcomes
+        for (command, future, _inbox), result in zip(group, results, strict=True):
             if isinstance(result, ExchangeError):
-                future.set_exception(result)
+                key = (type(command), result.code)
+                if future is not None and not future.done():
+                    future.set_exception(result)
             else:
-                future.set_result(result)
+                key = (type(command), "accepted")
+                if future is not None and not future.done():
+                    future.set_result(result)
+            outcomes[key] = outcomes.get(key, 0) + 1
+        self.trades += len(outbox.trades)
+        for withdrawal in outbox.withdrawals:
+            changes = self.withdrawal_changes
+            changes[withdrawal.status] = changes.get(withdrawal.status, 0) + 1
         for listener in self._listeners:
             try:
                 listener(outbox, now)
@@ -478,6 +496,7 @@ class Engine:
             return core.approve_withdrawal(command.withdrawal_id, command.txid, now)
         if isinstance(command, RejectWithdrawal):
             return core.reject_withdrawal(command.withdrawal_id, command.reason, now)
+
         return None  # Resync: its batch found the flag already handled
 
     # -- operator commands from other processes -------------------------------
@@ -530,6 +549,25 @@ class Engine:
         return len(futures)
 
     # -- reading (from memory: no database on the hot path) -------------------
+
+    @property
+    def queued(self) -> int:
+        """Commands waiting for the writer (the engine queue's depth)."""
+        return self._queue.qsize()
+
+    async def ledger_totals(self) -> dict[tuple[str, int, int], int]:
+        """(asset, account, 0 available / 1 frozen) -> units summed over the accounts, with
+        every user account under 0 and the system accounts under their own (negative) ids:
+        committed, read between batches (so the sum per asset is exactly 0)."""
+        while self._busy:  # another batch may have begun before this coroutine resumed
+            await self.settled()
+        totals: dict[tuple[str, int, int], int] = {}
+        for user, asset, available, frozen in self.core.ledger.accounts():
+            holder = user if user < 0 else 0
+            for part, units in ((0, available), (1, frozen)):
+                key = (asset, holder, part)
+                totals[key] = totals.get(key, 0) + units
+        return totals
 
     def balances(self, user_id: int) -> Balances:
         """What memory holds now (between batches: what the database holds)."""

@@ -20,6 +20,7 @@ from exchange.adapters.mailer import Mailer
 from exchange.adapters.passwords import PasswordHashing, check_password_rules
 from exchange.clock import Clock
 from exchange.domain.errors import ExchangeError
+from exchange.metrics import CODES_SENT, LOGINS
 from exchange.services.emails import normalize_email
 from exchange.services.keyed_locks import KeyedLocks
 
@@ -138,6 +139,7 @@ class Accounts:
                 raise ExchangeError(
                     "internal_error", "the e-mail could not be sent; try again later"
                 ) from None
+            CODES_SENT.inc()
 
     async def register(self, user: str, password: str, code: str) -> str:
         email = normalize_email(user)
@@ -247,7 +249,15 @@ class Accounts:
 
     async def login(self, user: str, password: str) -> tuple[int, str]:
         """Check the credentials; the same answer whether the user exists or not."""
-        email = normalize_email(user)
+        try:
+            found = await self._login(normalize_email(user), password)
+        except ExchangeError as refusal:
+            LOGINS.labels(refusal.code).inc()
+            raise
+        LOGINS.labels("ok").inc()
+        return found
+
+    async def _login(self, email: str, password: str) -> tuple[int, str]:
         async with self._locks.hold(email):
             now = self._clock()
             since = now - LOCKOUT_WINDOW_MS

@@ -36,6 +36,7 @@ from exchange.api.limits import RateLimiter, WeightWindows
 from exchange.api.params import check_text, parse_form, parse_query
 from exchange.api.router import BodyTooLarge, Incoming, read_body
 from exchange.domain.errors import ExchangeError
+from exchange.metrics import API_REFUSALS, DATABASE_ERRORS
 from exchange.services.api_keys import READ, TRADE, ApiKey
 
 #: An endpoint that needs only the API key, not a signature (Binance's USER_STREAM).
@@ -179,23 +180,25 @@ class BinanceApi:
                 await self._authenticate(call, incoming, query, body, endpoint.permission)
             result = await endpoint.handler(call)
         except BinanceError as refusal:
-            await self._refuse(send, refusal, used)
+            await self._refuse(send, path, refusal, used)
             return
         except ExchangeError as refusal:
-            await self._refuse(send, from_exchange(refusal), used)
+            await self._refuse(send, path, from_exchange(refusal), used)
             return
         except BodyTooLarge:
-            await self._refuse(
-                send, BinanceError(-1000, "The request body is too large.", 413), used
-            )
+            too_large = BinanceError(-1000, "The request body is too large.", 413)
+            await self._refuse(send, path, too_large, used)
             return
         except Exception as failure:
             if self.database_unavailable(failure):
                 log.warning("binance %s: the database is unavailable (%s)", path, failure)
-                await self._refuse(send, from_exchange(ExchangeError("overloaded", "")), used)
+                DATABASE_ERRORS.labels("api").inc()
+                unavailable = from_exchange(ExchangeError("overloaded", ""))
+                await self._refuse(send, path, unavailable, used)
                 return
             log.exception("internal error in binance %s", path)
-            await self._refuse(send, from_exchange(ExchangeError("internal_error", "")), used)
+            failed = from_exchange(ExchangeError("internal_error", ""))
+            await self._refuse(send, path, failed, used)
             return
         await _send(send, 200, orjson.dumps(result), used)
 
@@ -224,7 +227,8 @@ class BinanceApi:
         call.key = found
         call.user_id = found.user_id
 
-    async def _refuse(self, send: Send, refusal: BinanceError, used: int) -> None:
+    async def _refuse(self, send: Send, path: str, refusal: BinanceError, used: int) -> None:
+        API_REFUSALS.labels("binance", path if path in PATHS else "unknown", refusal.code).inc()
         body = orjson.dumps({"code": refusal.code, "msg": refusal.msg})
         extra: list[tuple[bytes, bytes]] = []
         if refusal.retry_after is not None:

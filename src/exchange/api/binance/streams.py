@@ -105,6 +105,8 @@ def _user_topic(user_id: int) -> Topic:
 class BinanceStreams(Subscribers):
     """The Binance dialect's connections and the engine listener that feeds them."""
 
+    DIALECT = "binance"
+
     def __init__(
         self,
         market: MarketData,
@@ -508,6 +510,7 @@ class BinanceStreams(Subscribers):
     # -- life cycle --------------------------------------------------------------------
 
     def start(self) -> None:
+        super().start()
         self.every(REVALIDATE_MS, self._revalidate, "binance-keys")
 
     async def _revalidate(self) -> None:
