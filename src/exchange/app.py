@@ -7,7 +7,8 @@ every entry point); this module only decides which path goes where.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from bisect import bisect_left
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from time import perf_counter
 from typing import Any
@@ -34,15 +35,16 @@ from exchange.clock import Clock, now_ms
 from exchange.config import Settings
 from exchange.domain.errors import unavailable
 from exchange.logs import REQUEST, request_id
-from exchange.metrics import DATABASE_ERRORS, HTTP_SECONDS, http_method
+from exchange.metrics import DATABASE_ERRORS, HTTP_METHODS, HTTP_SECONDS
 from exchange.runtime import Runtime, build_runtime
 from exchange.web.pages import page_routes
 
 log = logging.getLogger("exchange")
 access = logging.getLogger("exchange.access")
 
-#: (HTTP verb, status) -> its histogram child (``labels()`` takes a lock: once per key).
-_HTTP_CHILDREN: dict[tuple[str, int], Any] = {}
+#: (HTTP verb, status) -> its tally row (the label strings are made once per key).
+_HTTP_ROWS: dict[tuple[str, int], list[Any]] = {}
+_HTTP_BOUNDS = HTTP_SECONDS.bounds
 
 
 class ExchangeApp(Starlette):
@@ -59,47 +61,59 @@ class ExchangeApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
-            await self._timed(scope, receive, send)
+        if kind != "http":
+            if kind == "lifespan":
+                await super().__call__(scope, receive, send)
+            else:
+                await self._enter(scope, receive, send)
             return
-        if kind == "lifespan":
-            await super().__call__(scope, receive, send)
-            return
-        await self._enter(scope, receive, send)
-
-    async def _timed(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Every HTTP request: an id (``X-Request-Id``, taken or made) on its answer and its
-        log lines, ``exchange_http_request_duration_seconds``, and the access line."""
-        status = 0
-        rid = scope["request_id"] = request_id(scope["headers"])
+        # Every HTTP request, inline (each Python call here is paid by every order): its
+        # log lines know the request (``REQUEST``), its time goes into
+        # ``exchange_http_request_duration_seconds``, and with the access log on it has an
+        # id (``X-Request-Id``, the client's or a new one) on its answer and its line.
         REQUEST.set(scope)
+        status = 0
+        tagged = self.access_log
 
-        async def sending(message: Message) -> None:
+        def sending(message: Message) -> Awaitable[None]:
+            # Not a coroutine: the caller awaits uvicorn's own send (no frame of ours).
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message["headers"], (b"x-request-id", rid)]}
-            await send(message)
+                if tagged:
+                    tag = (b"x-request-id", request_id(scope).encode())
+                    message = {**message, "headers": [*message["headers"], tag]}
+            return send(message)
 
         started = perf_counter()
         try:
-            await self._enter(scope, receive, sending)
+            front = self.front
+            if front.proxied:
+                await front(scope, receive, sending)
+            else:
+                refused = front.admits(scope)
+                if refused is None:
+                    await self.route(scope, receive, sending)
+                else:
+                    await front.refuse(scope, sending, refused)
         finally:
             took = perf_counter() - started
-            key = (http_method(scope["method"]), status)
-            child = _HTTP_CHILDREN.get(key)
-            if child is None:  # bounded: the standard verbs times the statuses we send
-                child = HTTP_SECONDS.labels(key[0], str(status or "none"))
-                _HTTP_CHILDREN[key] = child
-            child.observe(took)
-            if self.access_log:
+            verb = scope["method"]
+            if verb not in HTTP_METHODS:
+                verb = "other"  # the label (and this dict) stay bounded
+            row = _HTTP_ROWS.get((verb, status))
+            if row is None:
+                row = _HTTP_ROWS[(verb, status)] = HTTP_SECONDS.tally(verb, str(status or "none"))
+            row[bisect_left(_HTTP_BOUNDS, took)] += 1
+            row[-1] += took
+            if tagged:
                 access.info(
                     "%s %s %s",
-                    key[0],
+                    verb,
                     scope["path"],
                     status,
                     extra={
-                        "method": key[0],
+                        "method": verb,
                         "path": scope["path"],
                         "status": status,
                         "duration_ms": round(took * 1000, 3),

@@ -55,8 +55,7 @@ class _RequestContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         scope = REQUEST.get()
         if scope is not None and not hasattr(record, "request_id"):
-            rid = scope.get("request_id")
-            record.request_id = rid.decode("latin-1") if isinstance(rid, bytes) else rid
+            record.request_id = request_id(scope)
             client = scope.get("client")
             record.client = client[0] if client else None
         return True
@@ -108,19 +107,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-_ID_PREFIX = secrets.token_hex(4).encode()  # per process: ids stay unique across workers
+_ID_PREFIX = secrets.token_hex(4)  # per process: ids stay unique across workers
 _ids = itertools.count(1)
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
 
-def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The client's (or proxy's) ``X-Request-Id`` when it is a plain token, else a new one."""
-    for key, value in headers:
-        if key == b"x-request-id":
-            if _SAFE_ID.fullmatch(value):
-                return value
-            break
-    return b"%s-%x" % (_ID_PREFIX, next(_ids))
+def request_id(scope: MutableMapping[str, Any]) -> str:
+    """The request's id: its ``X-Request-Id`` when that is a plain token, else a new one.
+
+    Made when first asked for (a log line, the access line) and kept in the scope:
+    requests that log nothing pay nothing for it."""
+    found = scope.get("request_id")
+    if found is None:
+        for key, value in scope.get("headers", ()):
+            if key == b"x-request-id":
+                if _SAFE_ID.fullmatch(value):
+                    found = value.decode("latin-1")
+                break
+        if found is None:
+            found = f"{_ID_PREFIX}-{next(_ids):x}"
+        scope["request_id"] = found
+    return str(found)
 
 
 def configure_logging(settings: Settings) -> None:

@@ -48,7 +48,7 @@ from exchange.engine.engine import Engine
 from exchange.engine.gauges import EngineCollector
 from exchange.engine.port import EnginePort
 from exchange.engine.writer_lock import WriterLock
-from exchange.metrics import MetricsListener, parse_address
+from exchange.metrics import MetricsListener, flushing, parse_address
 from exchange.services.accounts import Accounts
 from exchange.services.api_keys import ApiKeys
 from exchange.services.history import History
@@ -143,7 +143,7 @@ class Runtime:
     async def running(self) -> AsyncIterator[None]:
         """Start everything this process runs; stop it all on the way out."""
         core = self._writer_running() if self._writer is not None else self._worker_running()
-        async with core, contextlib.AsyncExitStack() as companions:
+        async with flushing(), core, contextlib.AsyncExitStack() as companions:
             for companion in self.companions:
                 await companions.enter_async_context(companion(self))
             yield

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,7 @@ from exchange.bench.server import Server, exchange_env, free_port, running_serve
 from support import assert_envelope, register_over_http, smtp_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+HTTP_COUNT = "exchange_http_request_duration_seconds_count"
 
 
 def scrape(port: int) -> Samples:
@@ -54,16 +56,24 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
-def wait_for(port: int, check: str, expected: float, **labels: str) -> Samples:
-    """Scrape until a gauge (set once a second by each process) shows ``expected``."""
+def wait_until(port: int, holds: Callable[[Samples], bool], what: str) -> Samples:
+    """Scrape until ``holds``: gauges are set, and tallied histograms (HTTP requests, batches)
+    folded in, once a second by each process."""
     deadline = time.monotonic() + 15
     while True:
         samples = scrape(port)
-        if value(samples, check, **labels) == expected:
+        if holds(samples):
             return samples
         if time.monotonic() > deadline:
-            raise AssertionError(f"{check}{labels} = {value(samples, check, **labels)}")
+            raise AssertionError(f"never: {what}")
         time.sleep(0.2)
+
+
+def wait_for(port: int, check: str, expected: float, **labels: str) -> Samples:
+    """Scrape until one sample (summed over the other labels) shows ``expected``."""
+    return wait_until(
+        port, lambda s: value(s, check, **labels) == expected, f"{check}{labels} == {expected}"
+    )
 
 
 def conservation(samples: Samples) -> dict[str, float]:
@@ -126,7 +136,14 @@ def test_metrics_of_one_process(db_url: str, tmp_path: Path) -> None:
 
             during = asyncio.run(watch())
             assert value(during, "exchange_ws_connections", dialect="seed") == 1
-            after = wait_for(metrics_port, "exchange_ws_connections", 0, dialect="seed")
+            after = wait_until(
+                metrics_port,
+                lambda s: (
+                    value(s, "exchange_ws_connections", dialect="seed") == 0
+                    and value(s, HTTP_COUNT, method="POST", status="200") >= 8
+                ),
+                "the connection closed and every POST folded in",
+            )
 
     orders = {"command": "place_order"}
     assert value(after, "exchange_commands_total", outcome="accepted", **orders) == 2
@@ -195,17 +212,25 @@ def test_metrics_count_every_worker_once(db_url: str, tmp_path: Path) -> None:
     ) as server:
         assert server.process is not None
         pids = wait_for_workers(server.process.pid)
-        ok_gets = {"method": "GET", "status": "200"}
-        before = value(
-            scrape(metrics_port), "exchange_http_request_duration_seconds_count", **ok_gets
-        )
+        # DELETE of an unknown path: no other request of the run has that method and status.
+        missing = {"method": "DELETE", "status": "404"}
+        assert value(scrape(metrics_port), HTTP_COUNT, **missing) == 0
         sent = 40
         for _ in range(sent):  # a new connection each: the kernel spreads them
-            assert httpx.get(f"{server.url}/api/v3/time", headers=FRESH).status_code == 200
-        after = scrape(metrics_port)
-        counted = value(after, "exchange_http_request_duration_seconds_count", **ok_gets)
-        assert counted - before == sent
-        assert value(after, "exchange_engine_ready") == 1  # the writer's own state is there too
+            gone = httpx.delete(f"{server.url}/api/v3/nothing", headers=FRESH)
+            assert gone.status_code == 404
+        counts = wait_until(
+            metrics_port,
+            lambda s: value(s, HTTP_COUNT, **missing) >= sent,
+            "every DELETE folded in",
+        )
+        assert value(counts, HTTP_COUNT, **missing) == sent  # each process counted once
+        # Requests of another kind, folded in after those: the count did not move on.
+        for _ in range(10):
+            httpx.put(f"{server.url}/api/v3/nothing", headers=FRESH)
+        later = wait_for(metrics_port, HTTP_COUNT, 10, method="PUT", status="404")
+        assert value(later, HTTP_COUNT, **missing) == sent
+        assert value(later, "exchange_engine_ready") == 1  # the writer's own state is there too
 
         async def connections() -> None:
             sockets = [
@@ -231,10 +256,7 @@ def test_metrics_count_every_worker_once(db_url: str, tmp_path: Path) -> None:
                     6 - holders.count(victim),
                     dialect="binance",
                 )
-                assert (
-                    value(left, "exchange_http_request_duration_seconds_count", **ok_gets)
-                    >= counted
-                )
+                assert value(left, HTTP_COUNT, **missing) == sent  # the dead worker's too
             finally:
                 for ws in sockets:
                     await ws.close()

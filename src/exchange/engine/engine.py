@@ -138,6 +138,8 @@ class Engine:
         self.trades = 0  # trades committed
         #: withdrawal status -> changes committed (requested, sent, rejected).
         self.withdrawal_changes: dict[str, int] = {}
+        self._commit_row = COMMIT_SECONDS.tally()
+        self._batch_row = BATCH_COMMANDS.tally()
 
     # -- life cycle -----------------------------------------------------------
 
@@ -416,8 +418,8 @@ class Engine:
         self.batches += 1
         outbox.books = number_books(self.book_numbers, outbox.orders, self.batches)
         self.commands += len(group)
-        COMMIT_SECONDS.observe(took / 1_000_000_000)
-        BATCH_COMMANDS.observe(len(group))
+        COMMIT_SECONDS.count(self._commit_row, took / 1_000_000_000)
+        BATCH_COMMANDS.count(self._batch_row, len(group))
         outcomes = self.outcomes
         for (command, future, _inbox), result in zip(group, results, strict=True):
             if isinstance(result, ExchangeError):
