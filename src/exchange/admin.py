@@ -28,7 +28,15 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine as SyncEngine
 
 from exchange.adapters.db.database import reading
-from exchange.adapters.db.tables import admin_audit, engine_inbox, users, withdrawals
+from exchange.adapters.db.tables import (
+    admin_audit,
+    balances,
+    controls,
+    engine_inbox,
+    orders,
+    users,
+    withdrawals,
+)
 from exchange.clock import now_ms
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Market, assets_of
@@ -111,6 +119,86 @@ class Admin:
         payload = {"user_id": user_id, "email": email, "asset": code, "amount": units, "note": note}
         return self.run("credit", payload)
 
+    def market(self, symbol: str) -> Market:
+        return self._markets[symbol]
+
+    def pair(self, text: str) -> str:
+        """``BTC/USDT``, ``btc_usdt``, ``BTC-USDT`` or ``BTCUSDT``: the market's symbol."""
+        wanted = text.strip().upper().replace("_", "/").replace("-", "/")
+        for symbol in self._markets:
+            if wanted in (symbol, symbol.replace("/", "")):
+                return symbol
+        raise ExchangeError("unknown_pair", f"{text!r} is not a market here")
+
+    # -- market and account controls (applied by the engine, like the others) --
+
+    def halt(self, pair: str, note: str = "", *, active: bool = True) -> dict[str, Any]:
+        """Halt (or, ``active`` False, resume) a market: new orders refused, cancels work."""
+        action = "halt" if active else "resume"
+        with self._refusals_audited(action, {"pair": pair, "note": note}):
+            symbol = self.pair(pair)
+        return self.run(
+            "control", {"kind": "halt", "key": symbol, "active": active, "note": note}, action
+        )
+
+    def freeze(self, email: str, note: str = "", *, active: bool = True) -> dict[str, Any]:
+        """Freeze (or unfreeze) an account: no trading, withdrawing or new API keys."""
+        action = "freeze" if active else "unfreeze"
+        with self._refusals_audited(action, {"email": email, "note": note}):
+            user_id = self.user_id(email)
+        payload = {"kind": "freeze", "key": str(user_id), "active": active, "email": email}
+        return self.run("control", {**payload, "note": note}, action)
+
+    def cancel_orders(self, email: str, pair: str | None, note: str = "") -> dict[str, Any]:
+        """Cancel every open order of a user (on one market, or on all)."""
+        with self._refusals_audited("cancel_orders", {"email": email, "pair": pair}):
+            user_id = self.user_id(email)
+            symbol = None if pair is None else self.pair(pair)
+        payload = {"user_id": user_id, "email": email, "market": symbol, "note": note}
+        return self.run("cancel_orders", payload)
+
+    def users(self, search: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Users whose e-mail contains ``search``: balances, open orders, last login, frozen."""
+        needle = search.strip().lower()
+        with self._reads.connect() as conn:
+            found = conn.execute(
+                select(users.c.id, users.c.email, users.c.created, users.c.last_login)
+                .where(users.c.email.contains(needle, autoescape=True))
+                .order_by(users.c.email)
+                .limit(limit)
+            ).all()
+            ids = [row.id for row in found]
+            held = conn.execute(select(balances).where(balances.c.user_id.in_(ids))).all()
+            live = conn.execute(
+                select(orders)
+                .where(orders.c.user_id.in_(ids), orders.c.status.in_(("open", "partially_filled")))
+                .order_by(orders.c.id)
+            ).all()
+            frozen = {
+                int(row.key)
+                for row in conn.execute(
+                    select(controls.c.key).where(
+                        controls.c.kind == "freeze", controls.c.active.is_(True)
+                    )
+                )
+            }
+        result = []
+        for row in found:
+            result.append(
+                {
+                    "id": row.id,
+                    "email": row.email,
+                    "created": row.created,
+                    "last_login": row.last_login,
+                    "frozen": row.id in frozen,
+                    "balances": {
+                        b.asset: (b.available, b.frozen) for b in held if b.user_id == row.id
+                    },
+                    "open_orders": [dict(o._mapping) for o in live if o.user_id == row.id],
+                }
+            )
+        return result
+
     def withdrawal_status(self, withdrawal_id: int) -> str:
         with self._reads.connect() as conn:
             row = conn.execute(
@@ -159,8 +247,12 @@ class Admin:
             rows = conn.execute(query.order_by(withdrawals.c.id))
             return [dict(row._mapping) for row in rows]
 
-    def run(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Queue the command with its audit row, have it applied, return its result."""
+    def run(self, kind: str, payload: dict[str, Any], action: str | None = None) -> dict[str, Any]:
+        """Queue the command with its audit row, have it applied, return its result.
+
+        ``action`` names it in the audit log when the inbox kind is more general
+        (``halt`` and ``resume`` are both a ``control``)."""
+        action = action or kind
         now = now_ms()
         with self._db.begin() as conn:
             key = conn.execute(
@@ -173,7 +265,7 @@ class Admin:
             conn.execute(
                 insert(admin_audit).values(
                     actor=actor(),
-                    action=kind,
+                    action=action,
                     details=json.dumps({"inbox_id": inbox_id, **payload, "outcome": "requested"}),
                     time=now,
                 )
@@ -183,9 +275,9 @@ class Admin:
             result = self._wait(inbox_id)
         except ExchangeError as error:
             failed = "timeout" if error.code == "timeout" else "failed"
-            self.audit(kind, {**outcome, "outcome": failed, "error": error.description})
+            self.audit(action, {**outcome, "outcome": failed, "error": error.description})
             raise
-        self.audit(kind, {**outcome, "outcome": "done", "result": result})
+        self.audit(action, {**outcome, "outcome": "done", "result": result})
         return result
 
     def _apply_if_no_writer(self) -> None:

@@ -247,6 +247,104 @@ def reject(
     typer.echo(f"withdrawal {withdrawal_id} rejected")
 
 
+NOTE_OPTION = typer.Option(help="why (kept in the audit log)")
+
+
+@admin.command()
+def halt(pair: str, note: Annotated[str, NOTE_OPTION] = "") -> None:
+    """Halt a market: new orders are refused (market_halted), cancels still work."""
+    try:
+        result = _admin().halt(pair, note)
+    except ExchangeError as error:
+        _fail(error)
+    state = "halted" if result["changed"] else "was already halted"
+    typer.echo(f"market {result['key']} {state}: new orders are refused, cancels work")
+
+
+@admin.command()
+def resume(pair: str, note: Annotated[str, NOTE_OPTION] = "") -> None:
+    """Resume trading on a halted market."""
+    try:
+        result = _admin().halt(pair, note, active=False)
+    except ExchangeError as error:
+        _fail(error)
+    state = "trades again" if result["changed"] else "was not halted"
+    typer.echo(f"market {result['key']} {state}")
+
+
+@admin.command()
+def freeze(email: str, note: Annotated[str, NOTE_OPTION] = "") -> None:
+    """Freeze an account: it cannot trade, withdraw or create API keys (it can log in, look
+    and cancel). Its open orders stay; cancel them with cancel-orders."""
+    try:
+        result = _admin().freeze(email, note)
+    except ExchangeError as error:
+        _fail(error)
+    typer.echo(f"{email} {'frozen' if result['changed'] else 'was already frozen'}")
+
+
+@admin.command()
+def unfreeze(email: str, note: Annotated[str, NOTE_OPTION] = "") -> None:
+    """Lift an account's freeze."""
+    try:
+        result = _admin().freeze(email, note, active=False)
+    except ExchangeError as error:
+        _fail(error)
+    typer.echo(f"{email} {'unfrozen' if result['changed'] else 'was not frozen'}")
+
+
+@admin.command("cancel-orders")
+def cancel_orders(
+    email: str,
+    pair: Annotated[str | None, typer.Argument(help="one market (default: all)")] = None,
+    note: Annotated[str, NOTE_OPTION] = "",
+) -> None:
+    """Cancel every open order of a user (on one market, or on all)."""
+    try:
+        result = _admin().cancel_orders(email, pair, note)
+    except ExchangeError as error:
+        _fail(error)
+    ids = result["order_ids"]
+    where = f" on {result['market']}" if result["market"] else ""
+    typer.echo(f"canceled {len(ids)} open orders of {email}{where}: {' '.join(map(str, ids))}")
+
+
+@admin.command("users")
+def find_users(search: Annotated[str, typer.Argument(help="part of the e-mail address")]) -> None:
+    """Users by e-mail: balances, open orders, last login, frozen or not."""
+    from datetime import UTC, datetime
+
+    from exchange.domain.money import format_units
+
+    tool = _admin()
+
+    def when(ms: int | None) -> str:
+        return "never" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+    found = tool.users(search)
+    if not found:
+        typer.echo(f"no user's e-mail contains {search!r}")
+    for user in found:
+        frozen = "  FROZEN" if user["frozen"] else ""
+        typer.echo(
+            f"{user['id']}\t{user['email']}{frozen}\tregistered {when(user['created'])}\t"
+            f"last login {when(user['last_login'])}"
+        )
+        for asset, (available, held) in sorted(user["balances"].items()):
+            scale = tool.assets[asset].scale
+            typer.echo(
+                f"\t{asset}\tavailable {format_units(available, scale)}\t"
+                f"frozen {format_units(held, scale)}"
+            )
+        for order in user["open_orders"]:
+            market = tool.market(order["market"])
+            typer.echo(
+                f"\torder {order['id']}\t{order['market']}\t{order['side']}\t"
+                f"{market.format_amount(order['amount'] - order['filled'])} left at "
+                f"{market.format_price(order['price'])}"
+            )
+
+
 @bench.callback()
 def bench_all(ctx: typer.Context, as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Without a subcommand: run every benchmark."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import select
@@ -32,8 +32,10 @@ from support import (
     check_database_ledger,
     independent_balances,
     register_over_http,
+    until,
 )
 
+T = TypeVar("T")
 PAIR = "BTC/USDT"
 FUNDS = (("BTC", "10"), ("USDT", "1000000"))
 CREDITS = {"BTC": 10 * 10**8, "USDT": 1_000_000 * 10**6}
@@ -196,6 +198,37 @@ LEAKS = (
 EXPECTED_REFUSALS = frozenset({(404, "order_not_found"), (400, "insufficient_balance")})
 #: What a 500 says when a worker's link to the writer broke with the command in flight.
 UNKNOWN_OUTCOME = "may or may not have been applied"
+
+
+async def while_loaded(
+    base: str,
+    tokens: list[str],
+    acks: Acks,
+    during: Callable[[], Awaitable[T]],
+    *,
+    first: int = 100,
+    then: int = 100,
+) -> T:
+    """Every trader places, cancels and withdraws on ``base``; once ``first`` orders are
+    acknowledged ``during()`` runs (in a thread: the load goes on), then ``then`` more."""
+    stop = asyncio.Event()
+    clients = [
+        asyncio.create_task(
+            client_loop(
+                base, token, seed, acks, stop, withdraw=True, timeout=10, stop_on_error=True
+            )
+        )
+        for seed, token in enumerate(tokens)
+    ]
+    try:
+        await until(lambda: len(acks.orders) >= first, seconds=60)
+        result = await asyncio.to_thread(during)
+        taken = len(acks.orders)
+        await until(lambda: len(acks.orders) >= taken + then, seconds=60)
+        return result
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
 
 
 def assert_clear_503(outcome: Outcome) -> None:

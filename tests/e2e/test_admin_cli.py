@@ -186,3 +186,56 @@ async def test_admin_cli_with_and_without_a_running_server(
             (second, "rejected"),
             (first, "sent"),
         ]
+
+
+async def test_admin_cli_halts_freezes_cancels_and_finds_users(
+    tmp_path: Path, mail: tuple[Mailbox, int], clock: ManualClock
+) -> None:
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    settings = make_settings(url, mail[1])
+    async with running_app(settings, clock) as (app, client):
+        await register(client, mail[0], EMAIL)
+        user = {"Authorization": f"Bearer {await login(client, EMAIL)}"}
+        client.cookies.clear()
+        await succeeds(url, tmp_path, "admin", "credit", EMAIL, "USDT", "1000")
+
+        async def buy(pair: str = "BTC/USDT") -> httpx.Response:
+            return await client.post(
+                "/api/buy", data={"pair": pair, "amount": "0.01", "price": "1000"}, headers=user
+            )
+
+        out = await succeeds(url, tmp_path, "admin", "halt", "btc_usdt", "--note", "upgrade")
+        assert out.strip() == "market BTC/USDT halted: new orders are refused, cancels work"
+        assert_envelope(await buy(), 400, "market_halted")
+        out = await succeeds(url, tmp_path, "admin", "halt", "BTCUSDT")
+        assert "was already halted" in out
+        out = await succeeds(url, tmp_path, "admin", "resume", "BTC/USDT")
+        assert out.strip() == "market BTC/USDT trades again"
+        first = assert_envelope(await buy(), 200)["order_id"]
+        second = assert_envelope(await buy("ETH/USDT"), 200)["order_id"]
+
+        out = await succeeds(url, tmp_path, "admin", "freeze", EMAIL, "--note", "review")
+        assert out.strip() == f"{EMAIL} frozen"
+        assert_envelope(await buy(), 403, "account_frozen")
+        found = await succeeds(url, tmp_path, "admin", "users", "cli@")
+        lines = found.splitlines()
+        assert lines[0].split("\t")[1] == f"{EMAIL}  FROZEN" and "last login 20" in lines[0]
+        assert any(line.split("\t")[1:3] == ["USDT", "available 980.000000"] for line in lines)
+        assert sum(line.startswith("\torder ") for line in lines) == 2
+
+        out = await succeeds(url, tmp_path, "admin", "cancel-orders", EMAIL, "BTC/USDT")
+        assert out.strip() == f"canceled 1 open orders of {EMAIL} on BTC/USDT: {first}"
+        out = await succeeds(url, tmp_path, "admin", "cancel-orders", EMAIL)
+        assert out.strip() == f"canceled 1 open orders of {EMAIL}: {second}"
+        out = await succeeds(url, tmp_path, "admin", "unfreeze", EMAIL)
+        assert out.strip() == f"{EMAIL} unfrozen"
+        assert_envelope(await buy(), 200)
+        await refused(url, tmp_path, "admin", "halt", "DOGE/USDT", says="not a market here")
+        await refused(url, tmp_path, "admin", "freeze", "nobody@example.com", says="no user")
+        nobody = await succeeds(url, tmp_path, "admin", "users", "zzz")
+        assert nobody.strip() == "no user's e-mail contains 'zzz'"
+        check_books_and_ledger(app)
+    audit = await asyncio.to_thread(database_books, url)
+    # credit, halt x2, resume, freeze, cancel-orders x2, unfreeze: requested + done each;
+    # two refusals.
+    assert audit[(0, "audit")] == (8 * 2 + 2, 2)

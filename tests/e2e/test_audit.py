@@ -16,13 +16,13 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from load_support import Acks, check_outcomes, client_loop, set_addresses, start_users
+from load_support import Acks, check_outcomes, set_addresses, start_users, while_loaded
 from sqlalchemy import select, text, update
 
 from exchange.adapters.db.database import make_sync_engine, sqlite_path
 from exchange.adapters.db.tables import balances, ledger_entries, orders
 from exchange.bench.server import BIN, exchange_env, free_port, running_server
-from support import smtp_server, until
+from support import smtp_server
 
 
 def run_audit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -57,33 +57,7 @@ def test_audit_of_a_running_exchange_and_of_corrupted_rows(db_url: str, tmp_path
             set_addresses(server.url, tokens)
             acks = Acks()
 
-            async def load_with_an_audit() -> subprocess.CompletedProcess[str]:
-                stop = asyncio.Event()
-                clients = [
-                    asyncio.create_task(
-                        client_loop(
-                            server.url,
-                            token,
-                            seed,
-                            acks,
-                            stop,
-                            withdraw=True,
-                            timeout=10,
-                            stop_on_error=True,
-                        )
-                    )
-                    for seed, token in enumerate(tokens)
-                ]
-                try:
-                    await until(lambda: len(acks.orders) >= 100, seconds=60)
-                    during = await asyncio.to_thread(run_audit, env)  # the load goes on
-                    await until(lambda: len(acks.orders) >= 200, seconds=60)
-                    return during
-                finally:
-                    stop.set()
-                    await asyncio.gather(*clients)
-
-            during = asyncio.run(load_with_an_audit())
+            during = asyncio.run(while_loaded(server.url, tokens, acks, lambda: run_audit(env)))
             check_outcomes(acks)
             assert during.returncode == 0, during.stdout + during.stderr
             assert "the books balance" in during.stdout

@@ -24,13 +24,13 @@ from load_support import (
     check_acknowledged,
     check_money,
     check_outcomes,
-    client_loop,
     set_addresses,
     start_users,
+    while_loaded,
 )
 
 from exchange.bench.server import BIN, exchange_env, free_port, running_server
-from support import postgres_database, smtp_server, until
+from support import postgres_database, smtp_server
 
 
 def exchange(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -54,39 +54,17 @@ def test_backup_under_load_restores_every_acknowledged_order(db_url: str, tmp_pa
             set_addresses(server.url, tokens)
             acks = Acks()
 
-            async def load_with_a_backup() -> tuple[subprocess.CompletedProcess[str], Acks]:
-                stop = asyncio.Event()
-                clients = [
-                    asyncio.create_task(
-                        client_loop(
-                            server.url,
-                            token,
-                            seed,
-                            acks,
-                            stop,
-                            withdraw=True,
-                            timeout=10,
-                            stop_on_error=True,
-                        )
-                    )
-                    for seed, token in enumerate(tokens)
-                ]
-                try:
-                    await until(lambda: len(acks.orders) >= 150, seconds=60)
-                    before = Acks(
-                        orders=dict(acks.orders),
-                        cancels=dict(acks.cancels),
-                        withdrawals=dict(acks.withdrawals),
-                    )
-                    done = await asyncio.to_thread(exchange, env, "backup", str(file))
-                    taken = len(acks.orders)
-                    await until(lambda: len(acks.orders) >= taken + 100, seconds=60)
-                    return done, before
-                finally:
-                    stop.set()
-                    await asyncio.gather(*clients)
+            def backup_now() -> tuple[subprocess.CompletedProcess[str], Acks]:
+                before = Acks(  # what was acknowledged before the backup began
+                    orders=dict(acks.orders),
+                    cancels=dict(acks.cancels),
+                    withdrawals=dict(acks.withdrawals),
+                )
+                return exchange(env, "backup", str(file)), before
 
-            done, before = asyncio.run(load_with_a_backup())
+            done, before = asyncio.run(
+                while_loaded(server.url, tokens, acks, backup_now, first=150)
+            )
             check_outcomes(acks)
             assert done.returncode == 0, done.stdout + done.stderr
             assert "backed up the" in done.stdout

@@ -14,7 +14,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.events import PlaceResult
 from exchange.domain.ledger import DEPOSIT_ACCOUNT, FEE_ACCOUNT
 from exchange.domain.markets import build_market, default_assets, default_markets
-from exchange.domain.matching import MatchingEngine
+from exchange.domain.matching import FREEZE, HALT, MatchingEngine
 from exchange.domain.money import to_units
 from exchange.domain.orders import Order
 
@@ -843,3 +843,69 @@ def test_market_orders_by_value(engine: MatchingEngine) -> None:
     ):
         with pytest.raises(ExchangeError, match=words):
             engine.place(command, now=1_000)
+
+
+# -- operator controls ------------------------------------------------------------
+
+
+def test_a_halted_market_refuses_new_orders_but_cancels_and_retries_work(
+    engine: MatchingEngine,
+) -> None:
+    resting = place(engine, 1, "buy", "0.1", "20000", client_order_id="mine-1").order
+    assert resting is not None
+    engine.drain()
+    assert engine.set_control(HALT, "BTC/USDT", True) is True
+    assert engine.set_control(HALT, "BTC/USDT", True) is False  # already so
+    assert engine.outbox().controls == [(HALT, "BTC/USDT", True)]
+    with pytest.raises(ExchangeError) as halted:
+        place(engine, 2, "sell", "0.1", "20000")
+    assert halted.value.code == "market_halted"
+    retried = place(engine, 1, "buy", "0.1", "20000", client_order_id="mine-1")
+    assert retried.duplicate and retried.order_id == resting.id  # a retry finds its order
+    place(engine, 2, "sell", "1", "3000", market="ETH/USDT")  # other markets trade on
+    assert engine.cancel(1, resting.id, 2_000).status == "canceled"
+    with pytest.raises(ExchangeError) as unknown:
+        engine.set_control(HALT, "DOGE/USDT", True)
+    assert unknown.value.code == "unknown_pair"
+
+
+def test_a_frozen_account_cannot_trade_or_withdraw_and_a_rollback_takes_controls_back(
+    engine: MatchingEngine,
+) -> None:
+    engine.set_control(FREEZE, "3", True)
+    engine.drain()
+    for attempt in (
+        lambda: place(engine, 3, "buy", "0.1", "20000"),
+        lambda: engine.request_withdrawal(
+            RequestWithdrawal(3, "BTC", B("0.1"), 0, 0, "address"), 1_000
+        ),
+    ):
+        with pytest.raises(ExchangeError) as frozen:
+            attempt()
+        assert frozen.value.code == "account_frozen"
+    place(engine, 4, "buy", "0.1", "20000")  # nobody else
+    engine.drain()
+    before = snapshot(engine), set(engine.halted), set(engine.frozen_users)
+    engine.set_control(FREEZE, "3", False)
+    engine.set_control(HALT, "BTC/USDT", True)
+    engine.set_control(HALT, "BTC/USDT", False)
+    engine.set_control(HALT, "ETH/USDT", True)
+    assert sorted(engine.outbox().controls) == [
+        (FREEZE, "3", False),
+        (HALT, "BTC/USDT", False),
+        (HALT, "ETH/USDT", True),
+    ]
+    engine.rollback()
+    assert (snapshot(engine), engine.halted, engine.frozen_users) == before
+    assert engine.outbox().controls == []
+    with pytest.raises(ExchangeError):
+        engine.set_control(FREEZE, "-1", True)  # a system account is not an account
+
+
+def test_controls_are_restored_with_the_state(engine: MatchingEngine) -> None:
+    engine.restore(
+        [], list(engine.ledger.accounts()), 1, 1, controls=[(HALT, "BTC/USDT"), (FREEZE, "2")]
+    )
+    assert engine.halted == {"BTC/USDT"} and engine.frozen_users == {2}
+    with pytest.raises(ExchangeError):
+        place(engine, 1, "buy", "0.1", "20000")

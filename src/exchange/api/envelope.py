@@ -40,6 +40,7 @@ STATUS_OF_CODE: dict[str, int] = {
     "address_cooldown": 400,
     "below_minimum": 400,
     "market_halted": 400,
+    "account_frozen": 403,
     "overloaded": 503,
     "internal_error": 500,
 }

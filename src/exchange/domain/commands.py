@@ -100,6 +100,47 @@ class RejectWithdrawal(Returns[Withdrawal]):
     reason: str
 
 
+@dataclass(slots=True, frozen=True)
+class Controlled:
+    """What ``SetControl`` did: ``changed`` is False when it was already so."""
+
+    kind: str
+    key: str
+    active: bool
+    changed: bool
+
+
+@dataclass(slots=True, frozen=True)
+class SetControl(Returns[Controlled]):
+    """Halt or resume a market (kind ``halt``), freeze or unfreeze an account (``freeze``)."""
+
+    kind: str
+    key: str
+    active: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Cancelled:
+    user_id: int
+    market: str | None
+    order_ids: tuple[int, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class CancelOrders(Returns[Cancelled]):
+    """Cancel every open order of a user, on one market or all (an operator's command)."""
+
+    user_id: int
+    market: str | None
+
+
 Command = (
-    PlaceOrder | CancelOrder | Credit | RequestWithdrawal | ApproveWithdrawal | RejectWithdrawal
+    PlaceOrder
+    | CancelOrder
+    | Credit
+    | RequestWithdrawal
+    | ApproveWithdrawal
+    | RejectWithdrawal
+    | SetControl
+    | CancelOrders
 )

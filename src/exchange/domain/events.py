@@ -42,6 +42,8 @@ class Outbox:
     withdrawals: list[Withdrawal] = field(default_factory=list)
     #: market -> (first, last) batch numbers its book's change covers (``number_books``).
     books: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: (kind, key, active) of the operator controls changed (``MatchingEngine.set_control``).
+    controls: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 class Committed(Protocol):
@@ -64,6 +66,9 @@ class Committed(Protocol):
     @property
     def books(self) -> dict[str, tuple[int, int]]: ...
 
+    @property
+    def controls(self) -> list[tuple[str, str, bool]]: ...
+
 
 @dataclass(slots=True)
 class Replicated:
@@ -73,6 +78,7 @@ class Replicated:
     trades: list[Trade]
     accounts: set[tuple[int, str]]
     books: dict[str, tuple[int, int]] = field(default_factory=dict)
+    controls: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 def number_books(

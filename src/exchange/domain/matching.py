@@ -43,6 +43,7 @@ change; the ledger's entries are its own undo log.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from exchange.domain.book import Level, OrderBook
 from exchange.domain.client_ids import ClientIds
@@ -83,7 +84,15 @@ from exchange.domain.withdrawals import (
 )
 from exchange.domain.withdrawals import REJECTED as W_REJECTED
 
-__all__ = ["CLIENT_ID_TTL_MS", "CLIENT_ORDER_ID_MAX", "MAX_BALANCE", "MatchingEngine"]
+__all__ = [
+    "CLIENT_ID_TTL_MS",
+    "CLIENT_ORDER_ID_MAX",
+    "FREEZE",
+    "HALT",
+    "MAX_BALANCE",
+    "MatchingEngine",
+    "frozen_account",
+]
 
 CLIENT_ORDER_ID_MAX = 36
 #: How long a client_order_id names its order (at least; see ``ClientIds``).
@@ -96,6 +105,16 @@ MAX_BALANCE = 2**63 - 1
 CLOSED_WITH_CLIENT_ID_KEPT = 100_000
 
 _TIFS = frozenset(("GTC", "IOC", "FOK"))
+#: The operator controls (``set_control``): a halted market, a frozen account.
+HALT = "halt"
+FREEZE = "freeze"
+
+
+def frozen_account() -> ExchangeError:
+    return ExchangeError(
+        "account_frozen",
+        "this account is frozen: it cannot trade or withdraw now; contact support",
+    )
 
 
 def _invalid(message: str, rule: str | None = None) -> ExchangeError:
@@ -111,16 +130,20 @@ class MatchingEngine:
 
     __slots__ = (
         "_before",
+        "_before_controls",
         "_before_withdrawals",
         "_client_ids",
         "_closed",
         "_mark",
         "_new_client_ids",
         "_open",
+        "_out_controls",
         "_out_orders",
         "_out_trades",
         "_out_withdrawals",
         "books",
+        "frozen_users",
+        "halted",
         "ledger",
         "markets",
         "next_order_id",
@@ -160,6 +183,14 @@ class MatchingEngine:
         #: Pending withdrawals as they were before their first change.
         self._before_withdrawals: dict[int, Withdrawal] = {}
         self._new_client_ids: list[tuple[tuple[int, str], int]] = []
+        #: Markets whose new orders are refused (cancels still work), by an operator.
+        self.halted: set[str] = set()
+        #: Accounts that may not trade or withdraw (they may cancel, log in, look).
+        self.frozen_users: set[int] = set()
+        #: (kind, key) -> active, of the controls changed since the last accept; and what they
+        #: were before their first change (the undo log).
+        self._out_controls: dict[tuple[str, str], bool] = {}
+        self._before_controls: dict[tuple[str, str], bool] = {}
 
     # -- reading ------------------------------------------------------------
 
@@ -228,6 +259,12 @@ class MatchingEngine:
                                 f"{known} with another {', '.join(differs)}"
                             )
                     return PlaceResult(original, [], True, known)
+        if market in self.halted:  # after the retry check: a retry still finds its order
+            raise ExchangeError(
+                "market_halted", f"trading on {market} is halted; cancelling orders still works"
+            )
+        if user_id in self.frozen_users:
+            raise frozen_account()
         if command.quote:
             if type != MARKET or amount:
                 raise _invalid("a quote amount is only for market orders, without an amount")
@@ -409,6 +446,39 @@ class MatchingEngine:
             raise ExchangeError("invalid_argument", "the credit is too large to be booked")
         self.ledger.credit(user_id, asset, amount, "deposit", ref)
 
+    def cancel_all(self, user_id: int, market: str | None, now: int) -> list[Order]:
+        """Cancel every open order of a user (on one market, or all): an operator's command."""
+        if market is not None:
+            self.market(market)
+        return [self.cancel(user_id, o.id, now) for o in self.open_orders(user_id, market)]
+
+    # -- operator controls --------------------------------------------------------
+
+    def set_control(self, kind: str, key: str, active: bool) -> bool:
+        """Halt or resume a market (``halt``, key the pair), freeze or unfreeze an account
+        (``freeze``, key the user id); returns whether it changed anything."""
+        if kind == HALT:
+            self.market(key)
+            members: set[Any] = self.halted
+            member: Any = key
+        elif kind == FREEZE:
+            member = int(key)
+            if member <= 0:
+                raise _invalid("only a user's account can be frozen")
+            members = self.frozen_users
+        else:
+            raise _invalid(f"unknown control {kind!r}")
+        was = member in members
+        if was == active:
+            return False
+        self._before_controls.setdefault((kind, key), was)
+        self._out_controls[(kind, key)] = active
+        if active:
+            members.add(member)
+        else:
+            members.discard(member)
+        return True
+
     # -- withdrawals ------------------------------------------------------------
 
     def request_withdrawal(self, command: RequestWithdrawal, now: int) -> Withdrawal:
@@ -419,6 +489,8 @@ class MatchingEngine:
         """
         user_id, coin, amount = command.user_id, command.coin, command.amount
         fee, minimum, address = command.fee, command.minimum, command.address
+        if user_id in self.frozen_users:
+            raise frozen_account()
         asset = self.ledger.assets.get(coin)
         if asset is None:
             raise ExchangeError("unknown_coin", f"{coin[:20]!r} is not a listed coin")
@@ -708,13 +780,16 @@ class MatchingEngine:
     def outbox(self) -> Outbox:
         """Everything changed since the last ``accept``; each order once, in its last state."""
         entries, accounts = self.ledger.pending()
-        return Outbox(
+        outbox = Outbox(
             list(self._out_orders.values()),
             self._out_trades,
             entries,
             accounts,
             list(self._out_withdrawals.values()),
         )
+        if self._out_controls:
+            outbox.controls = [(k, key, a) for (k, key), a in self._out_controls.items()]
+        return outbox
 
     def accept(self) -> None:
         """The changes since the last ``accept`` are durable: start a new batch."""
@@ -724,6 +799,9 @@ class MatchingEngine:
         self._before = {}
         self._before_withdrawals = {}
         self._new_client_ids = []
+        if self._out_controls:
+            self._out_controls = {}
+            self._before_controls = {}
         self._mark = (self.next_order_id, self.next_trade_id, self.next_withdrawal_id)
         self.ledger.accept()
 
@@ -782,6 +860,13 @@ class MatchingEngine:
             if withdrawal_id >= first_withdrawal:
                 self.withdrawals.pop(withdrawal_id, None)
         self.withdrawals.update(self._before_withdrawals)
+        for (kind, name), was in self._before_controls.items():
+            members: set[Any] = self.halted if kind == HALT else self.frozen_users
+            member: Any = name if kind == HALT else int(name)
+            if was:
+                members.add(member)
+            else:
+                members.discard(member)
         self.next_order_id, self.next_trade_id, self.next_withdrawal_id = self._mark
         self.accept()
 
@@ -795,6 +880,7 @@ class MatchingEngine:
         withdrawals: Iterable[Withdrawal] = (),
         next_withdrawal_id: int = 1,
         now: int | None = None,
+        controls: Iterable[tuple[str, str]] = (),
     ) -> None:
         """Rebuild from persisted state; id order is time priority within a level.
 
@@ -823,6 +909,8 @@ class MatchingEngine:
         self.next_order_id = next_order_id
         self.next_trade_id = next_trade_id
         self.next_withdrawal_id = next_withdrawal_id
+        self.halted = {key for kind, key in controls if kind == HALT and key in self.markets}
+        self.frozen_users = {int(key) for kind, key in controls if kind == FREEZE}
         self.accept()
 
     def check_invariants(self) -> None:

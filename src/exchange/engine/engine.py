@@ -39,13 +39,17 @@ from exchange.clock import Clock
 from exchange.domain.book import OrderBook
 from exchange.domain.commands import (
     ApproveWithdrawal,
+    Cancelled,
     CancelOrder,
+    CancelOrders,
+    Controlled,
     Credit,
     Credited,
     PlaceOrder,
     RejectWithdrawal,
     RequestWithdrawal,
     Returns,
+    SetControl,
 )
 from exchange.domain.errors import ExchangeError, unavailable
 from exchange.domain.events import number_books
@@ -174,6 +178,7 @@ class Engine:
             state.pending_withdrawals,
             state.next_withdrawal_id,
             now=now,
+            controls=state.controls,
         )
         self.core.check_invariants()
 
@@ -396,6 +401,7 @@ class Engine:
             ledger = self.core.ledger
             batch.balances = [(u, a, *ledger.balance(u, a)) for u, a in outbox.accounts]
             batch.withdrawals = outbox.withdrawals
+            batch.controls = outbox.controls
             # Off the loop: SQLite transactions of the async services hold the write
             # lock across awaits, so a commit that blocked the loop could deadlock.
             started = time.perf_counter_ns()
@@ -498,7 +504,12 @@ class Engine:
             return core.approve_withdrawal(command.withdrawal_id, command.txid, now)
         if isinstance(command, RejectWithdrawal):
             return core.reject_withdrawal(command.withdrawal_id, command.reason, now)
-
+        if isinstance(command, SetControl):
+            changed = core.set_control(command.kind, command.key, command.active)
+            return Controlled(command.kind, command.key, command.active, changed)
+        if isinstance(command, CancelOrders):
+            done = core.cancel_all(command.user_id, command.market, now)
+            return Cancelled(command.user_id, command.market, tuple(o.id for o in done))
         return None  # Resync: its batch found the flag already handled
 
     # -- operator commands from other processes -------------------------------

@@ -25,13 +25,21 @@ from sqlalchemy.engine import Engine
 from exchange.adapters.db.records import ORDER_FIELDS, TRADE_FIELDS, WITHDRAWAL_FIELDS
 from exchange.adapters.db.tables import (
     balances,
+    controls,
     engine_inbox,
     ledger_entries,
     orders,
     trades,
     withdrawals,
 )
-from exchange.domain.commands import ApproveWithdrawal, Command, Credit, RejectWithdrawal
+from exchange.domain.commands import (
+    ApproveWithdrawal,
+    CancelOrders,
+    Command,
+    Credit,
+    RejectWithdrawal,
+    SetControl,
+)
 from exchange.domain.ledger import Entry
 from exchange.domain.orders import Order, Trade
 from exchange.domain.withdrawals import Withdrawal
@@ -46,6 +54,7 @@ ENTRY_COLUMNS = (*Entry._fields, "time")
 BALANCE_COLUMNS = ("user_id", "asset", "available", "frozen")
 WITHDRAWAL_COLUMNS = WITHDRAWAL_FIELDS
 WITHDRAWAL_MUTABLE = ("status", "txid", "reason", "updated")
+CONTROL_COLUMNS = ("kind", "key", "active", "updated")
 _order_row = attrgetter(*ORDER_COLUMNS)
 _trade_row = attrgetter(*TRADE_COLUMNS)
 _withdrawal_row = attrgetter(*WITHDRAWAL_COLUMNS)
@@ -60,6 +69,7 @@ class Batch:
     balances: list[tuple[int, str, int, int]] = field(default_factory=list)
     withdrawals: list[Withdrawal] = field(default_factory=list)
     inbox: list[tuple[int, str, str]] = field(default_factory=list)  # id, status, result
+    controls: list[tuple[str, str, bool]] = field(default_factory=list)  # kind, key, active
 
     def empty(self) -> bool:
         return not (
@@ -69,6 +79,7 @@ class Batch:
             or self.balances
             or self.withdrawals
             or self.inbox
+            or self.controls
         )
 
 
@@ -134,6 +145,9 @@ class Journal:
         )
         self.withdrawals = TableWriter(
             withdrawals, WITHDRAWAL_COLUMNS, lite, ("id",), WITHDRAWAL_MUTABLE
+        )
+        self.controls = TableWriter(
+            controls, CONTROL_COLUMNS, lite, ("kind", "key"), ("active", "updated")
         )
         self.sql_inbox = (
             f"UPDATE {engine_inbox.name} SET status = {mark}, result = {mark}, done = {mark} "
@@ -242,6 +256,8 @@ class Journal:
             self.balances.run(cursor, batch.balances)
         if batch.withdrawals:
             self.withdrawals.run(cursor, [_withdrawal_row(w) for w in batch.withdrawals])
+        if batch.controls:
+            self.controls.run(cursor, [(*control, batch.time) for control in batch.controls])
         if batch.inbox:
             cursor.executemany(
                 self.sql_inbox,
@@ -262,4 +278,9 @@ def command_from_inbox(kind: str, payload: dict[str, Any], inbox_id: int) -> Com
         return ApproveWithdrawal(int(payload["withdrawal_id"]), str(payload["txid"]))
     if kind == "reject":
         return RejectWithdrawal(int(payload["withdrawal_id"]), str(payload["reason"]))
+    if kind == "control":
+        return SetControl(str(payload["kind"]), str(payload["key"]), bool(payload["active"]))
+    if kind == "cancel_orders":
+        market = payload.get("market")
+        return CancelOrders(int(payload["user_id"]), None if market is None else str(market))
     raise ValueError(f"unknown inbox command {kind!r}")

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from exchange.adapters.db.records import order_from_row, withdrawal_from_row
-from exchange.adapters.db.tables import balances, orders, trades, withdrawals
+from exchange.adapters.db.tables import balances, controls, orders, trades, withdrawals
 from exchange.domain.orders import OPEN, PARTIALLY_FILLED, Order
 from exchange.domain.withdrawals import PENDING, Withdrawal
 
@@ -27,6 +27,8 @@ class State:
     next_trade_id: int
     next_withdrawal_id: int
     pending_withdrawals: list[Withdrawal] = field(default_factory=list)
+    #: (kind, key) of the operator controls in force (halted markets, frozen accounts).
+    controls: list[tuple[str, str]] = field(default_factory=list)
 
 
 def load_state(conn: Connection, client_ids_since: int = 0) -> State:
@@ -66,4 +68,10 @@ def load_state(conn: Connection, client_ids_since: int = 0) -> State:
         next_trade_id=int(max_trade) + 1,
         next_withdrawal_id=int(max_withdrawal) + 1,
         pending_withdrawals=pending,
+        controls=[
+            (r.kind, r.key)
+            for r in conn.execute(
+                select(controls.c.kind, controls.c.key).where(controls.c.active.is_(True))
+            )
+        ],
     )

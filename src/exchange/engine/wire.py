@@ -192,18 +192,19 @@ def encode_events(
     books: dict[str, Levels],
 ) -> bytes:
     """``levels``: new totals of touched levels; ``books``: whole books rebuilt by a reload."""
-    return frame(
-        {
-            "t": "events",
-            "seq": seq,
-            "now": now,
-            "trades": outbox.trades,
-            "orders": outbox.orders,
-            "accounts": sorted(outbox.accounts),
-            "levels": list(levels),
-            "books": books,
-        }
-    )
+    message: dict[str, Any] = {
+        "t": "events",
+        "seq": seq,
+        "now": now,
+        "trades": outbox.trades,
+        "orders": outbox.orders,
+        "accounts": sorted(outbox.accounts),
+        "levels": list(levels),
+        "books": books,
+    }
+    if outbox.controls:  # rare (an operator's halt): no key at all on the order path
+        message["controls"] = outbox.controls
+    return frame(message)
 
 
 def decode_outbox(message: dict[str, Any]) -> Replicated:
@@ -211,4 +212,7 @@ def decode_outbox(message: dict[str, Any]) -> Replicated:
         [Order(**order) for order in message["orders"]],
         [Trade(**trade) for trade in message["trades"]],
         {(int(user), str(asset)) for user, asset in message["accounts"]},
+        controls=[
+            (str(kind), str(key), bool(active)) for kind, key, active in message.get("controls", ())
+        ],
     )

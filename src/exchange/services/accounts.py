@@ -304,6 +304,7 @@ class Accounts:
                 raise ExchangeError("invalid_credentials", "wrong e-mail address or password")
             async with self._db.begin() as conn:
                 await conn.execute(delete(login_failures).where(login_failures.c.email == email))
+                await conn.execute(update(users).where(users.c.id == row.id).values(last_login=now))
             return int(row.id), email
 
     async def prune(self) -> dict[str, int]:

@@ -33,11 +33,12 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.adapters.db.database import reading
-from exchange.adapters.db.tables import api_keys
+from exchange.adapters.db.tables import api_keys, controls
 from exchange.adapters.secret_box import SecretBox
 from exchange.adapters.signatures import ed25519_public_pem, ed25519_valid, hmac_valid
 from exchange.clock import Clock
 from exchange.domain.errors import ExchangeError
+from exchange.domain.matching import FREEZE, frozen_account
 
 __all__ = ["KINDS", "PERMISSIONS", "ApiKey", "ApiKeys", "CreatedKey"]
 
@@ -167,6 +168,13 @@ class ApiKeys:
         now = self._clock()
         key = _random_text(64)
         async with self._db.begin() as conn:
+            frozen = await conn.execute(
+                select(controls.c.active).where(
+                    controls.c.kind == FREEZE, controls.c.key == str(user_id)
+                )
+            )
+            if frozen.scalar():  # the engine writes the row: the same answer in every process
+                raise frozen_account()
             live = await conn.execute(
                 select(func.count())
                 .select_from(api_keys)

@@ -43,6 +43,7 @@ from exchange.domain.candles import (
 )
 from exchange.domain.events import Committed
 from exchange.domain.markets import Market
+from exchange.domain.matching import HALT
 from exchange.domain.orders import BUY, Trade
 from exchange.domain.tickers import DAY, WINDOW, Ticker, change_percent
 from exchange.engine.port import EnginePort
@@ -141,10 +142,16 @@ class MarketData:
         #: worker loads while batches arrive) must not count its trades twice.
         self._through: dict[str, int] = dict.fromkeys(markets, 0)
         self._task: asyncio.Task[None] | None = None
+        #: Markets an operator has halted (new orders refused; market data says so).
+        self.halted: set[str] = set()
 
     # -- the engine listener (synchronous: never awaits, never blocks) ---------
 
     def on_commit(self, outbox: Committed, now: int) -> None:
+        if outbox.controls:
+            for kind, key, active in outbox.controls:
+                if kind == HALT:
+                    (self.halted.add if active else self.halted.discard)(key)
         version = self._version
         through = self._through
         for trade in outbox.trades:
@@ -373,6 +380,7 @@ class MarketData:
 
     async def load(self) -> None:
         """The newest persisted candles, a replay of newer trades, tickers and recent trades."""
+        self.halted = await self._store.halted()
         for by_interval in self.series.values():
             for series in by_interval.values():
                 found = await self._store.newest(
@@ -417,6 +425,7 @@ class MarketData:
         await fresh.load()
         self.series, self.tickers, self.deals = fresh.series, fresh.tickers, fresh.deals
         self.recent = fresh.recent
+        self.halted = fresh.halted
         self._rolling.clear()
         self._through = fresh._through
         for symbol in self._version:

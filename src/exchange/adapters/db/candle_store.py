@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.adapters.db.database import reading
 from exchange.adapters.db.pages import bounded
-from exchange.adapters.db.tables import candles, trades
+from exchange.adapters.db.tables import candles, controls, trades
 from exchange.domain.candles import CandleValues
 from exchange.domain.orders import Trade
 
@@ -111,6 +111,14 @@ class CandleStore:
                 return
             yield chunk
             last = chunk[-1].id
+
+    async def halted(self) -> set[str]:
+        """The markets an operator has halted (the engine writes ``controls``)."""
+        async with reading(self._db).connect() as conn:
+            rows = await conn.execute(
+                select(controls.c.key).where(controls.c.kind == "halt", controls.c.active.is_(True))
+            )
+            return {str(key) for key in rows.scalars()}
 
     async def recent_trades(self, market: str, limit: int, through: int) -> list[Trade]:
         """The newest ``limit`` trades of ``market`` up to id ``through``, oldest first."""

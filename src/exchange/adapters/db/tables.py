@@ -32,6 +32,7 @@ users = Table(
     Column("email", String(254), nullable=False, unique=True),
     Column("password_hash", String(255), nullable=False),
     Column("created", BigInteger, nullable=False),
+    Column("last_login", BigInteger, nullable=True),
 )
 
 verification_codes = Table(
@@ -154,6 +155,18 @@ trades = Table(
     Index("ix_trades_market_id", "market", "id"),
     Index("ix_trades_maker_user", "maker_user_id", "id"),
     Index("ix_trades_taker_user", "taker_user_id", "id"),
+)
+
+#: Operator controls in force: a halted market (kind "halt", key the pair) or a frozen
+#: account (kind "freeze", key the user id); ``active`` false once lifted. Written by the
+#: engine in the batch that applies the operator's command.
+controls = Table(
+    "controls",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("active", Boolean, nullable=False),
+    Column("updated", BigInteger, nullable=False),
 )
 
 engine_inbox = Table(

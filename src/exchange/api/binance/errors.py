@@ -85,6 +85,8 @@ def from_exchange(error: ExchangeError, *, placing: bool = False) -> BinanceErro
         return BinanceError(-1022, "Signature for this request is not valid.")
     if code == "market_halted":
         return BinanceError(-2010, "Market is closed.")
+    if code == "account_frozen":
+        return BinanceError(-2010, "This action is disabled on this account.")
     if code == "overloaded":
         return BinanceError(
             -1008,

@@ -40,7 +40,10 @@ async def exchange_info(call: BinanceCall) -> object:
             _limit("ORDERS", order_seconds, orders),
         ],
         "exchangeFilters": [],
-        "symbols": [market_info(found) for found in markets(call)],
+        "symbols": [
+            market_info(found, found.symbol in call.services.market.halted)
+            for found in markets(call)
+        ],
     }
 
 

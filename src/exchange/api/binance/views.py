@@ -57,14 +57,15 @@ def _max(step: int) -> int:
     return top - top % step
 
 
-def market_info(market: Market) -> dict[str, Any]:
-    """One ``exchangeInfo`` symbol, every figure from the market's settings."""
+def market_info(market: Market, halted: bool = False) -> dict[str, Any]:
+    """One ``exchangeInfo`` symbol, every figure from the market's settings (``HALT`` while an
+    operator has halted it)."""
     price = market.format_price
     amount = market.format_amount
     lot = {"minQty": amount(market.min_amount), "maxQty": amount(_max(market.step))}
     return {
         "symbol": symbol_of(market),
-        "status": "TRADING",
+        "status": "HALT" if halted else "TRADING",
         "baseAsset": market.base.code,
         "baseAssetPrecision": market.base.scale,
         "quoteAsset": market.quote.code,

@@ -63,6 +63,7 @@ const FRIENDLY = {
   address_not_set: 'Set a withdrawal address for this coin first.',
   address_cooldown: 'This address was set recently and cannot be used yet.',
   market_halted: 'Trading on this market is paused.',
+  account_frozen: 'This account is frozen: it cannot trade or withdraw now. Contact support.',
   order_not_found: 'The order was not found (it may already be filled or canceled).',
   unknown_pair: 'This market does not exist.',
   unknown_coin: 'This coin is not supported.',
