@@ -51,6 +51,8 @@ CLAIMED_GRACE_SECONDS = 60.0  # float-ok: seconds
 MAX_UNITS = 2**63 - 1
 #: The ``withdrawals.txid`` column's width; longer would fail the engine's commit.
 MAX_TXID = 128
+#: The ``admin_audit.actor`` column's width.
+MAX_ACTOR = 128
 WITHDRAWAL_STATUSES = ("pending", "sent", "rejected")
 
 
@@ -63,12 +65,34 @@ def actor() -> str:
 
 
 class Admin:
-    def __init__(self, db: SyncEngine, database_url: str, markets: dict[str, Market]) -> None:
+    """The operator's commands, for the CLI and the console alike (one way to do each).
+
+    ``actor`` is the name the audit log gives for who did it: the shell's user and
+    host by default, ``<e-mail> (console)`` for an operator of the console
+    (``acting_as``).
+    """
+
+    def __init__(
+        self,
+        db: SyncEngine,
+        database_url: str,
+        markets: dict[str, Market],
+        actor_name: str | None = None,
+    ) -> None:
         self._db = db
         self._reads = reading(db)  # reads take no write lock on SQLite
         self._url = database_url
         self._markets = markets
         self.assets = assets_of(markets.values())
+        self.actor_name = (actor_name or actor())[:MAX_ACTOR]
+
+    def acting_as(self, name: str) -> Admin:
+        """The same commands, audited under ``name``."""
+        return Admin(self._db, self._url, self._markets, name)
+
+    @property
+    def markets(self) -> dict[str, Market]:
+        return self._markets
 
     def user_id(self, email: str) -> int:
         with self._reads.connect() as conn:
@@ -92,9 +116,30 @@ class Admin:
         with self._db.begin() as conn:
             conn.execute(
                 insert(admin_audit).values(
-                    actor=actor(), action=action, details=json.dumps(details), time=now_ms()
+                    actor=self.actor_name,
+                    action=action,
+                    details=json.dumps(details),
+                    time=now_ms(),
                 )
             )
+
+    def audit_log(
+        self, limit: int = 50, before: int | None = None, search: str = ""
+    ) -> list[dict[str, Any]]:
+        """The newest audit rows (older than id ``before``), optionally only those whose
+        actor or action contains ``search``; details decoded."""
+        query = select(admin_audit).order_by(admin_audit.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(admin_audit.c.id < before)
+        if search.strip():
+            needle = search.strip()
+            query = query.where(
+                admin_audit.c.actor.contains(needle, autoescape=True)
+                | admin_audit.c.action.contains(needle, autoescape=True)
+            )
+        with self._reads.connect() as conn:
+            rows = conn.execute(query).all()
+        return [{**row._mapping, "details": json.loads(row.details)} for row in rows]
 
     @contextmanager
     def _refusals_audited(self, action: str, details: dict[str, Any]) -> Iterator[None]:
@@ -174,14 +219,7 @@ class Admin:
                 .where(orders.c.user_id.in_(ids), orders.c.status.in_(("open", "partially_filled")))
                 .order_by(orders.c.id)
             ).all()
-            frozen = {
-                int(row.key)
-                for row in conn.execute(
-                    select(controls.c.key).where(
-                        controls.c.kind == "freeze", controls.c.active.is_(True)
-                    )
-                )
-            }
+        frozen = {int(key) for key in self.controls_active("freeze")}
         result = []
         for row in found:
             result.append(
@@ -198,6 +236,15 @@ class Admin:
                 }
             )
         return result
+
+    def controls_active(self, kind: str) -> set[str]:
+        """The keys of the controls in force: halted market symbols (``halt``) or frozen user
+        ids (``freeze``), as the engine wrote them — in step on every worker."""
+        with self._reads.connect() as conn:
+            rows = conn.execute(
+                select(controls.c.key).where(controls.c.kind == kind, controls.c.active.is_(True))
+            )
+            return {str(row.key) for row in rows}
 
     def withdrawal_status(self, withdrawal_id: int) -> str:
         with self._reads.connect() as conn:
@@ -234,7 +281,10 @@ class Admin:
                 raise ExchangeError("invalid_argument", "--reason is required")
         return self.run("reject", {"withdrawal_id": withdrawal_id, "reason": reason.strip()})
 
-    def withdrawals(self, status: str | None) -> list[dict[str, Any]]:
+    def withdrawals(
+        self, status: str | None, *, limit: int | None = None, newest_first: bool = False
+    ) -> list[dict[str, Any]]:
+        """Withdrawals (of one status), oldest first — or the ``limit`` newest."""
         if status and status not in WITHDRAWAL_STATUSES:
             raise ExchangeError(
                 "invalid_argument",
@@ -243,9 +293,10 @@ class Admin:
         query = select(withdrawals, users.c.email).join(users, users.c.id == withdrawals.c.user_id)
         if status:
             query = query.where(withdrawals.c.status == status)
+        order = withdrawals.c.id.desc() if newest_first else withdrawals.c.id
+        query = query.order_by(order).limit(limit)
         with self._reads.connect() as conn:
-            rows = conn.execute(query.order_by(withdrawals.c.id))
-            return [dict(row._mapping) for row in rows]
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     def run(self, kind: str, payload: dict[str, Any], action: str | None = None) -> dict[str, Any]:
         """Queue the command with its audit row, have it applied, return its result.
@@ -264,7 +315,7 @@ class Admin:
             inbox_id = int(key[0])
             conn.execute(
                 insert(admin_audit).values(
-                    actor=actor(),
+                    actor=self.actor_name,
                     action=action,
                     details=json.dumps({"inbox_id": inbox_id, **payload, "outcome": "requested"}),
                     time=now,

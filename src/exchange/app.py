@@ -22,12 +22,14 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from exchange import __version__
+from exchange.adapters.db.database import make_sync_engine
 from exchange.adapters.db.errors import database_unavailable
 from exchange.adapters.mailer import Mailer
+from exchange.admin import Admin
 from exchange.api.binance.gateway import PREFIX as BINANCE_PREFIX
 from exchange.api.binance.gateway import BinanceApi
 from exchange.api.envelope import error, error_response
-from exchange.api.front_door import FrontDoor
+from exchange.api.front_door import FrontDoor, parse_origins, same_origin
 from exchange.api.methods import ALL_METHODS, METHODS
 from exchange.api.openapi import build_openapi
 from exchange.api.router import Dispatcher
@@ -37,6 +39,7 @@ from exchange.domain.errors import unavailable
 from exchange.logs import REQUEST, request_id
 from exchange.metrics import DATABASE_ERRORS, HTTP_METHODS, HTTP_SECONDS
 from exchange.runtime import Runtime, build_runtime
+from exchange.web.console import console_routes
 from exchange.web.pages import page_routes
 
 log = logging.getLogger("exchange")
@@ -185,10 +188,18 @@ def make_app(runtime: Runtime) -> ExchangeApp:
     dispatcher = Dispatcher(services, METHODS, runtime.limiter, database_unavailable)
     openapi_body = orjson.dumps(build_openapi(ALL_METHODS, version=__version__))
 
+    settings = runtime.settings
+    # The console's commands are the CLI's (``Admin``), on a connection pool of their own.
+    admin_db = make_sync_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+    origins = parse_origins(settings.allowed_origins)
+
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with runtime.running():
-            yield
+        try:
+            async with runtime.running():
+                yield
+        finally:
+            admin_db.dispose()
 
     async def openapi(_: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
@@ -218,6 +229,14 @@ def make_app(runtime: Runtime) -> ExchangeApp:
             WebSocketRoute("/ws/{rest:path}", runtime.binance_streams.raw),
             WebSocketRoute("/stream", runtime.binance_streams.combined),
             WebSocketRoute("/ws-api/v3", runtime.binance_streams.ws_api),
+            *console_routes(
+                runtime.operators,
+                Admin(admin_db, settings.database_url, markets),
+                services.market,
+                services.clock,
+                lambda origin, host: same_origin(origin, host, origins),
+                cookie_secure=settings.cookie_secure,
+            ),
             *page_routes(
                 pairs=list(markets),
                 taker_fees={symbol: m.taker_fee for symbol, m in markets.items()},

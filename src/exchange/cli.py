@@ -309,6 +309,49 @@ def cancel_orders(
     typer.echo(f"canceled {len(ids)} open orders of {email}{where}: {' '.join(map(str, ids))}")
 
 
+@admin.command("create-operator")
+def create_operator(
+    email: str,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="a new password; TOTP is set up again, sessions end")
+    ] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input")
+    ] = False,
+) -> None:
+    """Make an operator of the console at /admin (password now, TOTP app at the first login)."""
+    import asyncio
+
+    from exchange.runtime import build_runtime
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    tool = _admin()  # migrated
+    runtime = build_runtime()
+
+    async def create() -> int:
+        try:
+            return await runtime.operators.create(email, password, reset=reset)
+        finally:
+            await runtime.database.dispose()
+
+    action = "reset_operator" if reset else "create_operator"
+    try:
+        operator_id = asyncio.run(create())
+    except ExchangeError as error:
+        tool.audit(action, {"email": email, "outcome": "refused", "error": error.description})
+        _fail(error)
+    tool.audit(action, {"email": email, "operator_id": operator_id, "outcome": "done"})
+    settings = get_settings()
+    typer.echo(
+        f"operator {email} {'reset' if reset else 'created'}: log in at "
+        f"http://{settings.host}:{settings.port}/admin/login with the password (no code the "
+        "first time), then scan the QR code with an authenticator app"
+    )
+
+
 @admin.command("users")
 def find_users(search: Annotated[str, typer.Argument(help="part of the e-mail address")]) -> None:
     """Users by e-mail: balances, open orders, last login, frozen or not."""

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     )
     session_lifetime: int = Field(12 * 3600, description="absolute session lifetime, s")
     session_idle: int = Field(30 * 60, description="idle session lifetime, s")
+    operator_session_lifetime: int = Field(
+        8 * 3600, ge=60, description="absolute lifetime of an operator console session, s"
+    )
+    operator_session_idle: int = Field(
+        15 * 60, ge=60, description="idle lifetime of an operator console session, s"
+    )
     cookie_secure: bool = Field(False, description="add Secure to the session cookie")
     allowed_origins: str = Field(
         "", description="extra origins allowed for cookie POSTs, comma separated"

@@ -33,7 +33,7 @@ from exchange.adapters.db.candle_store import CandleStore
 from exchange.adapters.db.database import make_async_engine, make_sync_engine, migrate
 from exchange.adapters.mailer import Mailer, make_mailer
 from exchange.adapters.passwords import PasswordHashing
-from exchange.adapters.secret_box import SecretBox
+from exchange.adapters.secret_box import OPERATOR_TOTP_SECRETS, SecretBox
 from exchange.adapters.secret_key import load_secret_key
 from exchange.api.binance.streams import BinanceStreams
 from exchange.api.context import Services
@@ -54,6 +54,7 @@ from exchange.services.api_keys import ApiKeys
 from exchange.services.history import History
 from exchange.services.housekeeping import Housekeeping
 from exchange.services.marketdata import MarketData
+from exchange.services.operators import Operators
 from exchange.services.sessions import Sessions
 from exchange.services.wallet import Wallet, withdraw_rules
 
@@ -104,6 +105,8 @@ class Runtime:
     #: The Binance dialect's streams (``/ws/...``, ``/stream``, ``/ws-api/v3``).
     binance_streams: BinanceStreams
     housekeeping: Housekeeping
+    #: The operator console's accounts and sessions.
+    operators: Operators
     database: AsyncEngine
     #: The writer's engine, in the process that holds it; None on a worker.
     writer: Engine | None
@@ -312,6 +315,15 @@ def build_runtime(
         stream=stream,
         binance_streams=binance_streams,
         housekeeping=Housekeeping(services.accounts, sessions, settings.prune_interval),
+        operators=Operators(
+            db,
+            hashing,
+            SecretBox(server_key, OPERATOR_TOTP_SECRETS),
+            clock,
+            server_key=server_key,
+            lifetime=settings.operator_session_lifetime,
+            idle=settings.operator_session_idle,
+        ),
         database=db,
         writer=writer.engine if writer is not None else None,
         link=link,

@@ -1,4 +1,5 @@
-"""Secrets the server must read back (an API key's HMAC secret), encrypted at rest.
+"""Secrets the server must read back (an API key's HMAC secret, an operator's TOTP
+secret), encrypted at rest.
 
 An HMAC-SHA256 API key is verified by recomputing the signature, so the server
 has to hold the secret itself; a hash would not do. It is stored encrypted with
@@ -15,16 +16,19 @@ import secrets
 
 from Crypto.Cipher import AES
 
-__all__ = ["SecretBox"]
+__all__ = ["API_KEY_SECRETS", "OPERATOR_TOTP_SECRETS", "SecretBox"]
 
-_PURPOSE = b"exchange: API key secrets, v1"
+#: Each kind of secret has its own key (derived with its purpose): a ciphertext of one
+#: kind never opens as another.
+API_KEY_SECRETS = b"exchange: API key secrets, v1"
+OPERATOR_TOTP_SECRETS = b"exchange: operator TOTP secrets, v1"
 _NONCE = 12
 _TAG = 16
 
 
 class SecretBox:
-    def __init__(self, server_key: bytes) -> None:
-        self._key = hmac.new(server_key, _PURPOSE, hashlib.sha256).digest()
+    def __init__(self, server_key: bytes, purpose: bytes = API_KEY_SECRETS) -> None:
+        self._key = hmac.new(server_key, purpose, hashlib.sha256).digest()
 
     def seal(self, secret: str) -> str:
         """Hex of nonce + ciphertext + tag (a new nonce each time)."""

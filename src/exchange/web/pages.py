@@ -128,6 +128,17 @@ def asset_version(static_dir: Path) -> str:
     return digest.hexdigest()[:10]
 
 
+def page_templates(templates_dir: Path = TEMPLATES_DIR) -> Jinja2Templates:
+    """The pages' Jinja environment (HTML autoescaped), for the user pages and the console."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return Jinja2Templates(env=env)
+
+
 def page_routes(
     templates_dir: Path | None = None,
     pairs: Iterable[str] | None = None,
@@ -142,16 +153,9 @@ def page_routes(
     pair, as configured) feed the order form's fee estimate, so the page never
     shows a rate the engine does not charge.
     """
-    tdir = templates_dir or TEMPLATES_DIR
     sdir = static_dir or STATIC_DIR
     known = [normalize_pair(p) for p in (pairs if pairs is not None else DEFAULT_PAIRS)]
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(tdir)),
-        autoescape=jinja2.select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    templates = Jinja2Templates(env=env)
+    templates = page_templates(templates_dir or TEMPLATES_DIR)
     version = asset_version(sdir)
     fees = {normalize_pair(p): fee for p, fee in (taker_fees or {}).items()}
 

@@ -192,6 +192,36 @@ admin_audit = Table(
     Column("time", BigInteger, nullable=False),
 )
 
+#: Operator accounts of the console (``/admin``), apart from users: an argon2id password,
+#: a TOTP secret sealed with the server key (``totp_confirmed`` once its first code was
+#: entered), the last TOTP time step used (a code is never accepted twice) and a lockout.
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("totp_secret", String(255), nullable=True),
+    Column("totp_confirmed", Boolean, nullable=False),
+    Column("totp_last_step", BigInteger, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("locked_until", BigInteger, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("last_login", BigInteger, nullable=True),
+)
+
+#: Console sessions, by SHA-256 of their token; ``stage`` is ``enroll`` (password
+#: right, TOTP not yet set up: only the enrolment page) or ``full``.
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("operator_id", BigInteger, nullable=False, index=True),
+    Column("stage", String(8), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False),
+)
+
 withdraw_addresses = Table(
     "withdraw_addresses",
     metadata,
