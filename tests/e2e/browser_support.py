@@ -21,8 +21,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from exchange.bench.server import Server, admin
-from support import Mailbox
+from exchange.bench.server import Server, admin, exchange_env, free_port, running_server
+from support import Mailbox, smtp_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -116,6 +116,34 @@ class Exchange:
         body = answer.json()
         assert body["status"], (method, params, answer.text)
         return body["data"]
+
+
+@contextmanager
+def serving(directory: Path, **settings: str) -> Iterator[Exchange]:
+    """``exchange serve`` on a SQLite file in ``directory``, with a real SMTP server."""
+    with smtp_server() as (mailbox, smtp_port):
+        env = exchange_env(f"sqlite:///{directory / 'exchange.db'}", smtp_port, **settings)
+        with running_server(free_port(), env, directory / "server.log") as server:
+            yield Exchange(server, env, mailbox)
+
+
+@contextmanager
+def browser_page(browser: Browser, exchange: Exchange) -> Iterator[Page]:
+    """A fresh browser context on ``exchange`` (desktop size, UTC); fails on page errors."""
+    context = browser.new_context(
+        base_url=exchange.url,
+        viewport={"width": 1280, "height": 900},
+        timezone_id="UTC",
+        locale="en-US",
+    )
+    page = context.new_page()
+    errors = PageErrors()
+    errors.watch(page)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors.errors == [], errors.errors
 
 
 @dataclass

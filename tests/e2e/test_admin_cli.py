@@ -239,3 +239,68 @@ async def test_admin_cli_halts_freezes_cancels_and_finds_users(
     # credit, halt x2, resume, freeze, cancel-orders x2, unfreeze: requested + done each;
     # two refusals.
     assert audit[(0, "audit")] == (8 * 2 + 2, 2)
+
+
+def test_create_operator_refuses_weak_passwords_and_twins_and_resets(tmp_path: Path) -> None:
+    """``exchange admin create-operator``: the password from stdin, checked like a user's;
+    ``--reset`` gives a new one, drops TOTP (set up again at the next login) and sessions."""
+    from exchange.adapters.db.tables import operator_sessions, operators
+    from exchange.bench.server import admin, exchange_env
+
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    env = exchange_env(url)
+    weak = admin(env, "create-operator", "ops@example.com", "--password-stdin", stdin="password\n")
+    assert weak.returncode == 1 and weak.stderr.splitlines()[-1].startswith("error: "), weak
+    assert "common" in weak.stderr
+    made = admin(
+        env, "create-operator", "Ops@Example.com", "--password-stdin", stdin="ledger-keeper-77\n"
+    )
+    assert made.returncode == 0, made.stderr
+    twin = admin(
+        env, "create-operator", "ops@example.com", "--password-stdin", stdin="ledger-keeper-78\n"
+    )
+    assert twin.returncode == 1 and "--reset" in twin.stderr
+    db = make_sync_engine(url)
+    try:
+        with db.begin() as conn:
+            conn.execute(operators.update().values(totp_confirmed=True, totp_secret="sealed"))
+            conn.execute(
+                operator_sessions.insert().values(
+                    token_hash="0" * 64, operator_id=1, stage="full", created=1, last_seen=1
+                )
+            )
+        reset = admin(
+            env,
+            "create-operator",
+            "ops@example.com",
+            "--reset",
+            "--password-stdin",
+            stdin="ledger-keeper-79\n",
+        )
+        assert reset.returncode == 0, reset.stderr
+        with db.connect() as conn:
+            row = conn.execute(select(operators)).one()
+            assert row.email == "ops@example.com"
+            assert row.totp_confirmed is False and row.totp_secret is None
+            assert conn.execute(select(operator_sessions)).all() == []
+            actions = [
+                (a.action, json.loads(a.details)["outcome"])
+                for a in conn.execute(select(admin_audit).order_by(admin_audit.c.id))
+            ]
+    finally:
+        db.dispose()
+    assert actions == [
+        ("create_operator", "refused"),
+        ("create_operator", "done"),
+        ("create_operator", "refused"),
+        ("reset_operator", "done"),
+    ]
+    nobody = admin(
+        env,
+        "create-operator",
+        "x@example.com",
+        "--reset",
+        "--password-stdin",
+        stdin="ledger-keeper-80\n",
+    )
+    assert nobody.returncode == 1 and "no operator" in nobody.stderr

@@ -21,16 +21,15 @@ from browser_support import (
     PASSWORD,
     Exchange,
     PageErrors,
+    browser_page,
     chromium,
     element_screenshot,
     login_cookie,
     screenshot,
+    serving,
     wait_for_candles,
 )
 from playwright.sync_api import Browser, Page, expect
-
-from exchange.bench.server import exchange_env, free_port, running_server
-from support import smtp_server
 
 pytestmark = pytest.mark.browser
 
@@ -39,11 +38,8 @@ expect.set_options(timeout=10_000)
 
 @pytest.fixture(scope="module")
 def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
-    tmp = tmp_path_factory.mktemp("browser")
-    with smtp_server() as (mailbox, smtp_port):
-        env = exchange_env(f"sqlite:///{tmp / 'exchange.db'}", smtp_port)
-        with running_server(free_port(), env, tmp / "server.log") as server:
-            yield Exchange(server, env, mailbox)
+    with serving(tmp_path_factory.mktemp("browser")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +50,8 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, exchange: Exchange) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=exchange.url,
-        viewport={"width": 1280, "height": 900},
-        timezone_id="UTC",
-        locale="en-US",
-    )
-    page = context.new_page()
-    errors = PageErrors()
-    errors.watch(page)
-    try:
-        yield page
-    finally:
-        context.close()
-    assert errors.errors == [], errors.errors
+    with browser_page(browser, exchange) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 A real server process is driven through everything that handles a secret —
 codes, registration, logins (a wrong password too), sessions in a header, a
 cookie, a query string and a WebSocket auth message, an API key's secret,
-signed Binance requests, a listen key on ``/ws/<key>`` and ``/stream``, logout
+signed Binance requests, a listen key on ``/ws/<key>`` and ``/stream``, logout,
+an operator's console login (password, TOTP secret and codes, session, form token)
 — and its log is then read whole: every line is one JSON object with the
 documented fields, the access lines name method, path, status, duration,
 request id and client, and not one of the secrets the run used is in it.
@@ -15,16 +16,18 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import time
 from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
+import pyotp
 import websockets
 from ccxt_support import create_key
 from load_support import credit
 
-from exchange.bench.server import exchange_env, free_port, running_server
+from exchange.bench.server import admin, exchange_env, free_port, running_server
 from support import assert_envelope, smtp_server
 
 PASSWORD = "correct-horse-42"
@@ -37,6 +40,32 @@ def signed(secret: str, **params: str) -> tuple[str, str]:
     query = urlencode(params)
     signature = hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
     return f"{query}&signature={signature}", signature
+
+
+def console(env: dict[str, str], url: str, used: dict[str, str]) -> None:
+    """An operator made on the CLI logs in to ``/admin``, enrols TOTP and logs in again."""
+    password = used["operator password"] = "ledger-keeper-77"
+    made = admin(env, "create-operator", "ops@example.com", "--password-stdin", stdin=password)
+    assert made.returncode == 0, made.stderr
+    origin = {"Origin": url}
+    with httpx.Client(base_url=url) as http:
+        form = {"email": "ops@example.com", "password": password, "code": ""}
+        assert http.post("/admin/login", data=form, headers=origin).status_code == 303
+        used["operator session"] = http.cookies["exchange_operator"]
+        page = http.get("/admin/enroll").text
+        secret = used["TOTP secret"] = re.findall(r'id="secret">([A-Z2-7 ]+)<', page)[0]
+        secret = secret.replace(" ", "")
+        used["TOTP secret (plain)"] = secret
+        csrf = used["console form token"] = re.findall(r'name="csrf" value="(\w+)"', page)[0]
+        totp = pyotp.TOTP(secret)
+        code = used["TOTP code"] = totp.now()
+        done = http.post("/admin/enroll", data={"csrf": csrf, "code": code}, headers=origin)
+        assert done.status_code == 303, done.text
+    with httpx.Client(base_url=url) as http:
+        later = used["TOTP code (login)"] = totp.at(time.time() + totp.interval)
+        form = {"email": "ops@example.com", "password": password, "code": later}
+        assert http.post("/admin/login", data=form, headers=origin).status_code == 303
+        assert http.get("/admin/withdrawals").status_code == 200
 
 
 def test_a_whole_runs_json_log_names_no_secret(sqlite_url: str, tmp_path: Path) -> None:
@@ -122,6 +151,7 @@ def test_a_whole_runs_json_log_names_no_secret(sqlite_url: str, tmp_path: Path) 
 
             asyncio.run(streams())
             assert httpx.post(f"{url}/api/logout", headers={"Authorization": f"Bearer {token}"})
+            console(env, url, used)
         # The server stopped: its log is complete.
 
     lines = log.read_text().splitlines()

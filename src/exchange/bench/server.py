@@ -113,7 +113,15 @@ def running_server(
             server.stop()
 
 
-def admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def admin(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``exchange admin ARGS`` (``stdin``: what it reads, a password say)."""
     return subprocess.run(
-        [str(BIN / "exchange"), "admin", *args], env=env, capture_output=True, text=True, timeout=60
+        [str(BIN / "exchange"), "admin", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
