@@ -13,17 +13,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 from aiosmtpd.controller import Controller
 
+from exchange.adapters.nats_server import PrivateNats
 from exchange.app import create_app
 from exchange.bench.server import free_port, scratch_key_file
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings
-from exchange.engine.hub import WriterHub
+from exchange.engine.bus import Subjects
+from exchange.engine.bus_writer import WriterBus
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 BASE_URL = "http://127.0.0.1:8088"
@@ -102,8 +105,11 @@ async def running_app(
     """The app and a client of it; ``through_worker``: the client talks to a worker app.
 
     A worker is what ``exchange serve --workers N`` runs in each HTTP process: the
-    same methods with the engine behind a Unix socket. The first element is always
-    the writer's app, so tests can still read the engine's books and ledger.
+    same methods with the engine behind NATS (a private ``nats-server`` of this
+    test, as ``--workers`` starts one). The first element is always the writer's
+    app, so tests can still read the engine's books and ledger; ``app.state.hub``
+    is its ``WriterBus``, ``app.state.nats`` the server, ``app.state.worker`` the
+    worker's app.
     """
     app = create_app(settings, clock=clock)
     async with app.runtime.running():
@@ -111,17 +117,24 @@ async def running_app(
             async with _client(app) as client:
                 yield app, client
             return
-        directory = tempfile.mkdtemp(prefix="xw-")  # short: Unix socket paths are <= 107 bytes
-        hub = WriterHub(app.runtime.services.engine, os.path.join(directory, "writer.sock"))
+        directory = tempfile.mkdtemp(prefix="xw-")
+        subjects = Subjects(settings.nats_prefix)
+        nats = PrivateNats(
+            Path(directory) / "jetstream", prefix=subjects.prefix, stream=subjects.stream
+        )
+        accounts = nats.start()  # in this thread: its child dies with the thread that made it
+        app.state.nats = nats
+        hub = WriterBus(app.runtime.services.engine, accounts.writer_url, subjects)
         await hub.start()
         app.state.hub = hub
         try:
-            worker = create_app(settings, clock=clock, writer_socket=hub.path)
+            worker = create_app(settings, clock=clock, gateway_url=accounts.gateway_url)
             app.state.worker = worker
             async with worker.runtime.running(), _client(worker) as client:
                 yield app, client
         finally:
             await hub.stop()
+            await asyncio.to_thread(nats.stop)
             shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -175,10 +175,10 @@ def create_app(
     *,
     clock: Clock = now_ms,
     mailer: Mailer | None = None,
-    writer_socket: str | None = None,
+    gateway_url: str | None = None,
 ) -> ExchangeApp:
-    """The whole exchange in one process, or (``writer_socket`` set) one HTTP worker."""
-    runtime = build_runtime(settings, clock=clock, mailer=mailer, writer_socket=writer_socket)
+    """The whole exchange in one process, or (``gateway_url`` set) a gateway to its writer."""
+    runtime = build_runtime(settings, clock=clock, mailer=mailer, gateway_url=gateway_url)
     return make_app(runtime)
 
 

@@ -73,11 +73,23 @@ def serve(
             "process [EXCHANGE_WORKERS]",
         ),
     ] = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="'all' (the writer and its HTTP workers here) or 'writer' (no HTTP: "
+            "gateways on other hosts reach it through EXCHANGE_NATS_URL)"
+        ),
+    ] = "all",
 ) -> None:
     """Run the exchange server."""
     settings = get_settings()
     count = workers or settings.workers
-    if count > 1:
+    if role not in ("all", "writer"):
+        typer.echo(f"error: --role must be 'all' or 'writer', not {role!r}", err=True)
+        raise SystemExit(2)
+    if role == "writer":
+        count = 0
+    if count > 1 or role == "writer":
         from exchange.workers import run_workers
 
         configure_logging(settings)
@@ -89,6 +101,50 @@ def serve(
             raise SystemExit(code)
         return
     _serve(settings, host, port, demo=False)
+
+
+@app.command()
+def gateway(
+    nats: Annotated[
+        str | None, typer.Option(help="the writer's NATS server, nats://… [EXCHANGE_NATS_URL]")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="bind address [EXCHANGE_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [EXCHANGE_PORT]")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="gateway processes")] = 1,
+) -> None:
+    """An API gateway on any host: the whole API, pages and streams, the engine behind NATS
+    (the writer runs `exchange serve --role writer` or `--workers N` elsewhere)."""
+    import uvicorn
+
+    from exchange.app import create_app
+    from exchange.server import server_config
+    from exchange.workers import run_gateways
+
+    settings = get_settings()
+    configure_logging(settings)
+    settings = settings.model_copy(
+        update={
+            "host": host or settings.host,
+            "port": port or settings.port,
+            "nats_url": nats or settings.nats_url,
+        }
+    )
+    if not settings.nats_url:
+        typer.echo(
+            "error: a gateway needs the writer's NATS server: --nats or EXCHANGE_NATS_URL", err=True
+        )
+        raise SystemExit(2)
+    if workers > 1:
+        code = run_gateways(settings, settings.host, settings.port, workers)
+        if code:
+            raise SystemExit(code)
+        return
+    application: Any = create_app(settings, gateway_url=settings.nats_url)
+    config = server_config(application, settings, host=settings.host, port=settings.port)
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)
 
 
 @app.command()

@@ -139,6 +139,22 @@ class Settings(BaseSettings):
     prune_interval: int = Field(
         600, ge=1, description="seconds between deletions of expired sessions, codes and failures"
     )
+    nats_url: str = Field(
+        "",
+        description="NATS server (with JetStream) linking the writer and its gateways, "
+        "nats://user:password@host:4222; empty: --workers starts a private one",
+    )
+    nats_prefix: str = Field(
+        "exchange",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="first token of every NATS subject (one exchange per prefix)",
+    )
+    nats_events_max_age: int = Field(
+        3600, ge=60, description="how long JetStream keeps committed batches for replay, s"
+    )
+    nats_events_max_bytes: int = Field(
+        1024**3, ge=1024**2, description="at most this many bytes of batches kept for replay"
+    )
     queue_size: int = Field(10_000, description="engine command queue; full = 503 overloaded")
     batch_size: int = Field(2_000, description="most commands committed in one transaction")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(

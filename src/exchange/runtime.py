@@ -10,9 +10,10 @@ the process's life cycle (docs/architecture.md, "one process"):
   writer lock, market data loaded before the engine starts (no trade slips
   between), the engine, the stream, housekeeping; stopped in reverse, the last
   candle flush while the database is still open;
-* **a worker** (``writer_socket`` set): no engine of its own — commands and
-  balances go to the writer over the socket, market data is a replica fed by
-  the writer's committed batches (docs/scaling.md).
+* **a gateway** (``gateway_url`` set: an HTTP worker of ``--workers``, or
+  ``exchange gateway`` on any host): no engine of its own — commands and
+  balances go to the writer over NATS, market data is a replica fed by the
+  writer's committed batches from JetStream (docs/scaling.md).
 
 Companions (the demo's bots) start after everything else and stop first.
 """
@@ -43,8 +44,9 @@ from exchange.api.ws import Stream
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings, get_settings
 from exchange.domain.markets import Market, default_assets, default_markets
-from exchange.engine.client import EngineClient
+from exchange.engine.bus import Subjects
 from exchange.engine.engine import Engine
+from exchange.engine.gateway import GatewayEngine
 from exchange.engine.gauges import EngineCollector
 from exchange.engine.port import EnginePort
 from exchange.engine.writer_lock import WriterLock
@@ -111,7 +113,7 @@ class Runtime:
     #: The writer's engine, in the process that holds it; None on a worker.
     writer: Engine | None
     #: The link to the writer, on a worker; None in the writer's process.
-    link: EngineClient | None
+    link: GatewayEngine | None
     _writer: _Writer | None = None
     companions: list[Companion] = field(default_factory=list)
     #: The ``/metrics`` listener, in the writer's process while it runs (None: off).
@@ -229,16 +231,16 @@ def build_runtime(
     *,
     clock: Clock = now_ms,
     mailer: Mailer | None = None,
-    writer_socket: str | None = None,
+    gateway_url: str | None = None,
 ) -> Runtime:
-    """Wire one process: the writer (``writer_socket`` None) or an HTTP worker."""
+    """Wire one process: the writer (``gateway_url`` None) or a gateway to it over NATS."""
     settings = settings or get_settings()
     markets = configured_markets(settings)
     db = make_async_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     writer: _Writer | None = None
-    link: EngineClient | None = None
+    link: GatewayEngine | None = None
     port: EnginePort
-    if writer_socket is None:
+    if gateway_url is None:
         sync_db = make_sync_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
         engine = Engine(
             markets,
@@ -252,7 +254,7 @@ def build_runtime(
         writer = _Writer(engine, sync_db, lock)
         port = engine
     else:
-        port = link = EngineClient(writer_socket, markets)
+        port = link = GatewayEngine(gateway_url, markets, Subjects(settings.nats_prefix))
     hashing = PasswordHashing(settings.password_hash_memory_kib, settings.password_hash_time_cost)
     server_key = load_secret_key(
         settings.database_url, settings.secret_key, settings.secret_key_file

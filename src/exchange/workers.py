@@ -5,8 +5,11 @@ cycle (migrations, writer lock, engine, market data and candle persistence,
 the admin inbox) but serves no HTTP. It binds the listening port once and
 hands the socket to N worker processes (spawned, not forked: the parent runs
 threads and an event loop), which accept connections from it — the kernel
-spreads them — and run uvicorn on an app built with ``writer_socket``. Workers
-reach the writer over a Unix socket in a private 0700 directory.
+spreads them — and run uvicorn on a gateway app (``gateway_url``). Workers
+reach the writer over NATS: ``EXCHANGE_NATS_URL``, or a private ``nats-server``
+this process starts on a loopback port and stops on exit
+(``adapters/nats_server.py``; the workers get its gateway account, which cannot
+publish batches).
 
 Supervision: a worker that dies (kill -9, a crash) is started again; one that
 keeps dying within seconds of its start stops the whole server, since that is
@@ -58,8 +61,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker_main(settings: Settings, sock: socket.socket, path: str, parent: int) -> None:
-    """A worker process: uvicorn on the shared socket, the engine behind ``path``."""
+def _worker_main(settings: Settings, sock: socket.socket, url: str, parent: int) -> None:
+    """A worker process: uvicorn on the shared socket, the engine behind NATS at ``url``."""
     import uvicorn
 
     from exchange.app import create_app
@@ -67,7 +70,7 @@ def _worker_main(settings: Settings, sock: socket.socket, path: str, parent: int
     from exchange.server import server_config
 
     configure_logging(settings)
-    app: Any = create_app(settings, writer_socket=path)
+    app: Any = create_app(settings, gateway_url=url)
     server = uvicorn.Server(server_config(app, settings))
 
     def watch_parent() -> None:
@@ -87,8 +90,9 @@ def _worker_main(settings: Settings, sock: socket.socket, path: str, parent: int
 @dataclass
 class _Workers:
     settings: Settings
-    sock: socket.socket
-    path: str
+    sock: socket.socket | None
+    #: How the workers reach NATS (the gateway account).
+    url: str
     count: int
     processes: list[SpawnProcess] = field(default_factory=list)
     started: list[float] = field(default_factory=list)
@@ -98,13 +102,15 @@ class _Workers:
         context = multiprocessing.get_context("spawn")
         process = context.Process(
             target=_worker_main,
-            args=(self.settings, self.sock, self.path, os.getpid()),
+            args=(self.settings, self.sock, self.url, os.getpid()),
             name=f"exchange-worker-{index}",
         )
         process.start()
         return process
 
     def start(self) -> None:
+        if self.sock is None:
+            return
         for index in range(self.count):
             self.processes.append(self.spawn(index))
             self.started.append(time.monotonic())
@@ -147,40 +153,85 @@ class _Workers:
                 process.join()
 
 
-async def _writer(settings: Settings, workers: _Workers) -> int:
-    from exchange.engine.hub import WriterHub
+def _stop_on_signals() -> asyncio.Event:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    return stopping
+
+
+async def _supervise(workers: _Workers, stopping: asyncio.Event) -> int:
+    """Start the workers, restart those that die, until a signal; the exit status."""
+    await asyncio.to_thread(workers.start)
+    try:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.5)
+            if stopping.is_set():
+                break  # workers that got the same signal are not restarted
+            if not await asyncio.to_thread(workers.check):
+                log.error("workers keep failing at start; stopping")
+                return 3
+        return 0
+    finally:
+        await asyncio.to_thread(workers.stop)
+
+
+async def _writer(settings: Settings, workers: _Workers, writer_url: str) -> int:
+    from exchange.engine.bus import Subjects
+    from exchange.engine.bus_writer import WriterBus
     from exchange.runtime import build_runtime
 
     runtime = build_runtime(settings)  # the writer serves no HTTP: no app here
     engine = runtime.writer
     assert engine is not None
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
+    stopping = _stop_on_signals()
     async with runtime.running():
-        hub = WriterHub(engine, workers.path)
+        hub = WriterBus(
+            engine,
+            writer_url,
+            Subjects(settings.nats_prefix),
+            max_age=settings.nats_events_max_age,
+            max_bytes=settings.nats_events_max_bytes,
+        )
         await hub.start()
         try:
-            await asyncio.to_thread(workers.start)
+            where = workers.sock.getsockname() if workers.sock is not None else "other hosts"
             log.warning(
                 "exchange: writer pid %d, %d HTTP workers on %s",
                 os.getpid(),
                 workers.count,
-                workers.sock.getsockname(),
+                where,
             )
-            while not stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), 0.5)
-                if stopping.is_set():
-                    break  # workers that got the same signal are not restarted
-                if not await asyncio.to_thread(workers.check):
-                    log.error("workers keep failing at start; stopping")
-                    return 3
-            return 0
+            return await _supervise(workers, stopping)
         finally:
-            await asyncio.to_thread(workers.stop)
             await hub.stop()
+
+
+async def _gateways(workers: _Workers) -> int:
+    log.warning(
+        "exchange: %d gateway processes on %s",
+        workers.count,
+        workers.sock.getsockname() if workers.sock is not None else "-",
+    )
+    return await _supervise(workers, _stop_on_signals())
+
+
+def run_gateways(settings: Settings, host: str, port: int, count: int) -> int:
+    """``exchange gateway --workers N``: N gateway processes on one port, no writer here."""
+    import uvloop
+
+    try:
+        sock = bind(host, port)
+    except OSError as error:
+        log.error("cannot listen on %s:%s (%s)", host, port, error.strerror or error)
+        return 3
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_gateways(_Workers(settings, sock, settings.nats_url, count)))
+    finally:
+        sock.close()
 
 
 def _count_every_process(folder: str) -> None:
@@ -196,30 +247,53 @@ def _count_every_process(folder: str) -> None:
 
 
 def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
-    """Serve with ``count`` HTTP workers; the exit status (3: could not start)."""
+    """Serve with ``count`` HTTP workers; the exit status (3: could not start).
+
+    ``count`` 0: the writer alone (``serve --role writer``), for gateways on other
+    hosts; it needs ``EXCHANGE_NATS_URL`` (a private server listens on loopback only).
+    """
     import uvloop
 
+    sock: socket.socket | None = None
+    if count == 0 and not settings.nats_url:
+        log.error(
+            "serve --role writer needs EXCHANGE_NATS_URL: the gateways on other hosts "
+            "reach the writer through that NATS server"
+        )
+        return 3
     try:
-        sock = bind(host, port)
+        sock = bind(host, port) if count else None
     except OSError as error:
         log.error("cannot listen on %s:%s (%s)", host, port, error.strerror or error)
         return 3
-    directory = tempfile.mkdtemp(prefix="exchange-")  # 0700: only this user reaches the socket
-    if len(directory) > 80:  # a Unix socket path has at most 107 bytes
-        os.rmdir(directory)
-        directory = tempfile.mkdtemp(prefix="exchange-", dir="/tmp")
+    directory = tempfile.mkdtemp(prefix="exchange-")  # 0700: this process's own files
     if settings.metrics_address.strip():
         _count_every_process(os.path.join(directory, "metrics"))
-    workers = _Workers(settings, sock, os.path.join(directory, "writer.sock"), count)
+    from exchange.adapters.nats_server import NatsUnavailable, PrivateNats, store_beside
+    from exchange.engine.bus import Subjects
     from exchange.runtime import AnotherWriter, MetricsUnavailable  # after the metrics' choice
 
+    private: PrivateNats | None = None
     try:
+        if settings.nats_url:
+            writer_url = gateway_url = settings.nats_url
+        else:
+            subjects = Subjects(settings.nats_prefix)
+            private = PrivateNats(
+                store_beside(settings.database_url), prefix=subjects.prefix, stream=subjects.stream
+            )
+            accounts = private.start()
+            writer_url, gateway_url = accounts.writer_url, accounts.gateway_url
+        workers = _Workers(settings, sock, gateway_url, count)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_writer(settings, workers))
-    except (AnotherWriter, MetricsUnavailable) as error:
+            return runner.run(_writer(settings, workers, writer_url))
+    except (AnotherWriter, MetricsUnavailable, NatsUnavailable) as error:
         log.error("%s", error)
         return 3
     finally:
-        sock.close()
+        if sock is not None:
+            sock.close()
+        if private is not None:
+            private.stop()
         shutil.rmtree(directory, ignore_errors=True)
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

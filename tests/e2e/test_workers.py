@@ -113,19 +113,21 @@ def wait_for_workers(server_pid: int, count: int = 2, timeout: float = 30.0) -> 
     raise AssertionError(f"not {count} live workers: {worker_pids(server_pid)}")
 
 
-def writer_socket(server_pid: int) -> Path:
-    """The Unix socket the writer listens on for its workers (from /proc/net/unix)."""
-    mine = set()
-    for fd in os.listdir(f"/proc/{server_pid}/fd"):
-        try:
-            mine.add(os.readlink(f"/proc/{server_pid}/fd/{fd}"))
-        except FileNotFoundError:
+def private_nats(server_pid: int) -> tuple[int, Path]:
+    """The writer's own ``nats-server`` (its child) and that server's config file."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        fields = line.split()
-        if len(fields) == 8 and f"socket:[{fields[6]}]" in mine:
-            return Path(fields[7])
-    raise AssertionError(f"process {server_pid} listens on no Unix socket")
+        stat = _stat(int(entry))
+        if stat is None or stat[1] != server_pid or stat[0] in ("Z", "X"):
+            continue
+        try:
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if command[0].endswith(b"nats-server"):
+            return int(entry), Path(command[command.index(b"-c") + 1].decode())
+    raise AssertionError(f"process {server_pid} runs no nats-server")
 
 
 def owner_of(server_port: int, client_port: int, pids: set[int]) -> int | None:
@@ -249,9 +251,9 @@ def test_trading_and_market_data_agree_on_every_worker(db_url: str, tmp_path: Pa
             assert server.process is not None
             pids = wait_for_workers(server.process.pid)
             assert server.process.pid not in pids and all(alive(pid) for pid in pids)
-            socket_path = writer_socket(server.process.pid)
-            assert socket_path.stat().st_mode & 0o777 == 0o600
-            assert socket_path.parent.stat().st_mode & 0o777 == 0o700
+            nats_pid, nats_conf = private_nats(server.process.pid)
+            assert nats_conf.stat().st_mode & 0o777 == 0o600  # it holds the accounts
+            assert nats_conf.parent.stat().st_mode & 0o777 == 0o700
 
             seller = register_over_http(server.url, mailbox, "seller@example.com")
             buyer = register_over_http(server.url, mailbox, "buyer@example.com")
@@ -353,8 +355,8 @@ def test_trading_and_market_data_agree_on_every_worker(db_url: str, tmp_path: Pa
             # Still the same two workers: nobody died on the way.
             assert worker_pids(server.process.pid) == pids
             assert server.stop() == 0
-        assert not any(alive(pid) for pid in pids)
-        assert not socket_path.parent.exists()  # a clean stop leaves nothing in /tmp
+        assert not any(alive(pid) for pid in (*pids, nats_pid))
+        assert not nats_conf.parent.exists()  # a clean stop leaves nothing in /tmp
     check_database_ledger(db_url)
 
 
@@ -701,7 +703,7 @@ def test_kill_9_of_the_writer(tmp_path: Path) -> None:
         with running_server(port, env, tmp_path / "server.log", args=WORKERS) as server:
             assert server.process is not None
             pids = wait_for_workers(server.process.pid)
-            socket_path = writer_socket(server.process.pid)
+            nats_pid, nats_conf = private_nats(server.process.pid)
             tokens = start_users(server, mailbox, url, 4)
             try:
                 load, killed = asyncio.run(_load_killing_the_writer(server, tokens))
@@ -709,7 +711,7 @@ def test_kill_9_of_the_writer(tmp_path: Path) -> None:
                 # The orphaned workers notice and stop by themselves (they poll every
                 # 0.5 s and give requests in flight up to 5 s).
                 deadline = time.monotonic() + 15
-                while any(alive(pid) for pid in pids):
+                while any(alive(pid) for pid in (*pids, nats_pid)):  # NATS too
                     assert time.monotonic() < deadline, [_stat(pid) for pid in pids]
                     time.sleep(0.1)
                 gone_after = time.monotonic() - killed
@@ -718,7 +720,7 @@ def test_kill_9_of_the_writer(tmp_path: Path) -> None:
                     if alive(pid):
                         os.kill(pid, signal.SIGKILL)
                 # A killed writer cannot remove its private directory: this test does.
-                shutil.rmtree(socket_path.parent, ignore_errors=True)
+                shutil.rmtree(nats_conf.parent, ignore_errors=True)
         # What the clients saw after the kill: no answer, or 503 (the writer is gone), or an
         # unknown outcome for what was in flight; never a 200 for an order that is lost.
         failures = check_outcomes(load, failure_allowed=lambda o: o.started >= killed - 1.0)

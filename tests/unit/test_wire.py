@@ -1,4 +1,5 @@
-"""The worker socket's frames: commands cross exactly, anything else is refused."""
+"""What crosses NATS between writer and gateways: commands cross exactly, anything else is
+refused."""
 
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ from exchange.engine.wire import (
 
 
 def body(data: bytes) -> dict[str, Any]:
-    message: dict[str, Any] = orjson.loads(data[4:])
-    assert int.from_bytes(data[:4], "big") == len(data) - 4
+    message: dict[str, Any] = orjson.loads(data)
     return message
 
 
@@ -46,7 +46,7 @@ def test_the_type_table_names_every_field_of_every_command() -> None:
     ],
 )
 def test_commands_cross_unchanged(command: Any) -> None:
-    assert decode_command(body(encode_command(3, command))) == command
+    assert decode_command(body(encode_command(command))) == command
 
 
 @pytest.mark.parametrize(
@@ -62,14 +62,14 @@ def test_commands_cross_unchanged(command: Any) -> None:
     ],
 )
 def test_a_wrongly_typed_field_is_refused(field: str, value: object) -> None:
-    message = body(encode_command(1, PlaceOrder(7, "BTC/USDT", "buy", 10**6, 2_000_000)))
+    message = body(encode_command(PlaceOrder(7, "BTC/USDT", "buy", 10**6, 2_000_000)))
     message["c"][field] = value
     with pytest.raises(ValueError, match="wrong type"):
         decode_command(message)
 
 
 def test_missing_extra_and_unknown_are_refused() -> None:
-    message = body(encode_command(1, CancelOrder(7, 9)))
+    message = body(encode_command(CancelOrder(7, 9)))
     for fields in ({"user_id": 7}, {"user_id": 7, "order_id": 9, "extra": 1}):
         with pytest.raises(ValueError, match="needs the fields"):
             decode_command({**message, "c": fields})
@@ -82,17 +82,16 @@ def test_results_and_errors_cross_unchanged() -> None:
     order = Order(5, 7, "BTC/USDT", "buy", "limit", "GTC", False, 2_000_000, 10**6)
     trade = Trade(9, "BTC/USDT", 2_000_000, 10**6, 200_000, "buy", 4, 5, 8, 7, 400, 2_000, 1)
     result = PlaceResult(order, [trade], False, 5)
-    decoded = decode_result(body(encode_result(1, result)))
+    decoded = decode_result(body(encode_result(result)))
     assert dataclasses.astuple(decoded.order) == dataclasses.astuple(order)
     assert [dataclasses.astuple(t) for t in decoded.trades] == [dataclasses.astuple(trade)]
     assert decoded.order_id == 5 and not decoded.duplicate
-    assert dataclasses.astuple(decode_result(body(encode_result(2, order)))) == (
+    assert dataclasses.astuple(decode_result(body(encode_result(order)))) == (
         dataclasses.astuple(order)
     )
-    assert decode_result(body(encode_result(3, {"id": 1}))) == {"id": 1}
-    error = decode_error(
-        body(encode_error(4, ExchangeError("rate_limited", "wait", retry_after=3)))
-    )
+    assert decode_result(body(encode_result({"id": 1}))) == {"id": 1}
+    assert body(encode_result(order, 7))["seq"] == 7  # the batch a gateway waits for
+    error = decode_error(body(encode_error(ExchangeError("rate_limited", "wait", retry_after=3))))
     assert (error.code, error.message, error.retry_after) == ("rate_limited", "wait", 3)
-    hidden = decode_error(body(encode_error(5, RuntimeError("/secret/path.py line 3"))))
+    hidden = decode_error(body(encode_error(RuntimeError("/secret/path.py line 3"))))
     assert hidden.code == "internal_error" and "secret" not in hidden.message

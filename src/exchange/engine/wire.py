@@ -1,27 +1,23 @@
-"""What crosses the Unix socket between the writer and its HTTP workers.
+"""What crosses NATS between the writer and its gateways (``engine/bus.py``).
 
-Frames are a 4-byte big-endian length and an orjson object with a type tag
-``t``. JSON and not pickle: a frame is data, never code. Commands are checked
-field by field (names and exact types) before they reach the engine's queue.
-The socket is only reachable by the exchange's own user (a 0600 socket in a
-0700 directory): a worker is trusted like the one-process server, e.g. to set
-a withdrawal's fee from the settings.
+Each message is one orjson object with a type tag ``t``. JSON and not pickle: a
+message is data, never code. Commands are checked field by field (names and
+exact types) before they reach the engine's queue; a gateway is trusted like
+the one-process server to set a withdrawal's fee from the settings, and nothing
+more: deposits and reviews are not commands it can send.
 Orders, trades and commands are slotted dataclasses, which orjson writes as
 objects and the reader rebuilds with ``Cls(**fields)``.
 
-Worker → writer: ``cmd`` (a command to apply), ``bal`` (a user's balances),
-``revoke`` (a session ended: every worker must forget its cached copy).
-Writer → worker: ``hello`` (the full depth of every book), ``events`` (one
-committed batch: trades, changed orders, touched accounts and the new totals of
-the touched price levels), ``ok`` / ``err`` (the answer to a ``cmd``/``bal``),
-``revoke``.
+Gateway → writer (requests): ``cmd`` (a command to apply), a user's balances,
+a snapshot. Writer → gateways: ``hello`` (the snapshot: the full depth of every
+book), ``events`` (one committed batch, on the JetStream stream: trades, changed
+orders, touched accounts and the new totals of the touched price levels),
+``ok`` / ``err`` (an answer; ``ok`` names the batch it waits for).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import struct
 import typing
 from collections.abc import Iterable
 from typing import Any
@@ -36,7 +32,6 @@ from exchange.domain.withdrawals import Withdrawal
 from exchange.engine.port import Balances, Levels
 
 __all__ = [
-    "MAX_FRAME",
     "decode_command",
     "decode_error",
     "decode_outbox",
@@ -44,13 +39,8 @@ __all__ = [
     "encode_command",
     "encode_error",
     "encode_result",
-    "frame",
-    "read_frame",
+    "read",
 ]
-
-_LENGTH = struct.Struct(">I")
-#: Big enough for a full depth snapshot of busy books; a longer frame is a broken peer.
-MAX_FRAME = 256 * 1024 * 1024
 
 #: The commands a worker may send. Deposits and withdrawal reviews are operator
 #: actions: they go through the audited inbox table, never through a worker.
@@ -64,30 +54,22 @@ COMMANDS: dict[str, type[PlaceOrder | CancelOrder | RequestWithdrawal]] = {
 LevelTotal = tuple[str, str, int, int]
 
 
-def frame(message: dict[str, Any]) -> bytes:
-    body = orjson.dumps(message)
-    return _LENGTH.pack(len(body)) + body
-
-
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
-    """The next frame; ``asyncio.IncompleteReadError`` when the peer is gone."""
-    (length,) = _LENGTH.unpack(await reader.readexactly(4))
-    if length > MAX_FRAME:
-        raise ValueError(f"a {length}-byte frame is too long")
-    message = orjson.loads(await reader.readexactly(length))
+def read(data: bytes) -> dict[str, Any]:
+    """A message's object; ValueError for anything else (orjson's error is one)."""
+    message = orjson.loads(data)
     if not isinstance(message, dict):
-        raise ValueError("a frame must be an object")
+        raise ValueError("a message must be an object")
     return message
 
 
 # -- commands and their answers ------------------------------------------------
 
 
-def encode_command(request_id: int, command: Returns[Any]) -> bytes:
+def encode_command(command: Returns[Any]) -> bytes:
     kind = type(command).__name__
     if kind not in COMMANDS:
-        raise ValueError(f"{kind} is not sent by workers")
-    return frame({"t": "cmd", "id": request_id, "k": kind, "c": command})
+        raise ValueError(f"{kind} is not sent by gateways")
+    return orjson.dumps({"t": "cmd", "k": kind, "c": command})
 
 
 def _json_types(kind: type) -> dict[str, tuple[type, ...]]:
@@ -101,7 +83,7 @@ def _json_types(kind: type) -> dict[str, tuple[type, ...]]:
 
 #: The exact JSON types of each command's fields (derived from the dataclasses). A
 #: wrongly typed value would not be refused by the engine but break it mid-batch
-#: (failing every command batched with it), so a frame is checked here, field by
+#: (failing every command batched with it), so a message is checked here, field by
 #: field, before it reaches the queue.
 FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     name: _json_types(kind) for name, kind in COMMANDS.items()
@@ -113,7 +95,7 @@ def decode_command(message: dict[str, Any]) -> Command:
     kind = COMMANDS.get(name)
     fields = message.get("c")
     if kind is None or not isinstance(fields, dict):
-        raise ValueError("not a command frame")
+        raise ValueError("not a command message")
     expected = FIELD_TYPES[name]
     if set(fields) != set(expected):
         raise ValueError(f"{name} needs the fields {sorted(expected)}")
@@ -123,14 +105,17 @@ def decode_command(message: dict[str, Any]) -> Command:
     return kind(**fields)
 
 
-def encode_result(request_id: int, result: Any) -> bytes:
+def encode_result(result: Any, seq: int = 0) -> bytes:
+    """An answer; ``seq``: the batch a gateway must have applied before passing it on."""
     if isinstance(result, PlaceResult):
-        return frame({"t": "ok", "id": request_id, "k": "place", "v": result})
-    if isinstance(result, Order):
-        return frame({"t": "ok", "id": request_id, "k": "order", "v": result})
-    if isinstance(result, Withdrawal):
-        return frame({"t": "ok", "id": request_id, "k": "withdrawal", "v": result})
-    return frame({"t": "ok", "id": request_id, "k": "data", "v": result})
+        kind = "place"
+    elif isinstance(result, Order):
+        kind = "order"
+    elif isinstance(result, Withdrawal):
+        kind = "withdrawal"
+    else:
+        kind = "data"
+    return orjson.dumps({"t": "ok", "k": kind, "v": result, "seq": seq})
 
 
 def decode_result(message: dict[str, Any]) -> Any:
@@ -162,16 +147,11 @@ def decode_balances(value: Any) -> Balances:
     return out
 
 
-def encode_error(request_id: int, error: BaseException) -> bytes:
+def encode_error(error: BaseException) -> bytes:
     if not isinstance(error, ExchangeError):
         error = ExchangeError("internal_error", "something went wrong on our side; try again")
-    return frame(
-        {
-            "t": "err",
-            "id": request_id,
-            "e": [error.code, error.message, error.retry_after, error.rule],
-        }
-    )
+    described = [error.code, error.message, error.retry_after, error.rule]
+    return orjson.dumps({"t": "err", "e": described})
 
 
 def decode_error(message: dict[str, Any]) -> ExchangeError:
@@ -185,15 +165,19 @@ def decode_error(message: dict[str, Any]) -> ExchangeError:
 
 
 def encode_events(
+    epoch: str,
     seq: int,
     now: int,
     outbox: Committed,
     levels: Iterable[LevelTotal],
     books: dict[str, Levels],
 ) -> bytes:
-    """``levels``: new totals of touched levels; ``books``: whole books rebuilt by a reload."""
+    """``levels``: new totals of touched levels; ``books``: whole books rebuilt by a reload.
+
+    ``epoch`` names the writer's run: its batch numbers start again at each start."""
     message: dict[str, Any] = {
         "t": "events",
+        "epoch": epoch,
         "seq": seq,
         "now": now,
         "trades": outbox.trades,
@@ -204,7 +188,7 @@ def encode_events(
     }
     if outbox.controls:  # rare (an operator's halt): no key at all on the order path
         message["controls"] = outbox.controls
-    return frame(message)
+    return orjson.dumps(message)
 
 
 def decode_outbox(message: dict[str, Any]) -> Replicated:

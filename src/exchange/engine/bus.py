@@ -1,0 +1,89 @@
+"""The writer and its gateways on NATS: the subjects, the stream, and how to connect.
+
+* ``<prefix>.cmd.<kind>`` — a gateway's command (``place``, ``cancel``,
+  ``withdraw``), a NATS request answered by the writer after the commit; the
+  writer subscribes in the queue group ``writer``, so a standby writer could
+  take over the subjects.
+* ``<prefix>.bal`` — a user's committed balances; ``<prefix>.snapshot`` — the
+  full depth of every book, the batch number it holds and the writer's epoch.
+* ``<prefix>.events`` — one message per committed batch, in the JetStream
+  stream ``<PREFIX>_EVENTS`` (message id ``<epoch>.<batch>``: a repeated
+  publish is stored once). Retention is bounded by age and size; a gateway that
+  falls behind it takes a new snapshot.
+* ``<prefix>.revoke`` — a session ended: every gateway forgets its cached copy.
+
+The gateway account may publish only the requests and ``revoke`` (see
+``adapters/nats_server.gateway_permissions``): batches come from the writer alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+__all__ = ["COMMAND_KINDS", "Subjects", "connect"]
+
+log = logging.getLogger("exchange.bus")
+
+#: Command class -> the last token of its subject.
+COMMAND_KINDS = {"PlaceOrder": "place", "CancelOrder": "cancel", "RequestWithdrawal": "withdraw"}
+RECONNECT_SECONDS = 0.2  # float-ok: seconds between reconnection attempts
+#: What a connection buffers while NATS is away (then new messages are refused).
+PENDING_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    prefix: str = "exchange"
+
+    @property
+    def stream(self) -> str:
+        return self.prefix.upper().replace(".", "_").replace("-", "_") + "_EVENTS"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    def command(self, class_name: str) -> str:
+        return f"{self.prefix}.cmd.{COMMAND_KINDS[class_name]}"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}.cmd.*"
+
+    @property
+    def balances(self) -> str:
+        return f"{self.prefix}.bal"
+
+    @property
+    def snapshot(self) -> str:
+        return f"{self.prefix}.snapshot"
+
+    @property
+    def revoke(self) -> str:
+        return f"{self.prefix}.revoke"
+
+
+async def connect(url: str, name: str, **callbacks: Any) -> Client:
+    """A connection that reconnects forever (every ``RECONNECT_SECONDS``) and buffers
+    what is published meanwhile. ``url`` may carry a user and password; it is never
+    logged. ``callbacks``: nats-py's ``disconnected_cb``, ``reconnected_cb``..."""
+
+    async def error(failure: Exception) -> None:
+        log.warning("%s: NATS: %s", name, type(failure).__name__)
+
+    return await nats.connect(
+        url,
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=RECONNECT_SECONDS,
+        connect_timeout=2,
+        pending_size=PENDING_BYTES,
+        error_cb=error,
+        **callbacks,
+    )
