@@ -83,7 +83,7 @@ def gateway_permissions(prefix: str, stream: str) -> dict[str, dict[str, list[st
                 "$JS.FC.>",
             ]
         },
-        "subscribe": {"allow": ["_INBOX.>", f"{prefix}.revoke"]},
+        "subscribe": {"allow": ["_INBOX.>", f"{prefix}.revoke", f"{prefix}.alive"]},
     }
 
 

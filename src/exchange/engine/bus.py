@@ -11,6 +11,9 @@
   publish is stored once). Retention is bounded by age and size; a gateway that
   falls behind it takes a new snapshot.
 * ``<prefix>.revoke`` — a session ended: every gateway forgets its cached copy.
+* ``<prefix>.alive`` — the writer's heartbeat, every ``HEARTBEAT_SECONDS``, with its
+  epoch and last batch: a gateway that hears none for ``SILENT_SECONDS`` answers
+  503 (the writer is gone); one that hears a new epoch follows the new writer.
 
 The gateway account may publish only the requests and ``revoke`` (see
 ``adapters/nats_server.gateway_permissions``): batches come from the writer alone.
@@ -31,6 +34,8 @@ log = logging.getLogger("exchange.bus")
 
 #: Command class -> the last token of its subject.
 COMMAND_KINDS = {"PlaceOrder": "place", "CancelOrder": "cancel", "RequestWithdrawal": "withdraw"}
+HEARTBEAT_SECONDS = 0.5  # float-ok: seconds between the writer's heartbeats
+SILENT_SECONDS = 2.0  # float-ok: seconds without one before gateways refuse commands
 RECONNECT_SECONDS = 0.2  # float-ok: seconds between reconnection attempts
 #: What a connection buffers while NATS is away (then new messages are refused).
 PENDING_BYTES = 64 * 1024 * 1024
@@ -66,6 +71,10 @@ class Subjects:
     @property
     def revoke(self) -> str:
         return f"{self.prefix}.revoke"
+
+    @property
+    def alive(self) -> str:
+        return f"{self.prefix}.alive"
 
 
 async def connect(url: str, name: str, **callbacks: Any) -> Client:

@@ -31,7 +31,7 @@ from nats.js.errors import BadRequestError
 from exchange.domain.book import OrderBook
 from exchange.domain.errors import ExchangeError, unavailable
 from exchange.domain.events import Committed
-from exchange.engine.bus import Subjects, connect
+from exchange.engine.bus import HEARTBEAT_SECONDS, Subjects, connect
 from exchange.engine.engine import Engine
 from exchange.engine.port import Levels
 from exchange.engine.wire import (
@@ -80,6 +80,7 @@ class WriterBus:
         self._known: dict[str, OrderBook] = {}
         self._out: asyncio.Queue[tuple[str, bytes, dict[str, str] | None]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
+        self._heart: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.nc = nc = await connect(self.url, "exchange-writer")
@@ -102,6 +103,7 @@ class WriterBus:
         self.seq = self.engine.batches
         self.engine.subscribe(self.on_commit)
         self._sender = asyncio.create_task(self._send(), name="bus-sender")
+        self._heart = asyncio.create_task(self._beat(), name="bus-heartbeat")
         await nc.subscribe(subjects.commands, queue="writer", cb=self._command)
         await nc.subscribe(subjects.balances, queue="writer", cb=self._balances)
         await nc.subscribe(subjects.snapshot, queue="writer", cb=self._snapshot)
@@ -112,11 +114,12 @@ class WriterBus:
             with contextlib.suppress(Exception):
                 await self._drain_queue()
                 await nc.drain()
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
-            self._sender = None
+        for task in (self._heart, self._sender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sender = self._heart = None
 
     async def _drain_queue(self) -> None:
         """Give queued answers a moment to leave before the connection closes."""
@@ -140,6 +143,14 @@ class WriterBus:
                 await nc.publish(subject, data, headers=headers)
             except Exception as error:  # NATS away past the buffer: gateways see the gap
                 log.warning("cannot publish on %s (%s)", subject, type(error).__name__)
+
+    async def _beat(self) -> None:
+        """The heartbeat: this run's epoch and last batch, while the engine can serve."""
+        while True:
+            if self.engine.ready:
+                beat = orjson.dumps({"epoch": self.epoch, "seq": self.seq})
+                self._post(self.subjects.alive, beat)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     # -- requests ---------------------------------------------------------------
 
@@ -169,7 +180,7 @@ class WriterBus:
         elif (error := future.exception()) is not None:
             data = encode_error(error)
         else:
-            data = encode_result(future.result(), self.engine.batches)
+            data = encode_result(future.result(), self.engine.batches, self.epoch)
         self._post(reply, data)
 
     async def _balances(self, msg: Msg) -> None:

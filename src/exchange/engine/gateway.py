@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from itertools import count, islice
@@ -47,7 +48,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Committed, number_books
 from exchange.domain.markets import Asset, Market, assets_of
 from exchange.domain.orders import BUY
-from exchange.engine.bus import Subjects, connect
+from exchange.engine.bus import SILENT_SECONDS, Subjects, connect
 from exchange.engine.port import Balances, Levels, Listener
 from exchange.engine.wire import (
     decode_balances,
@@ -163,6 +164,8 @@ class GatewayEngine:
         self._unsent_revokes: list[str] = []
         self._sending: set[asyncio.Future[None]] = set()
         self.resyncs = 0
+        #: When the writer was last heard from (a heartbeat or a snapshot), monotonic.
+        self._heard = 0.0  # float-ok: seconds
 
     @property
     def assets(self) -> dict[str, Asset]:
@@ -170,8 +173,13 @@ class GatewayEngine:
 
     @property
     def connected(self) -> bool:
-        """The link is up and this replica in step with the writer."""
-        return self._ready and self.nc is not None and self.nc.is_connected
+        """The link is up, the writer heard from lately, and this replica in step with it."""
+        return (
+            self._ready
+            and self.nc is not None
+            and self.nc.is_connected
+            and time.monotonic() - self._heard < SILENT_SECONDS
+        )
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -191,6 +199,7 @@ class GatewayEngine:
         except Exception as error:
             raise ConnectionError(f"cannot reach NATS ({type(error).__name__})") from None
         await self.nc.subscribe(self.subjects.revoke, cb=self._revoked)
+        await self.nc.subscribe(self.subjects.alive, cb=self._heartbeat)
         self._resync = asyncio.create_task(self._resynchronise(fresh=True), name="gateway-sync")
         try:
             async with asyncio.timeout(timeout):
@@ -218,11 +227,13 @@ class GatewayEngine:
         log.warning("reconnected to NATS: replaying the batches missed")
         self._schedule_resync(fresh=False)
 
-    def _schedule_resync(self, *, fresh: bool) -> None:
+    def _schedule_resync(self, *, fresh: bool) -> asyncio.Task[None]:
         self._ready = False
         if self._resync is not None and not self._resync.done():
             self._resync.cancel()
-        self._resync = asyncio.create_task(self._resynchronise(fresh=fresh), name="gateway-sync")
+        task = asyncio.create_task(self._resynchronise(fresh=fresh), name="gateway-sync")
+        self._resync = task
+        return task
 
     def _fail_in_flight(self) -> None:
         flying, self._in_flight = self._in_flight, set()
@@ -297,6 +308,7 @@ class GatewayEngine:
     def _hello(self, message: dict[str, Any]) -> None:
         if message.get("t") != "hello":
             raise ValueError("the writer did not answer with a snapshot")
+        self._heard = time.monotonic()
         epoch = str(message["epoch"])
         if epoch != self.epoch:  # a new writer: what it loaded holds every earlier answer
             self._release_waiting(everything=True)
@@ -396,7 +408,10 @@ class GatewayEngine:
             self._in_flight.discard(outcome)
         if message.get("t") == "err":
             raise decode_error(message)
-        await self._applied(int(message.get("seq", 0)))
+        if message.get("epoch") != self.epoch:  # answered by a writer this replica does not follow
+            await asyncio.shield(self._schedule_resync(fresh=True))
+        else:
+            await self._applied(int(message.get("seq", 0)))
         answer: R = decode_result(message)
         return answer
 
@@ -440,6 +455,16 @@ class GatewayEngine:
             sending.add_done_callback(self._sending.discard)
         elif len(self._unsent_revokes) < 100_000:
             self._unsent_revokes.append(key)
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        try:
+            epoch = str(read(msg.data)["epoch"])
+        except (ValueError, KeyError):
+            return
+        self._heard = time.monotonic()
+        if epoch != self.epoch and self._ready:  # a new writer: follow it from a snapshot
+            log.warning("a new writer is running: taking its snapshot")
+            self._schedule_resync(fresh=True)
 
     async def _revoked(self, msg: Msg) -> None:
         if self.on_revoke is not None:

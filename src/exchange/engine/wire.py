@@ -105,8 +105,9 @@ def decode_command(message: dict[str, Any]) -> Command:
     return kind(**fields)
 
 
-def encode_result(result: Any, seq: int = 0) -> bytes:
-    """An answer; ``seq``: the batch a gateway must have applied before passing it on."""
+def encode_result(result: Any, seq: int = 0, epoch: str = "") -> bytes:
+    """An answer; ``seq``: the batch a gateway must have applied before passing it on
+    (of the writer's run ``epoch``)."""
     if isinstance(result, PlaceResult):
         kind = "place"
     elif isinstance(result, Order):
@@ -115,7 +116,7 @@ def encode_result(result: Any, seq: int = 0) -> bytes:
         kind = "withdrawal"
     else:
         kind = "data"
-    return orjson.dumps({"t": "ok", "k": kind, "v": result, "seq": seq})
+    return orjson.dumps({"t": "ok", "k": kind, "v": result, "seq": seq, "epoch": epoch})
 
 
 def decode_result(message: dict[str, Any]) -> Any:
