@@ -56,10 +56,10 @@ class Mailbox:
 
 
 @contextmanager
-def smtp_server() -> Iterator[tuple[Mailbox, int]]:
+def smtp_server(host: str = "127.0.0.1") -> Iterator[tuple[Mailbox, int]]:
     mailbox = Mailbox()
     port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller = Controller(mailbox, hostname=host, port=port)
     controller.start()
     try:
         yield mailbox, port

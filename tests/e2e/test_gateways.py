@@ -45,9 +45,12 @@ PAIR = "BTC/USDT"
 
 
 @contextmanager
-def nats_server(directory: Path) -> Iterator[PrivateNats]:
+def nats_server(directory: Path, host: str = "127.0.0.1") -> Iterator[PrivateNats]:
+    """A NATS server with the writer's and the gateways' accounts, listening on ``host``."""
     subjects = Subjects()
-    server = PrivateNats(directory / "jetstream", prefix=subjects.prefix, stream=subjects.stream)
+    server = PrivateNats(
+        directory / "jetstream", prefix=subjects.prefix, stream=subjects.stream, host=host
+    )
     server.start()
     try:
         yield server

@@ -98,7 +98,10 @@ class NatsAccounts:
 class PrivateNats:
     """``nats-server`` as a child process: ``start()`` gives the accounts' URLs."""
 
-    def __init__(self, store_dir: Path, *, prefix: str, stream: str) -> None:
+    def __init__(
+        self, store_dir: Path, *, prefix: str, stream: str, host: str = "127.0.0.1"
+    ) -> None:
+        """``host``: the address it listens on (loopback: only this machine's processes)."""
         self.store_dir = store_dir
         self.prefix = prefix
         self.stream = stream
@@ -106,7 +109,7 @@ class PrivateNats:
         self._process: subprocess.Popen[bytes] | None = None
         self.accounts: NatsAccounts | None = None
         self._passwords = (secrets.token_urlsafe(24), secrets.token_urlsafe(24))
-        self._address = "127.0.0.1:-1"  # a free port the first time, the same one after
+        self._address = f"{host}:-1"  # a free port the first time, the same one after
 
     def start(self) -> NatsAccounts:
         """Start the server (again: on the same port, with the same accounts and stream)."""
