@@ -167,6 +167,36 @@ async def test_nats_stopped_refuses_then_replays_what_was_missed(
     check_database_ledger(database_url)
 
 
+async def test_a_gateway_behind_the_retained_window_takes_a_new_snapshot(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
+) -> None:
+    """Batches it missed are gone from the stream (retention): a replay cannot be trusted,
+    so the gateway starts again from a snapshot instead of showing a book with a hole."""
+    app, client = linked
+    engine = app.runtime.services.engine
+    gateway = app.state.worker.runtime.services.engine
+    seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    await place(client, seller, "sell", "21000")
+    assert gateway._events is not None
+    await gateway._events.unsubscribe()  # this gateway stops reading for a while
+    gateway._events = None
+    user = await app.runtime.services.accounts.user_id("s@example.com")
+    for price in (2_100_100, 2_100_200, 2_100_300):
+        await engine.submit(PlaceOrder(user, PAIR, "sell", 10**6, price))
+    writer_js = app.state.hub.nc.jetstream()
+    await writer_js.purge_stream(SUBJECTS.stream)  # what retention does to old batches
+    await engine.submit(PlaceOrder(user, PAIR, "sell", 10**6, 2_100_400))
+    resyncs = gateway.resyncs
+    gateway._schedule_resync(fresh=False)  # as after a reconnection: replay from its last
+
+    async def mended() -> bool:
+        return gateway.connected and (await depth(client))["asks"] == writer_depth(app)["asks"]
+
+    await until(mended, what="the gateway's book to be whole again")
+    assert gateway.resyncs >= resyncs + 2  # the replay found the hole, then a snapshot
+    assert len(writer_depth(app)["asks"]) == 5
+
+
 async def test_malformed_messages_and_forged_batches_are_refused_without_harm(
     linked: tuple[Any, httpx.AsyncClient],
 ) -> None:
