@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -229,6 +229,24 @@ async def while_loaded(
     finally:
         stop.set()
         await asyncio.gather(*clients)
+
+
+def trade(
+    base: str, token: str, seed: int, load: Acks, stop: asyncio.Event
+) -> Coroutine[Any, Any, None]:
+    """One trader of the kill -9 tests: orders and cancels, each on a new connection."""
+    return client_loop(
+        base,
+        token,
+        seed,
+        load,
+        stop,
+        withdraw=False,
+        timeout=10,
+        stop_on_error=False,
+        cancel_share=0.2,
+        fresh_connections=True,
+    )
 
 
 def assert_clear_503(outcome: Outcome) -> None:

@@ -21,8 +21,6 @@ from browser_support import (
     PASSWORD,
     Exchange,
     PageErrors,
-    browser_page,
-    chromium,
     element_screenshot,
     login_cookie,
     screenshot,
@@ -40,18 +38,6 @@ expect.set_options(timeout=10_000)
 def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     with serving(tmp_path_factory.mktemp("browser")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as found:
-        yield found
-
-
-@pytest.fixture
-def page(browser: Browser, exchange: Exchange) -> Iterator[Page]:
-    with browser_page(browser, exchange) as opened:
-        yield opened
 
 
 @pytest.fixture(scope="module")

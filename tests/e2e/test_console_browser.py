@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pyotp
 import pytest
-from browser_support import Exchange, browser_page, chromium, screenshot, serving
-from playwright.sync_api import Browser, Page, expect
+from browser_support import Exchange, screenshot, serving
+from playwright.sync_api import Page, expect
 
 from exchange.bench.server import admin
 
@@ -35,18 +35,6 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     tmp = tmp_path_factory.mktemp("console")
     with serving(tmp, EXCHANGE_WITHDRAW_ADDRESS_COOLDOWN="0") as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as found:
-        yield found
-
-
-@pytest.fixture
-def page(browser: Browser, exchange: Exchange) -> Iterator[Page]:
-    with browser_page(browser, exchange) as opened:
-        yield opened
 
 
 def log_in(page: Page, code: str = "") -> None:

@@ -32,8 +32,8 @@ from load_support import (
     check_acknowledged,
     check_money,
     check_outcomes,
-    client_loop,
     start_users,
+    trade,
 )
 
 from exchange.adapters.nats_server import PrivateNats
@@ -138,21 +138,7 @@ async def _writer_killed_under_load(
 
     await asyncio.gather(
         operator(),
-        *(
-            client_loop(
-                gateways[i % 2].url,
-                token,
-                i,
-                load,
-                stop,
-                withdraw=False,
-                timeout=10,
-                stop_on_error=False,
-                cancel_share=0.2,
-                fresh_connections=True,
-            )
-            for i, token in enumerate(tokens)
-        ),
+        *(trade(gateways[i % 2].url, token, i, load, stop) for i, token in enumerate(tokens)),
     )
     return load, moments[0]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 from load_support import FUNDS, check_money, credit
-from test_gateways import Writer, nats_server
+from test_gateways import Writer, market, nats_server, order
 
 from exchange.bench.server import BIN, exchange_env, scratch_key_file
 from support import postgres_database, register_over_http, smtp_server, until
@@ -170,21 +170,6 @@ def inside(url: str) -> int:
         timeout=20,
     )
     return int(probe.stdout.strip() or 0)
-
-
-def order(base: str, token: str, side: str, price: str, amount: str) -> httpx.Response:
-    return httpx.post(
-        f"{base}/api/{side}",
-        data={"pair": PAIR, "amount": amount, "price": price},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
-    )
-
-
-def market(base: str) -> tuple[object, object]:
-    depth = httpx.get(f"{base}/api/get_depth", params={"pair": PAIR, "limit": "100"}).json()
-    deals = httpx.get(f"{base}/api/get_deal_record", params={"pair": PAIR}).json()
-    return {side: depth["data"][side] for side in ("bids", "asks")}, deals["data"]
 
 
 def test_gateways_on_another_host_trade_and_survive_a_cut_link(

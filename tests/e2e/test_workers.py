@@ -26,7 +26,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,9 @@ from load_support import (
     check_acknowledged,
     check_money,
     check_outcomes,
-    client_loop,
     credit,
     start_users,
+    trade,
 )
 from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection
@@ -576,24 +576,6 @@ def test_logout_on_one_worker_ends_the_session_on_all(tmp_path: Path) -> None:
 
 
 # -- the load for the kill -9 tests ---------------------------------------------------------
-
-
-def trade(
-    base: str, token: str, seed: int, load: Acks, stop: asyncio.Event
-) -> Coroutine[Any, Any, None]:
-    """One trader of the kill -9 tests: orders and cancels, each on a new connection."""
-    return client_loop(
-        base,
-        token,
-        seed,
-        load,
-        stop,
-        withdraw=False,
-        timeout=10,
-        stop_on_error=False,
-        cancel_share=0.2,
-        fresh_connections=True,
-    )
 
 
 # -- 4. kill -9 of one worker ---------------------------------------------------------------

@@ -38,7 +38,8 @@ def code_hmac(key: bytes, salt: str, email: str, code: str) -> str:
     return hmac.new(key, f"{salt}:{email}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
-def _seconds(ms: int) -> int:
+def retry_seconds(ms: int) -> int:
+    """A wait in milliseconds as whole seconds for ``Retry-After`` (rounded up, at least 1)."""
     return max(1, -(-ms // 1000))
 
 
@@ -88,7 +89,7 @@ class Accounts:
                         )
                     ).first()
                     if row is not None and now - row.created < CODE_RESEND_MS:
-                        wait = _seconds(row.created + CODE_RESEND_MS - now)
+                        wait = retry_seconds(row.created + CODE_RESEND_MS - now)
                         raise ExchangeError(
                             "rate_limited",
                             f"a code was sent less than a minute ago; ask again in {wait} s",
@@ -233,7 +234,7 @@ class Accounts:
                 raise ExchangeError(
                     "too_many_attempts",
                     "this code was entered wrongly 5 times and no longer works; ask for a new one",
-                    retry_after=_seconds(max(row.created + CODE_RESEND_MS - now, 1)),
+                    retry_after=retry_seconds(max(row.created + CODE_RESEND_MS - now, 1)),
                 )
             if row.used:
                 raise ExchangeError("invalid_code", "this code was already used; ask for a new one")
@@ -293,7 +294,7 @@ class Accounts:
             if len(times) > LOCKOUT_FAILURES:  # this try is one of them
                 async with self._db.begin() as conn:  # a refused try is not a failure
                     await conn.execute(delete(login_failures).where(login_failures.c.id == attempt))
-                wait = _seconds(times[-1] + LOCKOUT_WINDOW_MS - now)
+                wait = retry_seconds(times[-1] + LOCKOUT_WINDOW_MS - now)
                 raise ExchangeError(
                     "too_many_attempts",
                     f"too many failed logins; try again in {wait} s",

@@ -30,6 +30,7 @@ from exchange.adapters.passwords import PasswordHashing, check_password_rules
 from exchange.adapters.secret_box import SecretBox
 from exchange.clock import Clock
 from exchange.domain.errors import ExchangeError
+from exchange.services.accounts import retry_seconds
 from exchange.services.emails import normalize_email
 from exchange.services.sessions import token_hash
 
@@ -53,10 +54,6 @@ class Operator:
 
 def _wrong() -> ExchangeError:
     return ExchangeError("invalid_credentials", "wrong e-mail address, password or code")
-
-
-def _seconds(ms: int) -> int:
-    return max(1, -(-ms // 1000))
 
 
 class Operators:
@@ -136,7 +133,7 @@ class Operators:
             raise ExchangeError(
                 "too_many_attempts",
                 "too many wrong attempts; this operator is locked for a while",
-                retry_after=_seconds(row.locked_until - now),
+                retry_after=retry_seconds(row.locked_until - now),
             )
         right = await self._hashing.verify(row.password_hash if row else None, password)
         if row is None or not right:
