@@ -40,7 +40,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sortedcontainers import SortedDict
 
 from exchange.domain.commands import Returns
@@ -293,16 +293,20 @@ class GatewayEngine:
             self._hello(read(reply.data))
         else:
             start = self._stream_seq + 1
+        # A plain push consumer: no acks, no flow control (whose pauses would hold answers
+        # waiting for their batch); order and gaps are this class's own business (batch
+        # numbers), and a lost consumer is made again at the next resynchronisation.
         config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start, 1)
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(start, 1),
+            ack_policy=AckPolicy.NONE,
+            max_deliver=1,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=60.0,  # float-ok: seconds; a gone gateway's consumer is dropped
         )
         self._events = await js.subscribe(
-            self.subjects.events,
-            stream=self.subjects.stream,
-            cb=self._batch,
-            config=config,
-            ordered_consumer=True,
-            idle_heartbeat=2.0,  # float-ok: seconds
+            self.subjects.events, stream=self.subjects.stream, cb=self._batch, config=config
         )
 
     def _hello(self, message: dict[str, Any]) -> None:
