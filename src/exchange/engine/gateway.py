@@ -200,10 +200,10 @@ class GatewayEngine:
             raise ConnectionError(f"cannot reach NATS ({type(error).__name__})") from None
         await self.nc.subscribe(self.subjects.revoke, cb=self._revoked)
         await self.nc.subscribe(self.subjects.alive, cb=self._heartbeat)
-        self._resync = asyncio.create_task(self._resynchronise(fresh=True), name="gateway-sync")
+        self._schedule_resync(fresh=True)
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.shield(self._resync)
+                await self._in_step()
         except TimeoutError:
             raise ConnectionError("the writer did not answer a snapshot request") from None
 
@@ -234,6 +234,17 @@ class GatewayEngine:
         task = asyncio.create_task(self._resynchronise(fresh=fresh), name="gateway-sync")
         self._resync = task
         return task
+
+    async def _in_step(self) -> None:
+        """Wait for the resynchronisation under way, and for any that replaces it."""
+        while (task := self._resync) is not None and not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # this waiter itself is cancelled
+                # else: a newer resynchronisation replaced that one; wait for it
 
     def _fail_in_flight(self) -> None:
         flying, self._in_flight = self._in_flight, set()
@@ -291,6 +302,7 @@ class GatewayEngine:
             start = info.state.last_seq + 1
             reply = await nc.request(self.subjects.snapshot, b"", timeout=SNAPSHOT_SECONDS)
             self._hello(read(reply.data))
+            self._stream_seq = start - 1  # a later replay resumes here at the earliest
         else:
             start = self._stream_seq + 1
         # A plain push consumer: no acks, no flow control (whose pauses would hold answers
@@ -413,7 +425,8 @@ class GatewayEngine:
         if message.get("t") == "err":
             raise decode_error(message)
         if message.get("epoch") != self.epoch:  # answered by a writer this replica does not follow
-            await asyncio.shield(self._schedule_resync(fresh=True))
+            self._schedule_resync(fresh=True)
+            await self._in_step()
         else:
             await self._applied(int(message.get("seq", 0)))
         answer: R = decode_result(message)
@@ -431,8 +444,7 @@ class GatewayEngine:
         except TimeoutError:
             log.warning("batch %d did not arrive in %.0f s: resynchronising", seq, APPLIED_SECONDS)
             self._schedule_resync(fresh=True)
-        if self._resync is not None and not self._resync.done():
-            await asyncio.shield(self._resync)  # its snapshot holds the batch
+        await self._in_step()  # a resynchronisation's snapshot holds the batch
 
     async def read_balances(self, user_id: int) -> Balances:
         data = b'{"u":%d}' % user_id
