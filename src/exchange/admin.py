@@ -78,17 +78,23 @@ class Admin:
         database_url: str,
         markets: dict[str, Market],
         actor_name: str | None = None,
+        *,
+        offline: bool = True,
     ) -> None:
+        """``offline``: with no server running, apply a command here under the writer lock
+        (the CLI). The console runs inside a server (or a gateway): it never takes the
+        lock, which a writer starting meanwhile would then find held."""
         self._db = db
         self._reads = reading(db)  # reads take no write lock on SQLite
         self._url = database_url
         self._markets = markets
         self.assets = assets_of(markets.values())
         self.actor_name = (actor_name or actor())[:MAX_ACTOR]
+        self.offline = offline
 
     def acting_as(self, name: str) -> Admin:
         """The same commands, audited under ``name``."""
-        return Admin(self._db, self._url, self._markets, name)
+        return Admin(self._db, self._url, self._markets, name, offline=self.offline)
 
     @property
     def markets(self) -> dict[str, Market]:
@@ -359,7 +365,8 @@ class Admin:
         next_try = time.monotonic()
         while True:
             if time.monotonic() >= next_try:
-                self._apply_if_no_writer()
+                if self.offline:
+                    self._apply_if_no_writer()
                 next_try = time.monotonic() + 1.0  # float-ok: seconds
             with self._reads.connect() as conn:
                 row = conn.execute(

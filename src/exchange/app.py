@@ -231,7 +231,7 @@ def make_app(runtime: Runtime) -> ExchangeApp:
             WebSocketRoute("/ws-api/v3", runtime.binance_streams.ws_api),
             *console_routes(
                 runtime.operators,
-                Admin(admin_db, settings.database_url, markets),
+                Admin(admin_db, settings.database_url, markets, offline=False),
                 services.market,
                 services.clock,
                 lambda origin, host: same_origin(origin, host, origins),
