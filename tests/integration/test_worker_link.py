@@ -167,6 +167,28 @@ async def test_nats_stopped_refuses_then_replays_what_was_missed(
     check_database_ledger(database_url)
 
 
+@pytest.mark.parametrize("lost", ["_live", "_events"])
+async def test_batches_reach_a_gateway_by_either_subscription_alone(
+    linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox, lost: str
+) -> None:
+    """Batches come live (core NATS, the fast way) and from the stream (every one, in
+    order): with either gone, answers still wait for their batch and depth is whole."""
+    app, client = linked
+    gateway = app.state.worker.runtime.services.engine
+    seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
+    await place(client, seller, "sell", "21000")
+    subscription = getattr(gateway, lost)
+    assert subscription is not None
+    await subscription.unsubscribe()
+    setattr(gateway, lost, None)
+    resyncs = gateway.resyncs
+    for price in ("21001", "21002", "21003"):
+        await place(client, seller, "sell", price)  # answered: its batch is applied here
+        assert (await depth(client))["asks"] == writer_depth(app)["asks"]
+    assert len(writer_depth(app)["asks"]) == 4
+    assert gateway.resyncs == resyncs  # neither path needed a snapshot
+
+
 async def test_a_gateway_behind_the_retained_window_takes_a_new_snapshot(
     linked: tuple[Any, httpx.AsyncClient], mailbox: Mailbox
 ) -> None:
@@ -177,9 +199,10 @@ async def test_a_gateway_behind_the_retained_window_takes_a_new_snapshot(
     gateway = app.state.worker.runtime.services.engine
     seller = await new_trader(app, client, mailbox, "s@example.com", BTC="5")
     await place(client, seller, "sell", "21000")
-    assert gateway._events is not None
-    await gateway._events.unsubscribe()  # this gateway stops reading for a while
-    gateway._events = None
+    assert gateway._events is not None and gateway._live is not None
+    for subscription in (gateway._events, gateway._live):  # it stops reading for a while
+        await subscription.unsubscribe()
+    gateway._events = gateway._live = None
     user = await app.runtime.services.accounts.user_id("s@example.com")
     for price in (2_100_100, 2_100_200, 2_100_300):
         await engine.submit(PlaceOrder(user, PAIR, "sell", 10**6, price))

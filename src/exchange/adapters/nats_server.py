@@ -83,7 +83,9 @@ def gateway_permissions(prefix: str, stream: str) -> dict[str, dict[str, list[st
                 "$JS.FC.>",
             ]
         },
-        "subscribe": {"allow": ["_INBOX.>", f"{prefix}.revoke", f"{prefix}.alive"]},
+        "subscribe": {
+            "allow": ["_INBOX.>", f"{prefix}.events", f"{prefix}.revoke", f"{prefix}.alive"]
+        },
     }
 
 

@@ -151,7 +151,9 @@ class GatewayEngine:
         self.on_revoke: Callable[[str], None] | None = None
         self._listeners: list[Listener] = []
         self.nc: Client | None = None
+        #: The stream's consumer (every batch, in order) and the live core subscription.
         self._events: Subscription | None = None
+        self._live: Subscription | None = None
         #: The stream sequence of the last batch applied (where a replay resumes).
         self._stream_seq = 0
         self._ready = False
@@ -291,11 +293,16 @@ class GatewayEngine:
         """Subscribe to the stream (from the last batch applied, or from before a snapshot)."""
         nc = self.nc
         assert nc is not None
-        if self._events is not None:
-            with contextlib.suppress(Exception):
-                await self._events.unsubscribe()
-            self._events = None
+        for old in (self._events, self._live):
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.unsubscribe()
+        self._events = self._live = None
         self._held = []
+        # Live first (and registered by the server before the snapshot is asked for), so
+        # every batch after the snapshot also arrives the fastest way there is.
+        self._live = await nc.subscribe(self.subjects.events, cb=self._live_batch)
+        await nc.flush()
         js = nc.jetstream()
         if fresh:
             info = await js.stream_info(self.subjects.stream)
@@ -335,7 +342,26 @@ class GatewayEngine:
         self.books = {symbol: LevelBook(books.get(symbol, [[], []])) for symbol in self.markets}
         self._release_waiting()
 
-    async def _batch(self, msg: Msg) -> None:
+    def _known(self, msg: Msg) -> bool:
+        """The batch is applied here already (read from its message id, not its body)."""
+        epoch, _, seq = (msg.headers or {}).get("Nats-Msg-Id", "").partition(".")
+        return epoch == self.epoch and seq.isdigit() and int(seq) <= self.seq
+
+    def _next(self, msg: Msg) -> bool:
+        epoch, _, seq = (msg.headers or {}).get("Nats-Msg-Id", "").partition(".")
+        return epoch == self.epoch and seq.isdigit() and int(seq) == self.seq + 1
+
+    async def _live_batch(self, msg: Msg) -> None:
+        """A batch as NATS routes it, before (or while) JetStream stores it: applied if it
+        is the next one. Anything else (one dropped, or a new epoch) is left to the stream,
+        which delivers every batch in order and tells gaps apart."""
+        if self._next(msg):
+            await self._batch(msg, stored=False)
+
+    async def _batch(self, msg: Msg, *, stored: bool = True) -> None:
+        if stored and self._known(msg):  # it came live already
+            self._stream_seq = msg.metadata.sequence.stream
+            return
         try:
             self._apply(read(msg.data))
         except _Stale as why:
@@ -346,8 +372,8 @@ class GatewayEngine:
             log.error("cannot apply a batch (%r): taking a new snapshot", error)
             self._schedule_resync(fresh=True)
             return
-        metadata = msg.metadata
-        self._stream_seq = metadata.sequence.stream
+        if stored:
+            self._stream_seq = msg.metadata.sequence.stream
 
     def _apply(self, message: dict[str, Any]) -> None:
         if message.get("t") != "events":
