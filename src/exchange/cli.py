@@ -114,11 +114,7 @@ def gateway(
 ) -> None:
     """An API gateway on any host: the whole API, pages and streams, the engine behind NATS
     (the writer runs `exchange serve --role writer` or `--workers N` elsewhere)."""
-    import uvicorn
-
-    from exchange.app import create_app
-    from exchange.server import server_config
-    from exchange.workers import run_gateways
+    from exchange.workers import run_gateways  # the app only later: metrics choose first
 
     settings = get_settings()
     configure_logging(settings)
@@ -139,6 +135,11 @@ def gateway(
         if code:
             raise SystemExit(code)
         return
+    import uvicorn
+
+    from exchange.app import create_app
+    from exchange.server import server_config
+
     application: Any = create_app(settings, gateway_url=settings.nats_url)
     config = server_config(application, settings, host=settings.host, port=settings.port)
     server = uvicorn.Server(config)

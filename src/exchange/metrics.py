@@ -29,7 +29,7 @@ import contextlib
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -50,14 +50,18 @@ __all__ = [
     "CODES_SENT",
     "COMMIT_SECONDS",
     "DATABASE_ERRORS",
+    "GATEWAYS_IN_STEP",
+    "GATEWAY_RESYNCS",
     "HTTP_METHODS",
     "HTTP_SECONDS",
     "LOGINS",
     "MULTIPROCESS_ENV",
+    "SAMPLERS",
     "WS_CONNECTIONS",
     "WS_DROPPED",
     "WS_SUBSCRIPTIONS",
     "MetricsListener",
+    "MetricsUnavailable",
     "parse_address",
     "process_died",
 ]
@@ -110,11 +114,15 @@ class Tally:
 
 
 TALLIES: list[Tally] = []
+#: Gauges a process sets from its own state once a second, with the tallies' flush.
+SAMPLERS: list[Callable[[], None]] = []
 
 
 def flush() -> None:
     for tally in TALLIES:
         tally.flush()
+    for sample in SAMPLERS:
+        sample()
 
 
 @contextlib.asynccontextmanager
@@ -193,6 +201,17 @@ LOGINS = Counter(
     ["outcome"],
 )
 CODES_SENT = Counter("exchange_codes_sent", "E-mail verification codes handed to the mailer.")
+GATEWAYS_IN_STEP = Gauge(
+    "exchange_gateways_in_step",
+    "Gateway processes following the writer now (NATS up, the writer heard within 2 s, "
+    "the replica in step); set once a second by each gateway.",
+    multiprocess_mode="livesum",
+)
+GATEWAY_RESYNCS = Counter(
+    "exchange_gateway_resyncs",
+    "Times a gateway took the writer's snapshot or replayed the stream to follow it again "
+    "(its start, a NATS reconnection, a gap, a new writer).",
+)
 
 #: The ``method`` label's values: the standard verbs (anything else is ``other``).
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
@@ -236,8 +255,14 @@ class _Joined(Collector):
             yield from collector.collect()
 
 
+class MetricsUnavailable(RuntimeError):
+    """The metrics listener cannot bind its address."""
+
+
 class MetricsListener:
-    """The ``/metrics`` port of the writer's process (a thread: scrapes never wait for the loop).
+    """The ``/metrics`` port (a thread: scrapes never wait for the loop), in the process that
+    owns the counts: one process alone, or the parent of several (multiprocess mode) — the
+    writer's, or ``exchange gateway --workers N``'s.
 
     ``extra`` are collectors that read the writer's state when scraped.
     """
@@ -257,6 +282,23 @@ class MetricsListener:
     def port(self) -> int:
         """The bound port (the configured one, or the one chosen for port 0)."""
         return int(self._server.server_port) if self._server is not None else self.address[1]
+
+    @classmethod
+    def serve(cls, address: str, extra: Iterable[Collector] = ()) -> MetricsListener | None:
+        """Listening on ``EXCHANGE_METRICS_ADDRESS`` (None: off); MetricsUnavailable if the
+        address is taken."""
+        where = parse_address(address)
+        if where is None:
+            return None
+        listener = cls(where, extra)
+        try:
+            listener.start()
+        except OSError as error:
+            raise MetricsUnavailable(
+                f"cannot serve metrics on {where[0]}:{where[1]} ({error.strerror or error}); "
+                "set EXCHANGE_METRICS_ADDRESS to a free host:port, or empty to turn them off"
+            ) from None
+        return listener
 
     def stop(self) -> None:
         if self._server is not None:

@@ -50,7 +50,7 @@ from exchange.engine.gateway import GatewayEngine
 from exchange.engine.gauges import EngineCollector
 from exchange.engine.port import EnginePort
 from exchange.engine.writer_lock import WriterLock
-from exchange.metrics import MetricsListener, flushing, parse_address
+from exchange.metrics import MetricsListener, flushing, multiprocess_on
 from exchange.services.accounts import Accounts
 from exchange.services.api_keys import ApiKeys
 from exchange.services.history import History
@@ -63,7 +63,6 @@ from exchange.services.wallet import Wallet, withdraw_rules
 __all__ = [
     "AnotherWriter",
     "Companion",
-    "MetricsUnavailable",
     "Runtime",
     "build_runtime",
     "configured_markets",
@@ -75,10 +74,6 @@ Companion = Callable[["Runtime"], AbstractAsyncContextManager[None]]
 
 class AnotherWriter(RuntimeError):
     """Another exchange process already writes to this database."""
-
-
-class MetricsUnavailable(RuntimeError):
-    """The metrics listener cannot bind its address."""
 
 
 def configured_markets(settings: Settings) -> dict[str, Market]:
@@ -173,9 +168,7 @@ class Runtime:
             self._start_metrics(writer.engine)
             yield
         finally:
-            if self.metrics is not None:
-                await asyncio.to_thread(self.metrics.stop)
-                self.metrics = None
+            await self._stop_metrics()
             await self.housekeeping.stop()
             await writer.engine.stop()
             await self.stream.stop()
@@ -185,20 +178,18 @@ class Runtime:
             writer.database.dispose()
             writer.lock.release()
 
-    def _start_metrics(self, engine: Engine) -> None:
-        """The ``/metrics`` listener (every process's counters, the writer's state)."""
-        address = parse_address(self.settings.metrics_address)
-        if address is None:
+    def _start_metrics(self, engine: Engine | None) -> None:
+        """The ``/metrics`` listener: every process's counters and the writer's state, or a
+        lone gateway's own (under a parent of several, the parent serves them)."""
+        if engine is None and multiprocess_on():
             return
-        listener = MetricsListener(address, [EngineCollector(engine, asyncio.get_running_loop())])
-        try:
-            listener.start()
-        except OSError as error:
-            raise MetricsUnavailable(
-                f"cannot serve metrics on {address[0]}:{address[1]} ({error.strerror or error}); "
-                "set EXCHANGE_METRICS_ADDRESS to a free host:port, or empty to turn them off"
-            ) from None
-        self.metrics = listener
+        extra = [] if engine is None else [EngineCollector(engine, asyncio.get_running_loop())]
+        self.metrics = MetricsListener.serve(self.settings.metrics_address, extra)
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
 
     @asynccontextmanager
     async def _worker_running(self) -> AsyncIterator[None]:
@@ -218,8 +209,10 @@ class Runtime:
             await link.start()  # snapshot, market data loaded, held batches folded in
             self.stream.start()
             self.binance_streams.start()
+            self._start_metrics(None)
             yield
         finally:
+            await self._stop_metrics()
             await self.stream.stop()
             await self.binance_streams.stop()
             await link.stop()

@@ -227,11 +227,25 @@ def run_gateways(settings: Settings, host: str, port: int, count: int) -> int:
     except OSError as error:
         log.error("cannot listen on %s:%s (%s)", host, port, error.strerror or error)
         return 3
+    directory = tempfile.mkdtemp(prefix="exchange-gateway-")  # 0700, as run_workers'
+    if settings.metrics_address.strip():
+        _count_every_process(os.path.join(directory, "metrics"))
+    from exchange.metrics import MetricsListener, MetricsUnavailable  # after that choice
+
+    listener: MetricsListener | None = None
     try:
+        listener = MetricsListener.serve(settings.metrics_address)  # this host's gateways
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_gateways(_Workers(settings, sock, settings.nats_url, count)))
+    except MetricsUnavailable as error:
+        log.error("%s", error)
+        return 3
     finally:
+        if listener is not None:
+            listener.stop()
         sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 def _count_every_process(folder: str) -> None:
@@ -271,7 +285,8 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
         _count_every_process(os.path.join(directory, "metrics"))
     from exchange.adapters.nats_server import NatsUnavailable, PrivateNats, store_beside
     from exchange.engine.bus import Subjects
-    from exchange.runtime import AnotherWriter, MetricsUnavailable  # after the metrics' choice
+    from exchange.metrics import MetricsUnavailable  # after the metrics' choice
+    from exchange.runtime import AnotherWriter
 
     private: PrivateNats | None = None
     try:

@@ -29,6 +29,7 @@ import pytest
 import websockets
 from load_support import PAIR, credit
 from prometheus_client.parser import text_string_to_metric_families
+from test_gateways import Writer, nats_server
 from test_workers import FRESH, alive, owner_of, wait_for_workers
 
 from exchange.bench.server import Server, exchange_env, free_port, running_server
@@ -262,3 +263,50 @@ def test_metrics_count_every_worker_once(db_url: str, tmp_path: Path) -> None:
                     await ws.close()
 
         asyncio.run(connections())
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_gateways_of_another_host_serve_their_own_metrics(db_url: str, tmp_path: Path) -> None:
+    """``exchange gateway`` alone, and ``--workers 2`` (its parent adds both up), each on
+    its own metrics port: their requests counted once, how many follow the writer now."""
+    with nats_server(tmp_path) as nats:
+        accounts = nats.accounts
+        assert accounts is not None
+        writer = Writer(
+            exchange_env(db_url, EXCHANGE_NATS_URL=accounts.writer_url), tmp_path / "writer.log"
+        )
+        writer.start()
+        lone, pair = free_port(), free_port()
+
+        def gateway_env(metrics_port: int) -> dict[str, str]:
+            return exchange_env(
+                db_url,
+                EXCHANGE_NATS_URL=accounts.gateway_url,
+                EXCHANGE_METRICS_ADDRESS=f"127.0.0.1:{metrics_port}",
+            )
+
+        try:
+            with (
+                running_server(free_port(), gateway_env(lone), tmp_path / "a.log", "gateway") as a,
+                running_server(
+                    free_port(),
+                    gateway_env(pair),
+                    tmp_path / "b.log",
+                    "gateway",
+                    ("--workers", "2"),
+                ) as b,
+            ):
+                for server, port, processes in ((a, lone, 1), (b, pair, 2)):
+                    wait_for(port, "exchange_gateways_in_step", processes)
+                    missing = {"method": "DELETE", "status": "404"}
+                    for _ in range(30):
+                        gone = httpx.delete(f"{server.url}/api/v3/nothing", headers=FRESH)
+                        assert gone.status_code == 404
+                    counts = wait_for(port, HTTP_COUNT, 30, **missing)
+                    assert value(counts, "exchange_gateway_resyncs_total") >= processes
+                    assert value(counts, "exchange_batches_total") == 0  # the writer's alone
+                writer.stop()  # the writer gone: no gateway follows it any more
+                for port in (lone, pair):
+                    wait_for(port, "exchange_gateways_in_step", 0)
+        finally:
+            writer.stop()

@@ -58,6 +58,7 @@ from exchange.engine.wire import (
     encode_command,
     read,
 )
+from exchange.metrics import GATEWAY_RESYNCS, GATEWAYS_IN_STEP, SAMPLERS
 
 __all__ = ["GatewayEngine", "LevelBook"]
 
@@ -202,6 +203,7 @@ class GatewayEngine:
             raise ConnectionError(f"cannot reach NATS ({type(error).__name__})") from None
         await self.nc.subscribe(self.subjects.revoke, cb=self._revoked)
         await self.nc.subscribe(self.subjects.alive, cb=self._heartbeat)
+        SAMPLERS.append(self._sample)
         self._schedule_resync(fresh=True)
         try:
             async with asyncio.timeout(timeout):
@@ -209,7 +211,13 @@ class GatewayEngine:
         except TimeoutError:
             raise ConnectionError("the writer did not answer a snapshot request") from None
 
+    def _sample(self) -> None:
+        GATEWAYS_IN_STEP.set(1 if self.connected else 0)
+
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            SAMPLERS.remove(self._sample)
+        GATEWAYS_IN_STEP.set(0)
         if self._resync is not None:
             self._resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -260,6 +268,7 @@ class GatewayEngine:
         """Until it succeeds: (snapshot or replay), market data reloaded, held batches folded."""
         self._ready = False
         self.resyncs += 1
+        GATEWAY_RESYNCS.inc()
         while True:
             try:
                 await self._follow(fresh)
