@@ -144,6 +144,15 @@ class Settings(BaseSettings):
         description="NATS server (with JetStream) linking the writer and its gateways, "
         "nats://user:password@host:4222; empty: --workers starts a private one",
     )
+    nats_credentials: str = Field(
+        "",
+        description="a NATS .creds file (user JWT and NKey seed, as nsc writes it) for "
+        "EXCHANGE_NATS_URL's server",
+    )
+    nats_nkey_seed: str = Field(
+        "",
+        description="a file holding this process's NKey seed (SU…) for EXCHANGE_NATS_URL's server",
+    )
     nats_prefix: str = Field(
         "exchange",
         pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",

@@ -44,7 +44,7 @@ from exchange.api.ws import Stream
 from exchange.clock import Clock, now_ms
 from exchange.config import Settings, get_settings
 from exchange.domain.markets import Market, default_assets, default_markets
-from exchange.engine.bus import Subjects
+from exchange.engine.bus import NatsAuth, Subjects
 from exchange.engine.engine import Engine
 from exchange.engine.gateway import GatewayEngine
 from exchange.engine.gauges import EngineCollector
@@ -219,6 +219,11 @@ class Runtime:
             await self.database.dispose()
 
 
+def nats_auth(settings: Settings) -> NatsAuth:
+    """The credentials for ``EXCHANGE_NATS_URL``'s server (a private one has its own)."""
+    return NatsAuth(settings.nats_credentials, settings.nats_nkey_seed)
+
+
 def build_runtime(
     settings: Settings | None = None,
     *,
@@ -247,7 +252,9 @@ def build_runtime(
         writer = _Writer(engine, sync_db, lock)
         port = engine
     else:
-        port = link = GatewayEngine(gateway_url, markets, Subjects(settings.nats_prefix))
+        port = link = GatewayEngine(
+            gateway_url, markets, Subjects(settings.nats_prefix), nats_auth(settings)
+        )
     hashing = PasswordHashing(settings.password_hash_memory_kib, settings.password_hash_time_cost)
     server_key = load_secret_key(
         settings.database_url, settings.secret_key, settings.secret_key_file

@@ -181,7 +181,7 @@ async def _supervise(workers: _Workers, stopping: asyncio.Event) -> int:
 async def _writer(settings: Settings, workers: _Workers, writer_url: str) -> int:
     from exchange.engine.bus import Subjects
     from exchange.engine.bus_writer import WriterBus
-    from exchange.runtime import build_runtime
+    from exchange.runtime import build_runtime, nats_auth
 
     runtime = build_runtime(settings)  # the writer serves no HTTP: no app here
     engine = runtime.writer
@@ -194,6 +194,7 @@ async def _writer(settings: Settings, workers: _Workers, writer_url: str) -> int
             Subjects(settings.nats_prefix),
             max_age=settings.nats_events_max_age,
             max_bytes=settings.nats_events_max_bytes,
+            auth=nats_auth(settings),
         )
         await hub.start()
         try:
@@ -299,10 +300,13 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
             )
             accounts = private.start()
             writer_url, gateway_url = accounts.writer_url, accounts.gateway_url
+            # Its accounts are in its URLs: credentials meant for a server of one's own
+            # would only be refused by it.
+            settings = settings.model_copy(update={"nats_credentials": "", "nats_nkey_seed": ""})
         workers = _Workers(settings, sock, gateway_url, count)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_writer(settings, workers, writer_url))
-    except (AnotherWriter, MetricsUnavailable, NatsUnavailable) as error:
+    except (AnotherWriter, ConnectionError, MetricsUnavailable, NatsUnavailable) as error:
         log.error("%s", error)
         return 3
     finally:

@@ -18,6 +18,7 @@ as an operator would run one). On SQLite and PostgreSQL:
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import subprocess
@@ -27,6 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import nats
+import nkeys
+import pytest
 from load_support import (
     Acks,
     check_acknowledged,
@@ -202,3 +206,75 @@ def test_gateways_on_their_own_follow_the_writer_through_nats(db_url: str, tmp_p
             writer.stop()
     check_acknowledged(db_url, load)
     check_money(db_url)
+
+
+def _nkey_user(path: Path) -> str:
+    """A new NKey user: its seed written to ``path`` (0600), its public key returned."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    path.write_bytes(seed)
+    path.chmod(0o600)
+    return str(nkeys.from_seed(bytearray(seed)).public_key.decode())
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_writer_and_gateway_authenticate_with_nkeys(db_url: str, tmp_path: Path) -> None:
+    """A NATS server of one's own that knows NKeys only: the writer and a gateway prove
+    who they are with their seed files (EXCHANGE_NATS_NKEY_SEED); an unknown seed is
+    refused with a clear error and no secret in the log; the gateway's key keeps the
+    gateway's permissions (it cannot publish a batch)."""
+    writer_key = _nkey_user(tmp_path / "writer.nk")
+    gateway_key = _nkey_user(tmp_path / "gateway.nk")
+    stranger_key = _nkey_user(tmp_path / "stranger.nk")
+    subjects = Subjects()
+    server = PrivateNats(
+        tmp_path / "jetstream",
+        prefix=subjects.prefix,
+        stream=subjects.stream,
+        nkeys=(writer_key, gateway_key),
+    )
+    accounts = server.start()
+    assert "@" not in accounts.gateway_url  # no password in the URL: the seed proves it
+    try:
+        with smtp_server() as (mailbox, smtp_port):
+            url = {"EXCHANGE_NATS_URL": accounts.writer_url}
+
+            def env(seed: str) -> dict[str, str]:
+                return exchange_env(
+                    db_url, smtp_port, **url, EXCHANGE_NATS_NKEY_SEED=str(tmp_path / seed)
+                )
+
+            writer = Writer(env("writer.nk"), tmp_path / "writer.log")
+            writer.start()
+            try:
+                with running_server(
+                    free_port(), env("gateway.nk"), tmp_path / "g.log", "gateway"
+                ) as g:
+                    seller, buyer = start_users(g, mailbox, db_url, 2)
+                    assert order(g.url, seller, "sell", "20000").json()["data"]["status"] == "open"
+                    bought = order(g.url, buyer, "buy", "20000", "0.05")
+                    assert bought.json()["data"]["status"] == "filled", bought.text
+                    asyncio.run(_gateway_key_cannot_publish_batches(accounts.gateway_url, tmp_path))
+                log = tmp_path / "stranger.log"
+                stranger = Server(free_port(), env("stranger.nk"), log)
+                with pytest.raises(RuntimeError, match="server exited"):
+                    stranger.start("gateway")
+                said = log.read_text()
+                assert "cannot reach NATS" in said and "authorization violation" in said.lower()
+                assert (tmp_path / "stranger.nk").read_text() not in said
+                assert stranger_key not in said
+            finally:
+                writer.stop()
+    finally:
+        server.stop()
+
+
+async def _gateway_key_cannot_publish_batches(url: str, folder: Path) -> None:
+    connection = await nats.connect(url, nkeys_seed=str(folder / "gateway.nk"))
+    try:
+        js = connection.jetstream()
+        before = (await js.stream_info(Subjects().stream)).state.messages
+        await connection.publish(Subjects().events, b'{"t":"events"}')
+        await connection.flush()
+        assert (await js.stream_info(Subjects().stream)).state.messages == before
+    finally:
+        await connection.close()

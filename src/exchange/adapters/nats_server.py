@@ -101,9 +101,18 @@ class PrivateNats:
     """``nats-server`` as a child process: ``start()`` gives the accounts' URLs."""
 
     def __init__(
-        self, store_dir: Path, *, prefix: str, stream: str, host: str = "127.0.0.1"
+        self,
+        store_dir: Path,
+        *,
+        prefix: str,
+        stream: str,
+        host: str = "127.0.0.1",
+        nkeys: tuple[str, str] | None = None,
     ) -> None:
-        """``host``: the address it listens on (loopback: only this machine's processes)."""
+        """``host``: the address it listens on (loopback: only this machine's processes).
+        ``nkeys``: the writer's and the gateways' NKey public keys (U…), instead of the
+        random passwords: they connect with their seeds, and the URLs carry no secret."""
+        self.nkeys = nkeys
         self.store_dir = store_dir
         self.prefix = prefix
         self.stream = stream
@@ -119,6 +128,12 @@ class PrivateNats:
         self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._work = work = Path(tempfile.mkdtemp(prefix="exchange-nats-"))
         writer, gateway = self._passwords
+        who: list[dict[str, str]] = [
+            {"user": "writer", "password": writer},
+            {"user": "gateway", "password": gateway},
+        ]
+        if self.nkeys is not None:
+            who = [{"nkey": key} for key in self.nkeys]
         config = {
             "listen": self._address,
             "max_payload": MAX_PAYLOAD,
@@ -126,12 +141,8 @@ class PrivateNats:
             "jetstream": {"store_dir": str(self.store_dir)},
             "authorization": {
                 "users": [
-                    {"user": "writer", "password": writer},
-                    {
-                        "user": "gateway",
-                        "password": gateway,
-                        "permissions": gateway_permissions(self.prefix, self.stream),
-                    },
+                    who[0],
+                    {**who[1], "permissions": gateway_permissions(self.prefix, self.stream)},
                 ]
             },
         }
@@ -152,6 +163,8 @@ class PrivateNats:
             writer_url=f"nats://writer:{writer}@{address}",
             gateway_url=f"nats://gateway:{gateway}@{address}",
         )
+        if self.nkeys is not None:
+            self.accounts = NatsAccounts(f"nats://{address}", f"nats://{address}")
         return self.accounts
 
     def _wait_for_port(self, work: Path) -> str:

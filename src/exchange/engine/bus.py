@@ -21,14 +21,18 @@ The gateway account may publish only the requests and ``revoke`` (see
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
-__all__ = ["COMMAND_KINDS", "Subjects", "connect"]
+__all__ = ["COMMAND_KINDS", "NatsAuth", "Subjects", "connect"]
 
 log = logging.getLogger("exchange.bus")
 
@@ -37,6 +41,8 @@ COMMAND_KINDS = {"PlaceOrder": "place", "CancelOrder": "cancel", "RequestWithdra
 HEARTBEAT_SECONDS = 0.5  # float-ok: seconds between the writer's heartbeats
 SILENT_SECONDS = 2.0  # float-ok: seconds without one before gateways refuse commands
 RECONNECT_SECONDS = 0.2  # float-ok: seconds between reconnection attempts
+FIRST_CONNECT_SECONDS = 10  # a process that cannot connect at start says why and stops
+REPEAT_SECONDS = 10  # the same NATS error is logged again at most this often
 #: What a connection buffers while NATS is away (then new messages are refused).
 PENDING_BYTES = 64 * 1024 * 1024
 
@@ -77,14 +83,57 @@ class Subjects:
         return f"{self.prefix}.alive"
 
 
-async def connect(url: str, name: str, **callbacks: Any) -> Client:
+@dataclass(frozen=True, slots=True)
+class NatsAuth:
+    """Who this process is to a NATS server of one's own, beyond a URL's user:password:
+    a ``.creds`` file (decentralised JWT auth, as ``nsc`` writes it) or a file holding
+    an NKey seed (the server lists the public key). Paths only: the secrets stay in
+    their files (0600), never in settings dumps or logs."""
+
+    credentials: str = ""
+    nkey_seed: str = ""
+
+    def options(self) -> dict[str, str]:
+        """nats-py's ``connect`` keywords for these."""
+        options: dict[str, str] = {}
+        if self.credentials:
+            options["user_credentials"] = self.credentials
+        if self.nkey_seed:
+            options["nkeys_seed"] = self.nkey_seed
+        return options
+
+
+async def connect(url: str, name: str, auth: NatsAuth | None = None, **callbacks: Any) -> Client:
     """A connection that reconnects forever (every ``RECONNECT_SECONDS``) and buffers
     what is published meanwhile. ``url`` may carry a user and password; it is never
     logged. ``callbacks``: nats-py's ``disconnected_cb``, ``reconnected_cb``..."""
 
-    async def error(failure: Exception) -> None:
-        log.warning("%s: NATS: %s", name, type(failure).__name__)
+    last, last_at = "no answer", 0.0  # float-ok: monotonic seconds
 
+    async def error(failure: Exception) -> None:
+        nonlocal last, last_at
+        # nats-py's own errors carry the server's words ("authorization violation"),
+        # never the URL; anything else is named by its type only.
+        what = str(failure) if isinstance(failure, NatsError) else type(failure).__name__
+        now = time.monotonic()
+        if what != last or now - last_at >= REPEAT_SECONDS:  # no flood
+            log.warning("%s: NATS: %s", name, what)
+            last, last_at = what, now
+
+    try:
+        async with asyncio.timeout(FIRST_CONNECT_SECONDS):
+            return await _connect(url, name, auth, error, callbacks)
+    except TimeoutError:
+        raise ConnectionError(f"cannot reach NATS: {last}") from None
+
+
+async def _connect(
+    url: str,
+    name: str,
+    auth: NatsAuth | None,
+    error: Callable[[Exception], Awaitable[None]],
+    callbacks: dict[str, Any],
+) -> Client:
     return await nats.connect(
         url,
         name=name,
@@ -94,5 +143,6 @@ async def connect(url: str, name: str, **callbacks: Any) -> Client:
         connect_timeout=2,
         pending_size=PENDING_BYTES,
         error_cb=error,
+        **(auth or NatsAuth()).options(),
         **callbacks,
     )

@@ -31,7 +31,7 @@ from nats.js.errors import BadRequestError
 from exchange.domain.book import OrderBook
 from exchange.domain.errors import ExchangeError, unavailable
 from exchange.domain.events import Committed
-from exchange.engine.bus import HEARTBEAT_SECONDS, Subjects, connect
+from exchange.engine.bus import HEARTBEAT_SECONDS, NatsAuth, Subjects, connect
 from exchange.engine.engine import Engine
 from exchange.engine.port import Levels
 from exchange.engine.wire import (
@@ -67,9 +67,11 @@ class WriterBus:
         *,
         max_age: int = EVENTS_MAX_AGE,
         max_bytes: int = EVENTS_MAX_BYTES,
+        auth: NatsAuth | None = None,
     ) -> None:
         self.engine = engine
         self.url = url
+        self.auth = auth
         self.subjects = subjects or Subjects()
         self.max_age = max_age
         self.max_bytes = max_bytes
@@ -83,7 +85,7 @@ class WriterBus:
         self._heart: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.nc = nc = await connect(self.url, "exchange-writer")
+        self.nc = nc = await connect(self.url, "exchange-writer", self.auth)
         subjects = self.subjects
         config = StreamConfig(
             name=subjects.stream,

@@ -48,7 +48,7 @@ from exchange.domain.errors import ExchangeError
 from exchange.domain.events import Committed, number_books
 from exchange.domain.markets import Asset, Market, assets_of
 from exchange.domain.orders import BUY
-from exchange.engine.bus import SILENT_SECONDS, Subjects, connect
+from exchange.engine.bus import SILENT_SECONDS, NatsAuth, Subjects, connect
 from exchange.engine.port import Balances, Levels, Listener
 from exchange.engine.wire import (
     decode_balances,
@@ -136,8 +136,15 @@ class LevelBook:
 
 
 class GatewayEngine:
-    def __init__(self, url: str, markets: dict[str, Market], subjects: Subjects | None = None):
+    def __init__(
+        self,
+        url: str,
+        markets: dict[str, Market],
+        subjects: Subjects | None = None,
+        auth: NatsAuth | None = None,
+    ):
         self.url = url
+        self.auth = auth
         self.markets = markets
         self.subjects = subjects or Subjects()
         self._assets = assets_of(markets.values())
@@ -196,9 +203,12 @@ class GatewayEngine:
             self.nc = await connect(
                 self.url,
                 "exchange-gateway",
+                self.auth,
                 disconnected_cb=self._disconnected,
                 reconnected_cb=self._reconnected,
             )
+        except ConnectionError:
+            raise
         except Exception as error:
             raise ConnectionError(f"cannot reach NATS ({type(error).__name__})") from None
         await self.nc.subscribe(self.subjects.revoke, cb=self._revoked)
