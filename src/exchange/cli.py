@@ -480,7 +480,9 @@ def bench_memory(
 @bench.command("orders")
 def bench_orders(
     seconds: Annotated[float, typer.Option(help="load duration per database")] = 10.0,
-    clients: Annotated[int, typer.Option(help="concurrent HTTP connections")] = 64,
+    clients: Annotated[
+        str, typer.Option(help="concurrent HTTP connections; several (1,4,16,64,256): a curve")
+    ] = "64",
     database: Annotated[str, typer.Option(help="sqlite, postgres or both")] = "both",
     workers: Annotated[int, WORKERS_OPTION] = 1,
     api: Annotated[
@@ -493,7 +495,32 @@ def bench_orders(
 
     if api not in ("seed", "binance", "both"):
         raise typer.BadParameter("--api is seed, binance or both")
-    report.orders(seconds, clients, database, workers, as_json=as_json, api=api)
+    try:
+        counts = [int(part) for part in clients.split(",")]
+    except ValueError:
+        raise typer.BadParameter("--clients is a count or counts: 64, or 1,4,16,64,256") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("--clients counts are at least 1")
+    report.orders(seconds, counts, database, workers, as_json=as_json, api=api)
+
+
+@bench.command("profile")
+def bench_profile(
+    seconds: Annotated[float, typer.Option(help="load duration")] = 10.0,
+    clients: Annotated[int, typer.Option(help="concurrent HTTP connections")] = 64,
+    database: Annotated[str, typer.Option(help="sqlite or postgres")] = "sqlite",
+    workers: Annotated[int, WORKERS_OPTION] = 1,
+    out: Annotated[str, typer.Option(help="py-spy's collapsed stacks")] = "profile.txt",
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """Durable orders under py-spy: each stage's share of the server's time, per process."""
+    from exchange.bench import report
+
+    if database not in ("sqlite", "postgres"):
+        raise typer.BadParameter("--database is sqlite or postgres")
+    from pathlib import Path
+
+    report.profile(seconds, clients, database, workers, Path(out).resolve(), as_json=as_json)
 
 
 @bench.command("market")

@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,14 +33,14 @@ from exchange.adapters.db.tables import users
 from exchange.adapters.signatures import hmac_signature
 from exchange.admin import Admin
 from exchange.bench.load import LoadResult, post, run_load
-from exchange.bench.server import exchange_env, free_port, running_server
+from exchange.bench.server import Server, exchange_env, free_port, running_server
 from exchange.clock import now_ms
 from exchange.config import Settings
 from exchange.domain.markets import default_assets, default_markets
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PASSWORD = "bench-password-1"
-USERS = 64
+USERS = 64  # at most: one per connection, at least 8
 
 
 @contextmanager
@@ -78,6 +79,39 @@ def fund(url: str, emails: list[str]) -> None:
         tool.credit(email, "BTC", "100000", "bench")
         tool.credit(email, "USDT", "10000000000", "bench")
     engine.dispose()
+
+
+@contextmanager
+def sampled(server: Server, into: Path | None, seconds: float) -> Iterator[None]:
+    """py-spy on the server and its child processes while the block runs (None: nothing)."""
+    if into is None or server.process is None:
+        yield
+        return
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(server.process.pid),
+            "--subprocesses",
+            "--nonblocking",  # sampling never pauses the server: its pace stays its own
+            "--gil",  # what the interpreter spends: the thread holding the GIL
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--duration",
+            str(max(1, round(seconds))),
+            "--output",
+            str(into),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.wait(seconds + 30)
 
 
 def order_requests(tokens: list[str], seed: int = 7) -> Any:
@@ -191,11 +225,15 @@ def measure(
     rate: float | None = None,
     workers: int = 1,
     api: str = "seed",
+    profile: Path | None = None,
 ) -> LoadResult:
     """``api``: ``seed`` (``/api/buy``, ``/api/sell`` with a session) or ``binance``
-    (signed ``POST /api/v3/order``, the HMAC made beforehand, as a bot would)."""
+    (signed ``POST /api/v3/order``, the HMAC made beforehand, as a bot would).
+
+    ``profile``: py-spy samples the server's processes during the load, into this
+    file (collapsed stacks, ``bench/profile.py`` reads them)."""
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
-        emails = seed_users(url, USERS)
+        emails = seed_users(url, min(USERS, max(8, connections)))  # a login each costs argon2
         port = free_port()
         env = exchange_env(url, EXCHANGE_LOG_LEVEL="error")
         Settings()  # fail early on a broken .env
@@ -216,15 +254,16 @@ def measure(
                 requests_file.write_bytes(
                     b"".join(key.encode() + b" " + body + b"\n" for key, body in signed)
                 )
-            if rate is None and shutil.which("wrk"):
-                return wrk_load(server.url, tokens, seconds, connections, requests_file)
-            return asyncio.run(
-                run_load(
-                    port,
-                    order_requests(tokens) if api == "seed" else signed_requests(signed),
-                    connections=connections,
-                    seconds=seconds,
-                    rate=rate,
-                    accepted=b'{"status":true' if api == "seed" else b'{"symbol"',
+            with sampled(server, profile, seconds):
+                if rate is None and shutil.which("wrk"):
+                    return wrk_load(server.url, tokens, seconds, connections, requests_file)
+                return asyncio.run(
+                    run_load(
+                        port,
+                        order_requests(tokens) if api == "seed" else signed_requests(signed),
+                        connections=connections,
+                        seconds=seconds,
+                        rate=rate,
+                        accepted=b'{"status":true' if api == "seed" else b'{"symbol"',
+                    )
                 )
-            )

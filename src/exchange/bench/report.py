@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from pathlib import Path
 
 Figure = tuple[str, float, str]
 
@@ -38,38 +39,105 @@ def label(name: str, workers: int) -> str:
     return name if workers == 1 else f"{name}_{workers}w"
 
 
+CEILING_CONNECTIONS = 64
+
+
+def ceiling_figures(seconds: float) -> list[Figure]:
+    """What HTTP alone and a naive one-commit-per-row loop allow here today."""
+    from exchange.bench import ceilings
+
+    bare = ceilings.bare_asgi(seconds, CEILING_CONNECTIONS)
+    return [
+        ("ceiling_bare_asgi_per_second", bare.rate(), "req/s"),
+        ("ceiling_sqlite_commit_loop_per_second", ceilings.commit_loop(seconds), "commits/s"),
+    ]
+
+
+def _ratio(figures: list[Figure], name: str, of: str, to: str) -> None:
+    """``name`` = figure ``of`` / figure ``to``, when both were measured in this run."""
+    found = {n: v for n, v, _ in figures}
+    if of in found and found.get(to):
+        figures.append((name, found[of] / found[to], "x"))
+
+
 def order_figures(
-    seconds: float, clients: int, database: str, workers: int = 1, api: str = "seed"
+    seconds: float,
+    clients: list[int] | int,
+    database: str,
+    workers: int = 1,
+    api: str = "seed",
+    *,
+    ceilings: bool = True,
 ) -> list[Figure]:
-    """``api``: seed, binance, or both (the Binance figures then with their ratio)."""
+    """``api``: seed, binance, or both (the Binance figures then with their ratio).
+
+    ``clients``: one count, or several (``orders_<kind>_c<n>_…`` each: the curve of
+    throughput and latency against load). With ``ceilings`` the two ceilings are
+    measured first and every SQLite figure is given as a ratio of them."""
     from exchange.bench.orders import measure
 
+    counts = [clients] if isinstance(clients, int) else clients
     figures: list[Figure] = []
     kinds = ["sqlite", "postgres"] if database == "both" else [database]
+    if ceilings and "sqlite" in kinds:
+        figures += ceiling_figures(seconds)
     dialects = ["seed", "binance"] if api == "both" else [api]
     for database_kind, dialect in ((k, d) for k in kinds for d in dialects):
-        kind = label(database_kind, workers) + ("_binance" if dialect == "binance" else "")
-        result = measure(database_kind, seconds, clients, workers=workers, api=dialect)
-        figures += [
-            (f"orders_{kind}_per_second", result.rate(), "orders/s"),
-            (f"orders_{kind}_p50", result.percentile_ms(0.50), "ms"),
-            (f"orders_{kind}_p99", result.percentile_ms(0.99), "ms"),
-            (f"orders_{kind}_refused", float(result.refused + result.errors), "requests"),
-        ]
+        base = label(database_kind, workers) + ("_binance" if dialect == "binance" else "")
+        for count in counts:
+            kind = base if len(counts) == 1 else f"{base}_c{count}"
+            result = measure(database_kind, seconds, count, workers=workers, api=dialect)
+            figures += [
+                (f"orders_{kind}_per_second", result.rate(), "orders/s"),
+                (f"orders_{kind}_p50", result.percentile_ms(0.50), "ms"),
+                (f"orders_{kind}_p99", result.percentile_ms(0.99), "ms"),
+                (f"orders_{kind}_refused", float(result.refused + result.errors), "requests"),
+            ]
+            rate = f"orders_{kind}_per_second"
+            if database_kind == "sqlite":
+                loop, bare = "ceiling_sqlite_commit_loop_per_second", "ceiling_bare_asgi_per_second"
+                _ratio(figures, f"orders_{kind}_vs_commit_loop", rate, loop)
+                _ratio(figures, f"orders_{kind}_vs_bare_asgi", rate, bare)
+            else:
+                sqlite = rate.replace(f"orders_{database_kind}", "orders_sqlite", 1)
+                _ratio(figures, f"orders_{kind}_vs_sqlite", rate, sqlite)
+            if dialect == "binance" and api == "both":
+                seed = rate.replace("_binance", "", 1)
+                _ratio(figures, f"orders_{kind}_vs_seed", rate, seed)
         if dialect == "binance" and api == "both":
-            seed_rate = next(
-                v
-                for n, v, _ in figures
-                if n == f"orders_{label(database_kind, workers)}_per_second"
-            )
-            figures.append((f"orders_{kind}_vs_seed", result.rate() / seed_rate, "ratio"))
             continue
         paced = measure(database_kind, seconds, 32, rate=1000.0, workers=workers, api=dialect)
         figures += [
-            (f"orders_{kind}_at_1000_per_second_p50", paced.percentile_ms(0.50), "ms"),
-            (f"orders_{kind}_at_1000_per_second_p99", paced.percentile_ms(0.99), "ms"),
+            (f"orders_{base}_at_1000_per_second_p50", paced.percentile_ms(0.50), "ms"),
+            (f"orders_{base}_at_1000_per_second_p99", paced.percentile_ms(0.99), "ms"),
         ]
     return figures
+
+
+def profile_figures(
+    seconds: float, clients: int, database: str, workers: int, into: Path
+) -> list[Figure]:
+    """``bench orders``' load under py-spy: the rate, and each stage's share per process."""
+    import re
+
+    from exchange.bench.orders import measure
+    from exchange.bench.profile import stage_shares
+
+    result = measure(database, seconds, clients, workers=workers, profile=into)
+    kind = label(database, workers)
+    figures: list[Figure] = [(f"profiled_orders_{kind}_per_second", result.rate(), "orders/s")]
+    for role, shares in stage_shares(into).items():
+        for stage, share in shares.items():
+            slug = re.sub(r"[^a-z]+", "_", stage.lower()).strip("_")
+            figures.append((f"profile_{kind}_{role}_{slug}", 100 * share, "%"))
+    return figures
+
+
+def profile(
+    seconds: float, clients: int, database: str, workers: int, into: Path, *, as_json: bool
+) -> None:
+    print_figures(profile_figures(seconds, clients, database, workers, into), as_json)
+    print(f"collapsed stacks: {into} (a flame graph: speedscope, or flamegraph.pl)")
 
 
 def memory_figures(orders: int) -> list[Figure]:
@@ -93,7 +161,13 @@ def engine(orders: int, *, as_json: bool) -> None:
 
 
 def orders(
-    seconds: float, clients: int, database: str, workers: int, *, as_json: bool, api: str = "seed"
+    seconds: float,
+    clients: list[int],
+    database: str,
+    workers: int,
+    *,
+    as_json: bool,
+    api: str = "seed",
 ) -> None:
     print_figures(order_figures(seconds, clients, database, workers, api), as_json)
 
