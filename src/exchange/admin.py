@@ -40,7 +40,7 @@ from exchange.adapters.db.tables import (
 from exchange.clock import now_ms
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Market, assets_of
-from exchange.domain.money import parse_decimal, to_units
+from exchange.domain.money import units_of
 from exchange.engine.engine import Engine
 from exchange.engine.writer_lock import WriterLock
 
@@ -162,7 +162,7 @@ class Admin:
         with self._refusals_audited("credit", asked):
             user_id = self.user_id(email)
             code = self.coin(coin)
-            units = to_units(parse_decimal(amount), self.assets[code].scale, "amount")
+            units = units_of(amount, self.assets[code].scale, "amount")
             if units <= 0:
                 raise ExchangeError("invalid_argument", "amount must be greater than 0")
             if units > MAX_UNITS:

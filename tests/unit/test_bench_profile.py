@@ -8,8 +8,8 @@ import pytest
 
 from exchange.bench.profile import OTHER, stage_of, stage_shares
 
-WRITER = 'process 10:"python3 exchange serve --port 1"'
-GATEWAY = 'process 11:"python3 -c from multiprocessing.spawn import spawn_main"'
+WRITER = "process writer 10"
+GATEWAY = "process gateway 11"
 APP = "Runner.run (asyncio/runners.py);ExchangeApp.__call__ (exchange/app.py)"
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exchange.domain.errors import ExchangeError
-from exchange.domain.money import format_units, parse_decimal, to_units
+from exchange.domain.money import format_units, parse_decimal, to_units, units_of
 
 
 @pytest.mark.parametrize(
@@ -128,3 +130,37 @@ def test_format_units_plain_notation(units: int, scale: int, text: str) -> None:
     assert format_units(units, scale) == text
     assert "e" not in text.lower()
     assert to_units(Decimal(text), scale, "x") == units
+
+
+def _general(value: object, scale: int) -> int | str:
+    try:
+        return to_units(parse_decimal(value), scale, "amount")
+    except ExchangeError as refusal:
+        return refusal.code
+
+
+def _fast(value: object, scale: int) -> int | str:
+    try:
+        return units_of(value, scale, "amount")
+    except ExchangeError as refusal:
+        return refusal.code
+
+
+NUMBERISH = st.text(alphabet="0123456789.-+eE ", min_size=0, max_size=45)
+PLAIN = st.from_regex(r"\A[0-9]{1,22}(\.[0-9]{0,22})?\Z")
+
+
+@settings(max_examples=3000)
+@given(value=st.one_of(NUMBERISH, PLAIN), scale=st.integers(0, 18))
+def test_units_of_is_the_general_path_for_every_text(value: str, scale: int) -> None:
+    """The fast path for plain digits gives what parse_decimal and to_units give: the
+    same integer, or a refusal with the same code."""
+    assert _fast(value, scale) == _general(value, scale)
+
+
+@pytest.mark.parametrize(
+    ("value", "scale", "units"),
+    [("0.005", 8, 500_000), ("20010", 2, 2_001_000), ("1.000000000", 2, 100), ("7.", 0, 7)],
+)
+def test_units_of_plain_text(value: str, scale: int, units: int) -> None:
+    assert units_of(value, scale, "amount") == units

@@ -9,6 +9,7 @@ funded through the ordinary API and admin paths.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -81,19 +82,34 @@ def fund(url: str, emails: list[str]) -> None:
     engine.dispose()
 
 
+def _python_children(pid: int) -> list[int]:
+    """The server's child processes that run Python (its gateways; not nats-server)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"python" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
 @contextmanager
 def sampled(server: Server, into: Path | None, seconds: float) -> Iterator[None]:
-    """py-spy on the server and its child processes while the block runs (None: nothing)."""
+    """py-spy on the server and each of its Python children while the block runs, into
+    one file of collapsed stacks whose first frame names the process (``writer``, or
+    ``gateway``); None: nothing."""
     if into is None or server.process is None:
         yield
         return
-    spy = subprocess.Popen(
-        [
+    writer = server.process.pid
+    spies = []
+    for pid in (writer, *_python_children(writer)):
+        output = into.with_name(f"{into.name}.{pid}")
+        command = [
             str(Path(sys.executable).with_name("py-spy")),
             "record",
             "--pid",
-            str(server.process.pid),
-            "--subprocesses",
+            str(pid),
             "--nonblocking",  # sampling never pauses the server: its pace stays its own
             "--gil",  # what the interpreter spends: the thread holding the GIL
             "--format",
@@ -103,15 +119,20 @@ def sampled(server: Server, into: Path | None, seconds: float) -> Iterator[None]
             "--duration",
             str(max(1, round(seconds))),
             "--output",
-            str(into),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+            str(output),
+        ]
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies.append(("writer" if pid == writer else "gateway", pid, output, spy))
     try:
         yield
     finally:
-        spy.wait(seconds + 30)
+        with into.open("w") as merged:
+            for role, pid, output, spy in spies:
+                spy.wait(seconds + 30)
+                if output.exists():
+                    for line in output.read_text().splitlines():
+                        merged.write(f"process {role} {pid};{line}\n")
+                    output.unlink()
 
 
 def order_requests(tokens: list[str], seed: int = 7) -> Any:

@@ -19,6 +19,7 @@ __all__ = ["STAGES", "stage_shares"]
 #: (stage, substrings of a frame ``function (file)``), looked for from the leaf up.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("HTTP write", ("RequestResponseCycle.send", "on_response_complete")),
+    ("NATS link", ("nats/", "engine/bus", "engine/gateway.py", "engine/wire.py")),
     ("database (driver, SQL)", ("sqlalchemy/", "aiosqlite/", "psycopg", "sqlite3", "_transaction")),
     ("journal rows", ("engine/journal.py", "engine/rows.py")),
     (
@@ -85,10 +86,9 @@ def stage_of(frames: list[str]) -> str:
 
 
 def role_of(first: str) -> str:
-    """``process 123:"… exchange serve …"`` → writer; a spawned worker → gateway."""
-    if not first.startswith("process "):
-        return "server"
-    return "gateway" if "multiprocessing" in first else "writer"
+    """``process writer 123`` (as ``bench.orders.sampled`` names each process) → writer."""
+    parts = first.split()
+    return parts[1] if len(parts) == 3 and parts[0] == "process" else "server"
 
 
 def stage_shares(collapsed: Path) -> dict[str, dict[str, float]]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from exchange.domain.errors import ExchangeError
-from exchange.domain.money import format_units, parse_decimal, to_units
+from exchange.domain.money import format_units, parse_decimal, to_units, units_of
 
 __all__ = [
     "Asset",
@@ -105,15 +105,15 @@ class Market:
         The conversion and the range a number can have; the tick is a rule of an
         order, checked once, by ``MatchingEngine.place``.
         """
-        return _in_range(to_units(parse_decimal(value), self.price_scale, "price"), "price")
+        return _in_range(units_of(value, self.price_scale, "price"), "price")
 
     def parse_amount(self, value: object) -> int:
         """A positive decimal amount in base minor units, exactly (the step: ``place``)."""
-        return _in_range(to_units(parse_decimal(value), self.base.scale, "amount"), "amount")
+        return _in_range(units_of(value, self.base.scale, "amount"), "amount")
 
     def parse_quote(self, value: object) -> int:
         """A positive decimal of the quote asset in its minor units, exactly."""
-        return _in_range(to_units(parse_decimal(value), self.quote.scale, "quote"), "quote")
+        return _in_range(units_of(value, self.quote.scale, "quote"), "quote")
 
     # -- formatting ---------------------------------------------------------
 
@@ -149,7 +149,7 @@ class Market:
 
 
 def _units(symbol: str, what: str, text: str, scale: int) -> int:
-    return to_units(parse_decimal(text), scale, f"{symbol} {what}")
+    return units_of(text, scale, f"{symbol} {what}")
 
 
 def build_market(

@@ -14,7 +14,14 @@ from decimal import Decimal, InvalidOperation
 
 from exchange.domain.errors import ExchangeError
 
-__all__ = ["MAX_EXPONENT", "MAX_SIGNIFICANT_DIGITS", "format_units", "parse_decimal", "to_units"]
+__all__ = [
+    "MAX_EXPONENT",
+    "MAX_SIGNIFICANT_DIGITS",
+    "format_units",
+    "parse_decimal",
+    "to_units",
+    "units_of",
+]
 
 #: Exponent notation beyond this is not a price or an amount anyone means.
 MAX_EXPONENT = 30
@@ -23,6 +30,11 @@ MAX_SIGNIFICANT_DIGITS = 40
 
 # ASCII digits only: ``\d`` would also accept Arabic-Indic digits, which Decimal parses.
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,6})?")
+
+
+#: What nearly every amount and price is: digits and at most one point, short enough
+#: for every limit of ``parse_decimal`` (20 + 20 digits, exponent at most 20).
+_PLAIN = re.compile(r"([0-9]{1,20})(?:\.([0-9]{0,20}))?")
 
 
 def _invalid(value: object, why: str) -> ExchangeError:
@@ -68,6 +80,22 @@ def parse_decimal(value: object) -> Decimal:
     if number.is_zero():
         return Decimal(0)  # drops a "-0" sign and any trailing exponent
     return number
+
+
+def units_of(value: object, scale: int, what: str) -> int:
+    """``to_units(parse_decimal(value), scale, what)``, without a Decimal for plain text.
+
+    Plain digits with at most ``scale`` significant decimals are the same integer
+    either way (trailing zeros carry no value); anything else — signs, exponents,
+    spaces, too many decimals — takes the general path, with its exact refusals.
+    """
+    if type(value) is str:
+        plain = _PLAIN.fullmatch(value)
+        if plain is not None:
+            fraction = (plain.group(2) or "").rstrip("0")
+            if len(fraction) <= scale:
+                return int(plain.group(1) + fraction + "0" * (scale - len(fraction)))
+    return to_units(parse_decimal(value), scale, what)
 
 
 def to_units(value: Decimal, scale: int, what: str) -> int:

@@ -38,7 +38,7 @@ from exchange.domain.addresses import SUPPORTED_COINS, validate_address
 from exchange.domain.commands import RequestWithdrawal
 from exchange.domain.errors import ExchangeError
 from exchange.domain.markets import Asset
-from exchange.domain.money import parse_decimal, to_units
+from exchange.domain.money import units_of
 from exchange.domain.withdrawals import Withdrawal, check_minimum
 from exchange.engine.port import EnginePort
 
@@ -68,7 +68,7 @@ class WithdrawAddress:
 
 def _setting_units(name: str, value: str, asset: Asset) -> int:
     try:
-        return to_units(parse_decimal(value), asset.scale, name)
+        return units_of(value, asset.scale, name)
     except ExchangeError as error:
         raise ValueError(f"EXCHANGE_{name.upper()}={value!r}: {error.message}") from None
 
@@ -142,7 +142,7 @@ class Wallet:
 
     def parse_amount(self, asset: Asset, value: object) -> int:
         """Exact minor units; zero, negative, NaN or excess decimals are refused."""
-        units = to_units(parse_decimal(value), asset.scale, "amount")
+        units = units_of(value, asset.scale, "amount")
         if units <= 0:
             raise ExchangeError("invalid_argument", "amount must be greater than 0")
         return units
