@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     )
     metrics_address: str = Field(
         "127.0.0.1:9108",
-        description="host:port of the Prometheus /metrics listener (the writer's process); "
-        "empty = off. Keep it off the public network",
+        description="host:port of the Prometheus /metrics listener (the writer's process, "
+        "or a gateway host's); empty = off. Keep it off the public network",
     )
 
     smtp_host: str = Field("", description="SMTP server; empty = codes go to the log")

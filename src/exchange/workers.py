@@ -238,7 +238,7 @@ def run_gateways(settings: Settings, host: str, port: int, count: int) -> int:
         listener = MetricsListener.serve(settings.metrics_address)  # this host's gateways
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_gateways(_Workers(settings, sock, settings.nats_url, count)))
-    except MetricsUnavailable as error:
+    except (MetricsUnavailable, ValueError) as error:  # ValueError: a malformed address
         log.error("%s", error)
         return 3
     finally:

@@ -262,6 +262,14 @@ def test_writer_and_gateway_authenticate_with_nkeys(db_url: str, tmp_path: Path)
                 assert "cannot reach NATS" in said and "authorization violation" in said.lower()
                 assert (tmp_path / "stranger.nk").read_text() not in said
                 assert stranger_key not in said
+                # The seed itself pasted where its file's name belongs: refused, not shown.
+                seed = (tmp_path / "gateway.nk").read_text()
+                pasted = exchange_env(db_url, smtp_port, **url, EXCHANGE_NATS_NKEY_SEED=seed)
+                log = tmp_path / "pasted.log"
+                with pytest.raises(RuntimeError, match="server exited"):
+                    Server(free_port(), pasted, log).start("gateway")
+                said = log.read_text()
+                assert "must name a readable file" in said and seed not in said
             finally:
                 writer.stop()
     finally:

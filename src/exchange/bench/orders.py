@@ -86,9 +86,10 @@ def _python_children(pid: int) -> list[int]:
     """The server's child processes that run Python (its gateways; not nats-server)."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(OSError):
-                if b"python" in Path(f"/proc/{child}/cmdline").read_bytes():
+        with contextlib.suppress(OSError):  # a thread or a child that ended meanwhile
+            for child in (task / "children").read_text().split():
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"python" in command and b"resource_tracker" not in command:
                     found.append(int(child))
     return found
 
@@ -101,12 +102,15 @@ def sampled(server: Server, into: Path | None, seconds: float) -> Iterator[None]
     if into is None or server.process is None:
         yield
         return
+    binary = Path(sys.executable).with_name("py-spy")
+    if not binary.exists():
+        raise RuntimeError("py-spy is not installed here: make .venv/.dev-installed")
     writer = server.process.pid
     spies = []
     for pid in (writer, *_python_children(writer)):
         output = into.with_name(f"{into.name}.{pid}")
         command = [
-            str(Path(sys.executable).with_name("py-spy")),
+            str(binary),
             "record",
             "--pid",
             str(pid),
@@ -121,18 +125,27 @@ def sampled(server: Server, into: Path | None, seconds: float) -> Iterator[None]
             "--output",
             str(output),
         ]
-        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         spies.append(("writer" if pid == writer else "gateway", pid, output, spy))
     try:
         yield
     finally:
+        failed = []
         with into.open("w") as merged:
             for role, pid, output, spy in spies:
-                spy.wait(seconds + 30)
-                if output.exists():
-                    for line in output.read_text().splitlines():
-                        merged.write(f"process {role} {pid};{line}\n")
-                    output.unlink()
+                try:
+                    _out, said = spy.communicate(timeout=seconds + 30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    _out, said = spy.communicate()
+                if not output.exists():  # ptrace refused, say: py-spy says why
+                    failed.append(f"{role} {pid}: {said.decode(errors='replace').strip()}")
+                    continue
+                for line in output.read_text().splitlines():
+                    merged.write(f"process {role} {pid};{line}\n")
+                output.unlink()
+        if failed:
+            raise RuntimeError("py-spy could not sample " + "; ".join(failed))
 
 
 def order_requests(tokens: list[str], seed: int = 7) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -94,7 +95,18 @@ class NatsAuth:
     nkey_seed: str = ""
 
     def options(self) -> dict[str, str]:
-        """nats-py's ``connect`` keywords for these."""
+        """nats-py's ``connect`` keywords for these; ConnectionError (never showing the
+        value: it may be the secret itself, pasted by mistake) if one is not a file."""
+        if self.credentials and self.nkey_seed:
+            raise ConnectionError(
+                "set EXCHANGE_NATS_CREDENTIALS or EXCHANGE_NATS_NKEY_SEED, not both"
+            )
+        for name, path in (
+            ("EXCHANGE_NATS_CREDENTIALS", self.credentials),
+            ("EXCHANGE_NATS_NKEY_SEED", self.nkey_seed),
+        ):
+            if path and not os.path.isfile(path):
+                raise ConnectionError(f"{name} must name a readable file (its value is not shown)")
         options: dict[str, str] = {}
         if self.credentials:
             options["user_credentials"] = self.credentials

@@ -162,6 +162,9 @@ class GatewayEngine:
         #: The stream's consumer (every batch, in order) and the live core subscription.
         self._events: Subscription | None = None
         self._live: Subscription | None = None
+        #: Live batches are applied (not while a snapshot is awaited: they would be
+        #: folded into the state the snapshot replaces, then rolled back by it).
+        self._live_open = False
         #: The stream sequence of the last batch applied (where a replay resumes).
         self._stream_seq = 0
         self._ready = False
@@ -318,6 +321,7 @@ class GatewayEngine:
                     await old.unsubscribe()
         self._events = self._live = None
         self._held = []
+        self._live_open = not fresh  # a replay continues this state; a snapshot replaces it
         # Live first (and registered by the server before the snapshot is asked for), so
         # every batch after the snapshot also arrives the fastest way there is.
         self._live = await nc.subscribe(self.subjects.events, cb=self._live_batch)
@@ -359,6 +363,9 @@ class GatewayEngine:
         self.book_numbers = {str(s): int(n) for s, n in message.get("numbers", {}).items()}
         books = message["books"]
         self.books = {symbol: LevelBook(books.get(symbol, [[], []])) for symbol in self.markets}
+        if self._held is not None:
+            self._held = []  # anything held before it is in the snapshot (and reloaded)
+        self._live_open = True
         self._release_waiting()
 
     def _known(self, msg: Msg) -> bool:
@@ -374,7 +381,7 @@ class GatewayEngine:
         """A batch as NATS routes it, before (or while) JetStream stores it: applied if it
         is the next one. Anything else (one dropped, or a new epoch) is left to the stream,
         which delivers every batch in order and tells gaps apart."""
-        if self._next(msg):
+        if self._live_open and self._next(msg):
             await self._batch(msg, stored=False)
 
     async def _batch(self, msg: Msg, *, stored: bool = True) -> None:
