@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from typing import Any
@@ -228,37 +229,45 @@ def run_gateways(settings: Settings, host: str, port: int, count: int) -> int:
     except OSError as error:
         log.error("cannot listen on %s:%s (%s)", host, port, error.strerror or error)
         return 3
-    directory = tempfile.mkdtemp(prefix="exchange-gateway-")  # 0700, as run_workers'
-    if settings.metrics_address.strip():
-        _count_every_process(os.path.join(directory, "metrics"))
-    from exchange.metrics import MetricsListener, MetricsUnavailable  # after that choice
+    with _counting_every_process(settings):
+        from exchange.metrics import MetricsListener, MetricsUnavailable  # after that choice
 
-    listener: MetricsListener | None = None
-    try:
-        listener = MetricsListener.serve(settings.metrics_address)  # this host's gateways
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_gateways(_Workers(settings, sock, settings.nats_url, count)))
-    except (MetricsUnavailable, ValueError) as error:  # ValueError: a malformed address
-        log.error("%s", error)
-        return 3
-    finally:
-        if listener is not None:
-            listener.stop()
-        sock.close()
-        shutil.rmtree(directory, ignore_errors=True)
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        listener: MetricsListener | None = None
+        try:
+            listener = MetricsListener.serve(settings.metrics_address)  # this host's gateways
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(_gateways(_Workers(settings, sock, settings.nats_url, count)))
+        except (MetricsUnavailable, ValueError) as error:  # ValueError: a malformed address
+            log.error("%s", error)
+            return 3
+        finally:
+            if listener is not None:
+                listener.stop()
+            sock.close()
 
 
-def _count_every_process(folder: str) -> None:
-    """prometheus-client's multiprocess mode for this process and the workers it spawns.
+@contextlib.contextmanager
+def _counting_every_process(settings: Settings) -> Iterator[None]:
+    """prometheus-client's multiprocess mode for this process and the workers it spawns,
+    in a private folder (0700) removed at the end; nothing when metrics are off.
 
     Set before ``exchange.metrics`` is first imported (its values pick their storage
     then); the workers inherit the variable.
     """
+    if not settings.metrics_address.strip():
+        yield
+        return
     if "exchange.metrics" in sys.modules:
         raise RuntimeError("exchange.metrics was imported before --workers chose its storage")
+    directory = tempfile.mkdtemp(prefix="exchange-")
+    folder = os.path.join(directory, "metrics")
     os.makedirs(folder, mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
@@ -267,7 +276,6 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
     ``count`` 0: the writer alone (``serve --role writer``), for gateways on other
     hosts; it needs ``EXCHANGE_NATS_URL`` (a private server listens on loopback only).
     """
-    import uvloop
 
     sock: socket.socket | None = None
     if count == 0 and not settings.nats_url:
@@ -281,9 +289,14 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
     except OSError as error:
         log.error("cannot listen on %s:%s (%s)", host, port, error.strerror or error)
         return 3
-    directory = tempfile.mkdtemp(prefix="exchange-")  # 0700: this process's own files
-    if settings.metrics_address.strip():
-        _count_every_process(os.path.join(directory, "metrics"))
+    with _counting_every_process(settings):
+        return _run_writer(settings, sock, count)
+
+
+def _run_writer(settings: Settings, sock: socket.socket | None, count: int) -> int:
+    """``run_workers`` once the metrics' storage is chosen."""
+    import uvloop
+
     from exchange.adapters.nats_server import NatsUnavailable, PrivateNats, store_beside
     from exchange.engine.bus import Subjects
     from exchange.metrics import MetricsUnavailable  # after the metrics' choice
@@ -314,5 +327,3 @@ def run_workers(settings: Settings, host: str, port: int, count: int) -> int:
             sock.close()
         if private is not None:
             private.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -128,12 +128,11 @@ class PrivateNats:
         self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._work = work = Path(tempfile.mkdtemp(prefix="exchange-nats-"))
         writer, gateway = self._passwords
-        who: list[dict[str, str]] = [
-            {"user": "writer", "password": writer},
-            {"user": "gateway", "password": gateway},
-        ]
-        if self.nkeys is not None:
-            who = [{"nkey": key} for key in self.nkeys]
+        who: list[dict[str, str]] = (
+            [{"user": "writer", "password": writer}, {"user": "gateway", "password": gateway}]
+            if self.nkeys is None
+            else [{"nkey": key} for key in self.nkeys]
+        )
         config = {
             "listen": self._address,
             "max_payload": MAX_PAYLOAD,
@@ -159,11 +158,12 @@ class PrivateNats:
         )
         log.close()
         address = self._address = self._wait_for_port(work)
-        self.accounts = NatsAccounts(
-            writer_url=f"nats://writer:{writer}@{address}",
-            gateway_url=f"nats://gateway:{gateway}@{address}",
-        )
-        if self.nkeys is not None:
+        if self.nkeys is None:
+            self.accounts = NatsAccounts(
+                writer_url=f"nats://writer:{writer}@{address}",
+                gateway_url=f"nats://gateway:{gateway}@{address}",
+            )
+        else:  # the seeds prove who connects: no secret in the URLs
             self.accounts = NatsAccounts(f"nats://{address}", f"nats://{address}")
         return self.accounts
 

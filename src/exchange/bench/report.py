@@ -62,30 +62,27 @@ def _ratio(figures: list[Figure], name: str, of: str, to: str) -> None:
 
 def order_figures(
     seconds: float,
-    clients: list[int] | int,
+    clients: list[int],
     database: str,
     workers: int = 1,
     api: str = "seed",
-    *,
-    ceilings: bool = True,
 ) -> list[Figure]:
     """``api``: seed, binance, or both (the Binance figures then with their ratio).
 
     ``clients``: one count, or several (``orders_<kind>_c<n>_…`` each: the curve of
-    throughput and latency against load). With ``ceilings`` the two ceilings are
-    measured first and every SQLite figure is given as a ratio of them."""
+    throughput and latency against load). With SQLite the two ceilings are measured
+    first and every SQLite figure is given as a ratio of them."""
     from exchange.bench.orders import measure
 
-    counts = [clients] if isinstance(clients, int) else clients
     figures: list[Figure] = []
     kinds = ["sqlite", "postgres"] if database == "both" else [database]
-    if ceilings and "sqlite" in kinds:
+    if "sqlite" in kinds:
         figures += ceiling_figures(seconds)
     dialects = ["seed", "binance"] if api == "both" else [api]
     for database_kind, dialect in ((k, d) for k in kinds for d in dialects):
         base = label(database_kind, workers) + ("_binance" if dialect == "binance" else "")
-        for count in counts:
-            kind = base if len(counts) == 1 else f"{base}_c{count}"
+        for count in clients:
+            kind = base if len(clients) == 1 else f"{base}_c{count}"
             result = measure(database_kind, seconds, count, workers=workers, api=dialect)
             figures += [
                 (f"orders_{kind}_per_second", result.rate(), "orders/s"),
@@ -178,7 +175,7 @@ def run_all(*, as_json: bool) -> None:
 
     figures = (
         engine_figures(200_000)
-        + order_figures(10.0, 64, "both")
+        + order_figures(10.0, [64], "both")
         + market.run()
         + memory_figures(1_000_000)
     )

@@ -363,29 +363,25 @@ class GatewayEngine:
         self.book_numbers = {str(s): int(n) for s, n in message.get("numbers", {}).items()}
         books = message["books"]
         self.books = {symbol: LevelBook(books.get(symbol, [[], []])) for symbol in self.markets}
-        if self._held is not None:
-            self._held = []  # anything held before it is in the snapshot (and reloaded)
         self._live_open = True
         self._release_waiting()
 
-    def _known(self, msg: Msg) -> bool:
-        """The batch is applied here already (read from its message id, not its body)."""
+    def _number(self, msg: Msg) -> int | None:
+        """The batch's number, read from its message id (not its body); None when it is
+        another writer's or unreadable."""
         epoch, _, seq = (msg.headers or {}).get("Nats-Msg-Id", "").partition(".")
-        return epoch == self.epoch and seq.isdigit() and int(seq) <= self.seq
-
-    def _next(self, msg: Msg) -> bool:
-        epoch, _, seq = (msg.headers or {}).get("Nats-Msg-Id", "").partition(".")
-        return epoch == self.epoch and seq.isdigit() and int(seq) == self.seq + 1
+        return int(seq) if epoch == self.epoch and seq.isdigit() else None
 
     async def _live_batch(self, msg: Msg) -> None:
         """A batch as NATS routes it, before (or while) JetStream stores it: applied if it
         is the next one. Anything else (one dropped, or a new epoch) is left to the stream,
         which delivers every batch in order and tells gaps apart."""
-        if self._live_open and self._next(msg):
+        if self._live_open and self._number(msg) == self.seq + 1:
             await self._batch(msg, stored=False)
 
     async def _batch(self, msg: Msg, *, stored: bool = True) -> None:
-        if stored and self._known(msg):  # it came live already
+        number = self._number(msg) if stored else None
+        if number is not None and number <= self.seq:  # it came live already
             self._stream_seq = msg.metadata.sequence.stream
             return
         try:
