@@ -504,6 +504,18 @@ def bench_orders(
     report.orders(seconds, counts, database, workers, as_json=as_json, api=api)
 
 
+@bench.command("servers")
+def bench_servers(
+    seconds: Annotated[float, typer.Option(help="load duration per measurement")] = 8.0,
+    rounds: Annotated[int, typer.Option(help="alternations of the two servers", min=1)] = 2,
+    as_json: Annotated[bool, JSON_OPTION] = False,
+) -> None:
+    """uvicorn against granian: the bare app and durable SQLite orders, alternated."""
+    from exchange.bench import report
+
+    report.print_figures(report.server_figures(seconds, rounds), as_json)
+
+
 @bench.command("profile")
 def bench_profile(
     seconds: Annotated[float, typer.Option(help="load duration")] = 10.0,

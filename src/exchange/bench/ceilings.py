@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -28,9 +29,9 @@ from urllib.parse import parse_qsl
 import orjson
 
 from exchange.bench.load import LoadResult, post, run_load
-from exchange.bench.server import free_port
+from exchange.bench.server import free_port, granian_command
 
-__all__ = ["bare_asgi", "commit_loop"]
+__all__ = ["CommitLoop", "bare_asgi", "commit_loop"]
 
 FORM = b"pair=BTC%2FUSDT&amount=0.005&price=20010"  # as the orders' script sends
 ANSWER = orjson.dumps({"status": True, "data": {"order_id": 1, "status": "open"}})
@@ -73,15 +74,23 @@ def _serve(port: int) -> None:
     uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port)).run()
 
 
-def bare_asgi(seconds: float, connections: int) -> LoadResult:
-    """Requests/s of the bare app under the orders' own wrk script."""
+def bare_asgi(seconds: float, connections: int, http: str = "uvicorn") -> LoadResult:
+    """Requests/s of the bare app under the orders' own wrk script; ``http``: the server
+    (``server_config``'s uvicorn, or granian for ``bench servers``)."""
     import httpx
 
     from exchange.bench.orders import wrk_load
 
     port = free_port()
-    code = f"from exchange.bench.ceilings import _serve; _serve({port})"
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    if http == "granian":
+        command = granian_command("exchange.bench.ceilings:app", port)
+    else:
+        command = [
+            sys.executable,
+            "-c",
+            f"from exchange.bench.ceilings import _serve; _serve({port})",
+        ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -104,8 +113,18 @@ def bare_asgi(seconds: float, connections: int) -> LoadResult:
         process.wait(10)
 
 
-def commit_loop(seconds: float) -> float:
-    """Rows/s committed one transaction each (WAL, synchronous=FULL), for ``seconds``."""
+@dataclass(frozen=True, slots=True)
+class CommitLoop:
+    """The naive loop's rate, and how long one commit took (the fsync a durable answer
+    waits for at least: the floor under any order's latency at a low load)."""
+
+    per_second: float  # float-ok: a rate
+    p50_ms: float  # float-ok: milliseconds
+    p99_ms: float  # float-ok: milliseconds
+
+
+def commit_loop(seconds: float) -> CommitLoop:
+    """Rows committed one transaction each (WAL, synchronous=FULL), for ``seconds``."""
     with tempfile.TemporaryDirectory() as folder:
         db = sqlite3.connect(Path(folder) / "loop.db", isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
@@ -115,9 +134,10 @@ def commit_loop(seconds: float) -> float:
             " side TEXT, price INTEGER, amount INTEGER, created INTEGER)"
         )
         rows = 0
-        start = time.perf_counter()
+        took: list[float] = []  # float-ok: seconds
+        start = now = time.perf_counter()
         end = start + seconds
-        while (now := time.perf_counter()) < end:
+        while now < end:
             db.execute("BEGIN")
             db.execute(
                 "INSERT INTO orders (user_id, market, side, price, amount, created)"
@@ -126,5 +146,12 @@ def commit_loop(seconds: float) -> float:
             )
             db.execute("COMMIT")
             rows += 1
+            took.append(time.perf_counter() - now)
+            now = time.perf_counter()
         db.close()
-        return rows / (now - start)
+        took.sort()
+        return CommitLoop(
+            rows / (now - start),
+            1000 * took[len(took) // 2],
+            1000 * took[min(len(took) - 1, len(took) * 99 // 100)],
+        )

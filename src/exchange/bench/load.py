@@ -22,6 +22,12 @@ class LoadResult:
     latencies_ns: list[int] = field(default_factory=list)
     #: Percentiles reported by an external load generator (wrk), fraction -> ms.
     reported_ms: dict[float, float] = field(default_factory=dict)
+    #: CPU time the server's processes spent during the load (0: not measured).
+    server_cpu_seconds: float = 0.0
+
+    def cpu_per_request_us(self) -> float:
+        done = self.ok + self.refused
+        return 1e6 * self.server_cpu_seconds / done if done else 0.0
 
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0

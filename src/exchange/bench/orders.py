@@ -19,6 +19,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,14 @@ from exchange.adapters.db.tables import users
 from exchange.adapters.signatures import hmac_signature
 from exchange.admin import Admin
 from exchange.bench.load import LoadResult, post, run_load
-from exchange.bench.server import Server, exchange_env, free_port, running_server
+from exchange.bench.server import (
+    Server,
+    children,
+    cpu_seconds,
+    exchange_env,
+    free_port,
+    running_server,
+)
 from exchange.clock import now_ms
 from exchange.config import Settings
 from exchange.domain.markets import default_assets, default_markets
@@ -42,6 +50,7 @@ from exchange.domain.markets import default_assets, default_markets
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PASSWORD = "bench-password-1"
 USERS = 64  # at most: one per connection, at least 8
+FUNDS = (("BTC", "100000"), ("USDT", "10000000000"))
 
 
 @contextmanager
@@ -74,23 +83,30 @@ def seed_users(url: str, count: int) -> list[str]:
 
 
 def fund(url: str, emails: list[str]) -> None:
+    """Credit every user through the operator's path (``exchange admin credit``), all at
+    once: each credit waits for the engine's next inbox poll, so one after another would
+    cost a poll each (half a minute for 64 users) where together they share one."""
     engine = make_sync_engine(url)
     tool = Admin(engine, url, default_markets(default_assets()))
-    for email in emails:
-        tool.credit(email, "BTC", "100000", "bench")
-        tool.credit(email, "USDT", "10000000000", "bench")
+    with ThreadPoolExecutor(8) as pool:  # within the engine pool's 15 connections
+        done = [
+            pool.submit(tool.credit, email, coin, amount, "bench")
+            for email in emails
+            for coin, amount in FUNDS
+        ]
+        for credit in done:
+            credit.result()  # a credit that failed fails the benchmark
     engine.dispose()
 
 
 def _python_children(pid: int) -> list[int]:
     """The server's child processes that run Python (its gateways; not nats-server)."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread or a child that ended meanwhile
-            for child in (task / "children").read_text().split():
-                command = Path(f"/proc/{child}/cmdline").read_bytes()
-                if b"python" in command and b"resource_tracker" not in command:
-                    found.append(int(child))
+    for child in children(pid):
+        with contextlib.suppress(OSError):  # a child that ended meanwhile
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"python" in command and b"resource_tracker" not in command:
+                found.append(child)
     return found
 
 
@@ -260,19 +276,23 @@ def measure(
     workers: int = 1,
     api: str = "seed",
     profile: Path | None = None,
+    http: str = "uvicorn",
 ) -> LoadResult:
     """``api``: ``seed`` (``/api/buy``, ``/api/sell`` with a session) or ``binance``
     (signed ``POST /api/v3/order``, the HMAC made beforehand, as a bot would).
 
     ``profile``: py-spy samples the server's processes during the load, into this
-    file (collapsed stacks, ``bench/profile.py`` reads them)."""
+    file (collapsed stacks, ``bench/profile.py`` reads them).
+
+    ``http``: the HTTP server (``HTTP_SERVERS``); granian only for ``bench servers``."""
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
         emails = seed_users(url, min(USERS, max(8, connections)))  # a login each costs argon2
         port = free_port()
         env = exchange_env(url, EXCHANGE_LOG_LEVEL="error")
         Settings()  # fail early on a broken .env
         args = ("--workers", str(workers)) if workers > 1 else ()
-        with running_server(port, env, Path(tmp) / "server.log", args=args) as server:
+        log = Path(tmp) / "server.log"
+        with running_server(port, env, log, args=args, http=http) as server:
             fund(url, emails)
             tokens = []
             with httpx.Client(base_url=server.url) as client:
@@ -288,16 +308,21 @@ def measure(
                 requests_file.write_bytes(
                     b"".join(key.encode() + b" " + body + b"\n" for key, body in signed)
                 )
+            assert server.process is not None
+            spent = cpu_seconds(server.process.pid)
             with sampled(server, profile, seconds):
                 if rate is None and shutil.which("wrk"):
-                    return wrk_load(server.url, tokens, seconds, connections, requests_file)
-                return asyncio.run(
-                    run_load(
-                        port,
-                        order_requests(tokens) if api == "seed" else signed_requests(signed),
-                        connections=connections,
-                        seconds=seconds,
-                        rate=rate,
-                        accepted=b'{"status":true' if api == "seed" else b'{"symbol"',
+                    result = wrk_load(server.url, tokens, seconds, connections, requests_file)
+                else:
+                    result = asyncio.run(
+                        run_load(
+                            port,
+                            order_requests(tokens) if api == "seed" else signed_requests(signed),
+                            connections=connections,
+                            seconds=seconds,
+                            rate=rate,
+                            accepted=b'{"status":true' if api == "seed" else b'{"symbol"',
+                        )
                     )
-                )
+            result.server_cpu_seconds = cpu_seconds(server.process.pid) - spent
+            return result

@@ -47,10 +47,38 @@ def ceiling_figures(seconds: float) -> list[Figure]:
     from exchange.bench import ceilings
 
     bare = ceilings.bare_asgi(seconds, CEILING_CONNECTIONS)
+    loop = ceilings.commit_loop(seconds)
     return [
         ("ceiling_bare_asgi_per_second", bare.rate(), "req/s"),
-        ("ceiling_sqlite_commit_loop_per_second", ceilings.commit_loop(seconds), "commits/s"),
+        ("ceiling_sqlite_commit_loop_per_second", loop.per_second, "commits/s"),
+        ("ceiling_sqlite_commit_p50", loop.p50_ms, "ms"),
+        ("ceiling_sqlite_commit_p99", loop.p99_ms, "ms"),
     ]
+
+
+def server_figures(seconds: float, rounds: int) -> list[Figure]:
+    """The HTTP server chosen by measurement: the bare app and durable SQLite orders
+    under uvicorn (what ``exchange serve`` runs, with ``server.py``'s limits) and under
+    granian (the same app, no limits), alternated ``rounds`` times; the best of each."""
+    from exchange.bench import ceilings
+    from exchange.bench.orders import measure
+    from exchange.bench.server import HTTP_SERVERS
+
+    best: dict[str, float] = {}  # float-ok: rates
+    for _ in range(rounds):
+        for http in HTTP_SERVERS:
+            bare = ceilings.bare_asgi(seconds, CEILING_CONNECTIONS, http)
+            orders = measure("sqlite", seconds, CEILING_CONNECTIONS, http=http)
+            for name, rate in (("bare", bare.rate()), ("orders", orders.rate())):
+                key = f"server_{http}_{name}_per_second"
+                best[key] = max(best.get(key, 0.0), rate)
+    figures: list[Figure] = [
+        (name, rate, "req/s" if "_bare_" in name else "orders/s") for name, rate in best.items()
+    ]
+    for name in ("bare", "orders"):
+        of, to = f"server_granian_{name}_per_second", f"server_uvicorn_{name}_per_second"
+        _ratio(figures, f"server_granian_vs_uvicorn_{name}", of, to)
+    return figures
 
 
 def _ratio(figures: list[Figure], name: str, of: str, to: str) -> None:
@@ -89,6 +117,7 @@ def order_figures(
                 (f"orders_{kind}_p50", result.percentile_ms(0.50), "ms"),
                 (f"orders_{kind}_p99", result.percentile_ms(0.99), "ms"),
                 (f"orders_{kind}_refused", float(result.refused + result.errors), "requests"),
+                (f"orders_{kind}_server_cpu_per_order", result.cpu_per_request_us(), "us"),
             ]
             rate = f"orders_{kind}_per_second"
             if database_kind == "sqlite":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -17,6 +18,31 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started, over all its threads (none if it has ended)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) ``pid`` and every process under it have used so far.
+
+    The server's own cost per order, apart from the load generator's on the same
+    cores: steadier between runs than a rate, which the neighbour's load moves.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0  # ended meanwhile
+    own = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    return own + sum(cpu_seconds(child) for child in children(pid))
 
 
 def free_port() -> int:
@@ -49,14 +75,48 @@ def exchange_env(database_url: str, smtp_port: int | None = None, **extra: str) 
     return env
 
 
+#: The HTTP servers ``exchange bench servers`` compares; the exchange runs on uvicorn.
+HTTP_SERVERS = ("uvicorn", "granian")
+
+
+def granian_command(target: str, port: int, *, factory: bool = False) -> list[str]:
+    """granian serving the ASGI ``target`` on uvloop, as its own benchmarks run it (only
+    ``exchange bench servers`` does: without ``server.py``'s limits, never in production)."""
+    binary = BIN / "granian"
+    if not binary.exists():
+        raise RuntimeError("granian is not installed here: make .venv/.dev-installed")
+    return [
+        str(binary),
+        "--interface",
+        "asgi",
+        "--loop",
+        "uvloop",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        *(["--factory"] if factory else []),
+        target,
+    ]
+
+
 class Server:
     def __init__(
-        self, port: int, env: dict[str, str], log: Path, args: tuple[str, ...] = ()
+        self,
+        port: int,
+        env: dict[str, str],
+        log: Path,
+        args: tuple[str, ...] = (),
+        http: str = "uvicorn",
     ) -> None:
         self.port = port
         self.env = env
         self.log = log
         self.args = args  # more options, e.g. ("--workers", "2")
+        #: ``uvicorn`` (``exchange serve``) or ``granian`` (the same app, for the comparison).
+        self.http = http
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,8 +125,13 @@ class Server:
 
     def start(self, command: str = "serve", timeout: float = 30.0) -> None:
         handle = self.log.open("ab")
+        if self.http == "granian":
+            assert command == "serve" and not self.args, "granian serves one plain process"
+            argv = granian_command("exchange.app:create_app", self.port, factory=True)
+        else:
+            argv = [str(BIN / "exchange"), command, "--port", str(self.port), *self.args]
         self.process = subprocess.Popen(
-            [str(BIN / "exchange"), command, "--port", str(self.port), *self.args],
+            argv,
             env=self.env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -102,9 +167,14 @@ class Server:
 
 @contextmanager
 def running_server(
-    port: int, env: dict[str, str], log: Path, command: str = "serve", args: tuple[str, ...] = ()
+    port: int,
+    env: dict[str, str],
+    log: Path,
+    command: str = "serve",
+    args: tuple[str, ...] = (),
+    http: str = "uvicorn",
 ) -> Iterator[Server]:
-    server = Server(port, env, log, args)
+    server = Server(port, env, log, args, http)
     server.start(command)
     try:
         yield server
