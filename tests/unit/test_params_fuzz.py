@@ -407,3 +407,24 @@ def test_huge_exponents_are_refused_quickly(mantissa: int, exponent: int) -> Non
         body = f'{{"limit": {text}}}'.encode()
         parsed = p.parse_json(body)
         assert refused(lambda parsed=parsed: p.integer(parsed, "limit", 1, low=1, high=500))
+
+
+#: Form text as clients send it and as they should not: separators, escapes (valid,
+#: truncated, not UTF-8), plus signs, non-ASCII and surrogate-escaped bytes.
+_FORM_TEXT = st.lists(
+    st.sampled_from([*"ab=&%+;2F0zé/ \x00", "%2F", "%C3%A9", "%FF", "\udcff"]), max_size=30
+).map("".join)
+
+
+@FUZZ
+@given(_FORM_TEXT)
+@example("pair=BTC%2FUSDT&amount=0.005&price=20010")
+@example("a=1&a=2&&b&=c&d=")
+@example("x+y=%2B%20+&%zz=%e9")
+def test_form_fields_are_what_parse_qsl_gives(text: str) -> None:
+    """The fast path (fields with nothing to unquote taken as they are) changes nothing."""
+    from urllib.parse import parse_qsl
+
+    expected = dict(parse_qsl(text, keep_blank_values=True, errors="surrogateescape"))
+    assert p.form_fields(text) == expected
+    assert p.parse_form(text.encode("utf-8", "surrogateescape")) == expected

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from exchange.domain.errors import ExchangeError
 
@@ -71,21 +71,32 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def form_fields(text: str) -> Params:
+    """``dict(parse_qsl(text, keep_blank_values=True, errors="surrogateescape"))``, the
+    same dict (a hypothesis test compares the two), faster: a field with no ``%`` and
+    no ``+`` is taken as it is, not unquoted. Every order's form and query come here.
+
+    Like ``parse_qsl``: ``&`` separates, empty fields are skipped, a field without
+    ``=`` has an empty value, the last of a repeated name wins; it never raises.
+    """
+    fields: Params = {}
+    for field in text.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        if "%" in field or "+" in field:
+            name = unquote(name.replace("+", " "), errors="surrogateescape")
+            value = unquote(value.replace("+", " "), errors="surrogateescape")
+        fields[name] = value
+    return fields
+
+
 def parse_query(query: bytes | str) -> Params:
-    text = _decode(query) if isinstance(query, bytes) else query
-    try:
-        return dict(
-            parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="surrogateescape")
-        )
-    except ValueError:
-        raise ExchangeError("invalid_argument", "the query string is not valid") from None
+    return form_fields(_decode(query) if isinstance(query, bytes) else query)
 
 
 def parse_form(body: bytes) -> Params:
-    try:
-        return dict(parse_qsl(_decode(body), keep_blank_values=True, errors="surrogateescape"))
-    except ValueError:
-        raise ExchangeError("invalid_argument", "the form body is not valid form data") from None
+    return form_fields(_decode(body))
 
 
 def parse_json(body: bytes) -> Params:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -491,10 +490,10 @@ class Engine:
             result = core.place(command, now)
             if result.order is not None:
                 # A snapshot: later batches mutate the live order while the answer is built.
-                result.order = copy.copy(result.order)
+                result.order = result.order.snapshot()
             return result
         if isinstance(command, CancelOrder):
-            return copy.copy(core.cancel(command.user_id, command.order_id, now))
+            return core.cancel(command.user_id, command.order_id, now).snapshot()
         if isinstance(command, Credit):
             core.credit(command.user_id, command.asset, command.amount, command.ref)
             return Credited(command.user_id, command.asset, command.amount)
