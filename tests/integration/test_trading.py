@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import httpx
@@ -440,6 +441,33 @@ async def test_books_and_balances_survive_a_restart(database_url: str, mail: Any
         assert after == before
         check_books_and_ledger(app)
     check_database_ledger(database_url)
+
+
+async def test_the_books_loaded_at_start_are_outside_the_collectors_scans(
+    database_url: str, mail: Any
+) -> None:
+    """A full collection visits every tracked object: the resting orders a writer loads
+    at its start are frozen out of it while it serves (docs/performance.md), and given
+    back to the collector when it stops."""
+    mailbox, port = mail
+    settings = make_settings(database_url, port)
+    async with running_app(settings) as (app, client):
+        seller = await new_trader(app, client, mailbox, "s@example.com", BTC="1")
+        for i in range(3):
+            answer = await client.post(
+                "/api/sell",
+                data={"pair": "BTC/USDT", "amount": "0.01", "price": str(30000 + i)},
+                headers=seller,
+            )
+            assert answer.json()["status"] is True
+    async with running_app(settings) as (app, client):
+        loaded = app.runtime.services.engine.core.open_orders()
+        assert len(loaded) == 3
+        tracked = {id(thing) for thing in gc.get_objects()}
+        assert not any(id(order) in tracked for order in loaded)
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    assert all(gc.is_tracked(order) for order in loaded)
 
 
 async def test_full_queue_answers_503_and_loses_nothing_accepted(
