@@ -462,6 +462,11 @@ class MatchingEngine:
             members: set[Any] = self.halted
             member: Any = key
         elif kind == FREEZE:
+            # The key is stored as given and read back with int() at the next start: only
+            # a user id in plain digits ("7", not "07", " 7" or "x", which int() would
+            # take differently or refuse as a ValueError, a bug in the batch).
+            if not (key.isascii() and key.isdigit() and key == str(int(key))):
+                raise _invalid("an account to freeze is named by its user id, in digits")
             member = int(key)
             if member <= 0:
                 raise _invalid("only a user's account can be frozen")
