@@ -93,15 +93,25 @@ def started_state_frozen() -> Iterator[None]:
     A full collection visits every tracked object: with a million resting orders it
     took 176 ms here (docs/performance.md), a pause every request behind it waits
     for; frozen, the loaded state costs the collector nothing. Frozen objects are
-    still freed by their reference counts as usual; only a reference cycle among them
-    waits for ``unfreeze``, on the way out.
+    still freed by their reference counts as usual; only a reference cycle that holds
+    a frozen object waits for ``unfreeze``, when the last runtime of the process stops
+    (several run in one process in the tests: the freeze lasts while any does).
     """
-    gc.collect()  # garbage of the start is not kept for the life of the process
-    gc.freeze()
+    global _RUNNING
+    if _RUNNING == 0:
+        gc.collect()  # garbage of the start is not kept for the life of the process
+    gc.freeze()  # this runtime's start too, when another already runs
+    _RUNNING += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        _RUNNING -= 1
+        if _RUNNING == 0:
+            gc.unfreeze()
+
+
+#: Runtimes of this process inside ``started_state_frozen``.
+_RUNNING = 0
 
 
 @dataclass(slots=True)

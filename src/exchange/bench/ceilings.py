@@ -137,7 +137,7 @@ def commit_loop(seconds: float) -> CommitLoop:
         took: list[float] = []  # float-ok: seconds
         start = now = time.perf_counter()
         end = start + seconds
-        while now < end:
+        while not took or now < end:  # one commit at least, whatever ``seconds``
             db.execute("BEGIN")
             db.execute(
                 "INSERT INTO orders (user_id, market, side, price, amount, created)"

@@ -83,9 +83,9 @@ def seed_users(url: str, count: int) -> list[str]:
 
 
 def fund(url: str, emails: list[str]) -> None:
-    """Credit every user through the operator's path (``exchange admin credit``), all at
-    once: each credit waits for the engine's next inbox poll, so one after another would
-    cost a poll each (half a minute for 64 users) where together they share one."""
+    """Credit every user through the operator's path (``exchange admin credit``), eight
+    at a time: each credit waits for the engine's next inbox poll, so one after another
+    would cost a poll each (half a minute for 64 users) where eight share one."""
     engine = make_sync_engine(url)
     tool = Admin(engine, url, default_markets(default_assets()))
     with ThreadPoolExecutor(8) as pool:  # within the engine pool's 15 connections

@@ -464,8 +464,11 @@ class MatchingEngine:
         elif kind == FREEZE:
             # The key is stored as given and read back with int() at the next start: only
             # a user id in plain digits ("7", not "07", " 7" or "x", which int() would
-            # take differently or refuse as a ValueError, a bug in the batch).
-            if not (key.isascii() and key.isdigit() and key == str(int(key))):
+            # take differently or refuse as a ValueError, a bug in the batch), of at
+            # most 19 digits (a BIGINT; int() also refuses past 4,300 digits).
+            if not (
+                0 < len(key) <= 19 and key.isascii() and key.isdigit() and key == str(int(key))
+            ):
                 raise _invalid("an account to freeze is named by its user id, in digits")
             member = int(key)
             if member <= 0:
