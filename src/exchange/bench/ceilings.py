@@ -146,8 +146,9 @@ def commit_loop(seconds: float) -> CommitLoop:
             )
             db.execute("COMMIT")
             rows += 1
-            took.append(time.perf_counter() - now)
-            now = time.perf_counter()
+            committed = time.perf_counter()
+            took.append(committed - now)
+            now = committed
         db.close()
         took.sort()
         return CommitLoop(

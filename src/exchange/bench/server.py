@@ -35,7 +35,8 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user and system) ``pid`` and every process under it have used so far.
 
     The server's own cost per order, apart from the load generator's on the same
-    cores: steadier between runs than a rate, which the neighbour's load moves.
+    cores. When the server is the whole core it moves with the rate (docs/performance.md);
+    it tells the cost of a batch at low loads, where the rate is the clients' pace.
     """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
