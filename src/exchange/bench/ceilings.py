@@ -57,7 +57,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-type", b"application/json")],
+            # The length, as the exchange's answers carry it: without it the answer is
+            # chunked, which the project's own load generator (no wrk) does not read.
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": answer})
