@@ -14,10 +14,23 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from exchange.clock import ManualClock
-from support import Mailbox, make_settings, postgres_database, running_app, smtp_server
+from support import (
+    THROUGH_WORKER,
+    Mailbox,
+    make_settings,
+    postgres_database,
+    running_app,
+    smtp_server,
+)
+
+#: The second pass of the integration suite (``EXCHANGE_TEST_THROUGH_WORKER=1``) is about
+#: the HTTP worker and its link to the writer, which do not change with the database: it
+#: runs on SQLite only, the first pass on both (where ``test_worker_link.py`` already puts
+#: a worker in front on each; tests that ask for PostgreSQL by name run on it in both).
+DATABASES = ["sqlite"] if THROUGH_WORKER else ["sqlite", "postgres"]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'exchange.db'}"
