@@ -7,6 +7,7 @@ import gc
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from exchange.domain.ledger import FEE_ACCOUNT
@@ -16,6 +17,7 @@ from support import (
     check_database_ledger,
     make_settings,
     new_trader,
+    postgres_database,
     running_app,
     until,
     writer_held,
@@ -519,3 +521,29 @@ async def test_order_rate_limit_is_per_user_with_retry_after(sqlite_url: str, ma
         assert (await balances(client, busy))["USDT"]["frozen"] == "50.000000"
         # Another user is not affected by the first one's limit.
         assert_envelope(await client.post("/api/buy", data=params, headers=other), 200)
+
+
+async def test_an_order_after_the_journals_connection_was_ended_is_accepted(
+    mail: Any,
+) -> None:
+    """The journal keeps its connection between batches; one the server has ended
+    meanwhile (a restart, an operator, an idle timeout) is replaced before the next
+    batch fails on it, as the pool's pre-ping did when it took one per batch."""
+    mailbox, port = mail
+    with postgres_database() as url:
+        async with running_app(make_settings(url, port)) as (app, client):
+            buyer = await new_trader(app, client, mailbox, "b@example.com", USDT="1000")
+            order = {"pair": "BTC/USDT", "amount": "0.001", "price": "10000"}
+            first = assert_envelope(await client.post("/api/buy", data=order, headers=buyer), 200)
+            with psycopg.connect(url, autocommit=True) as admin:
+                ended = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')"
+                ).fetchall()
+            assert ended, "no connection of the exchange was ended"
+            second = assert_envelope(await client.post("/api/buy", data=order, headers=buyer), 200)
+            assert second["order_id"] > first["order_id"]
+            assert (await balances(client, buyer))["USDT"]["frozen"] == "20.000000"
+            check_books_and_ledger(app)
+        check_database_ledger(url)

@@ -166,6 +166,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await asyncio.to_thread(self.journal.close)  # after a commit still in its thread
 
     def _restore(self, state: State, now: int) -> None:
         self.core.restore(

@@ -9,11 +9,19 @@ placement fast (docs/architecture.md, "the writer").
 Rows go through the DB-API (see ``TableWriter``): SQLAlchemy's per-row
 parameter processing cost more than the database's own work. Every value is
 still a bound parameter.
+
+The journal keeps one connection for its transactions instead of taking one
+from the pool for each: a checkout cost ~7 µs on SQLite and ~50 µs on
+PostgreSQL (the pool's pre-ping, a round trip), a fixed cost of every batch
+that a lone order pays whole (docs/performance.md). What the pre-ping gave is
+kept: a kept connection found lost is replaced once by a fresh one from the
+pool (which pings it), as nothing that could commit was sent on the lost one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -135,6 +143,12 @@ class Journal:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
+        #: The pool's connection the transactions run on: taken at the first, let go
+        #: after a failure that leaves its state unknown, given back by ``close``.
+        self._kept: Any = None
+        #: One transaction at a time on it (the writer awaits each, but a cancelled
+        #: writer's commit may still be running in its thread).
+        self._guard = threading.Lock()
         lite = self.sqlite
         mark = "?" if lite else "%s"  # only the inbox update below is not a TableWriter
         self.orders = TableWriter(orders, ORDER_COLUMNS, lite, ("id",), ORDER_MUTABLE)
@@ -204,16 +218,45 @@ class Journal:
             )
             return sorted((r.id, r.kind, r.payload) for r in claimed)
 
+    def close(self) -> None:
+        """Give the kept connection back to the pool (the writer has stopped)."""
+        with self._guard:
+            kept, self._kept = self._kept, None
+            if kept is not None:
+                try:
+                    kept.close()
+                except Exception as error:
+                    log.warning("the journal's connection could not be returned (%s)", error)
+
     def _transaction(self, write: Callable[[Any], None]) -> None:
         """Run ``write`` in one transaction; an exception means nothing was committed.
 
         The writer relies on that: it rolls its memory back when this raises for
         anything but an unavailable database (which it answers with a reload, as a
         failed COMMIT may have committed). So once COMMIT has returned, a failure to
-        tidy up (closing the cursor, returning the connection) is only logged.
+        tidy up (closing the cursor) is only logged.
         """
-        raw = self.engine.raw_connection()
-        committed = False
+        with self._guard:
+            kept = self._kept is not None
+            try:
+                self._attempt(write)
+            except _Lost as lost:
+                if not kept:  # fresh from the pool, checked: the database is away
+                    raise lost.error from None
+                # Lost while it was kept (a restarted server, a cut network): COMMIT
+                # was not sent, so once more on a connection the pool checks first.
+                log.warning("the journal's connection was lost (%s): taking another", lost.error)
+                try:
+                    self._attempt(write)
+                except _Lost as again:
+                    raise again.error from None
+
+    def _attempt(self, write: Callable[[Any], None]) -> None:
+        """One transaction on the kept connection; _Lost if it is lost before COMMIT."""
+        if self._kept is None:
+            self._kept = self.engine.raw_connection()
+        raw = self._kept
+        rolled_back = False
         try:
             cursor = raw.cursor()
             if self.sqlite:
@@ -225,24 +268,48 @@ class Journal:
                     cursor.execute("ROLLBACK")
                 else:
                     raw.rollback()
+                rolled_back = True
                 raise
+        except Exception as error:
+            lost = self._is_lost(error, raw)
+            if lost or not rolled_back:  # its state is unknown: let it go
+                self._let_go()
+            if lost:
+                raise _Lost(error) from error
+            raise
+        except BaseException:
+            self._let_go()
+            raise
+        try:
             if self.sqlite:
                 cursor.execute("COMMIT")
             else:
                 raw.commit()
-            committed = True
+        except BaseException:
+            self._let_go()  # whether it committed is unknown: the writer reloads
+            raise
+        try:
             cursor.close()
         except Exception:
-            if not committed:
-                raise
-            log.warning("a committed transaction's connection could not be closed cleanly")
-        finally:
+            log.warning("a committed transaction's cursor could not be closed cleanly")
+            self._let_go()
+
+    def _is_lost(self, error: Exception, raw: Any) -> bool:
+        """Whether ``error`` says the connection itself is gone (SQLAlchemy's own test)."""
+        dialect: Any = self.engine.dialect  # it takes the driver's errors, whatever they are
+        try:
+            return bool(dialect.is_disconnect(error, raw.dbapi_connection, None))
+        except Exception:
+            return False
+
+    def _let_go(self) -> None:
+        """Close the kept connection for good (the pool opens another when asked)."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
             try:
-                raw.close()
-            except Exception:
-                if not committed:
-                    raise
-                log.warning("a committed transaction's connection could not be returned")
+                kept.invalidate()
+            except Exception as error:
+                log.warning("the journal's connection could not be closed (%s)", error)
 
     def _write(self, cursor: Any, batch: Batch) -> None:
         if batch.orders:
@@ -266,6 +333,14 @@ class Journal:
                     for inbox_id, status, result in batch.inbox
                 ],
             )
+
+
+class _Lost(Exception):
+    """A transaction failed because its connection is lost; ``error`` is the driver's."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def command_from_inbox(kind: str, payload: dict[str, Any], inbox_id: int) -> Command:
