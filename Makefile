@@ -40,7 +40,7 @@ test: $(DEV) chromium
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 	@echo "the integration suite again, through an HTTP worker (exchange serve --workers N)"
 	EXCHANGE_TEST_THROUGH_WORKER=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration
 
