@@ -461,6 +461,11 @@ class GatewayEngine:
     async def submit(self, command: Returns[R]) -> R:
         """Sent to the writer; returned once its batch is applied here too."""
         data = encode_command(command)  # first: a command that cannot be sent leaves nothing
+        if self.nc is None or not self.connected:
+            # Refused here, not in the request's task: the link may be down before NATS
+            # has called ``_disconnected``, which would then fail the outcome as lost in
+            # flight ("may or may not have been applied") though nothing was sent.
+            raise _not_connected()
         subject = self.subjects.command(type(command).__name__)
         outcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         request = asyncio.ensure_future(self._request(subject, data, COMMAND_SECONDS))
