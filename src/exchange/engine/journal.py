@@ -16,13 +16,20 @@ PostgreSQL (the pool's pre-ping, a round trip), a fixed cost of every batch
 that a lone order pays whole (docs/performance.md). What the pre-ping gave is
 kept: a kept connection found lost is replaced once by a fresh one from the
 pool (which pings it), as nothing that could commit was sent on the lost one.
+
+On PostgreSQL a batch's statements go out in psycopg's pipeline mode: ``BEGIN``
+and every table's statement in one flight, then ``COMMIT`` in a second, instead
+of a round trip each (six for a batch with trades). The rows' errors are still
+known before ``COMMIT`` is sent (the pipeline is synced after the writes), so a
+refused batch is rolled back and a failed ``COMMIT`` stays the only unknown.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -256,6 +263,43 @@ class Journal:
         if self._kept is None:
             self._kept = self.engine.raw_connection()
         raw = self._kept
+        if self.sqlite:
+            self._steps(raw, write, None)
+            return
+        with self._pipeline(raw) as pipeline:
+            self._steps(raw, write, pipeline)
+
+    @contextmanager
+    def _pipeline(self, raw: Any) -> Iterator[Any]:
+        """psycopg's pipeline mode around a transaction (PostgreSQL).
+
+        Entering sends nothing; leaving after COMMIT has nothing left to send, so a
+        failure there cannot undo the commit and is only logged, as the cursor's is.
+        """
+        try:
+            context = raw.dbapi_connection.pipeline()
+            pipeline = context.__enter__()
+        except Exception as error:
+            lost = self._is_lost(error, raw)
+            self._let_go()
+            if lost:
+                raise _Lost(error) from error
+            raise
+        try:
+            yield pipeline
+        except BaseException as error:
+            try:
+                context.__exit__(type(error), error, error.__traceback__)
+            except Exception:  # the transaction's own error is the one to report
+                log.warning("the journal's pipeline could not be left cleanly")
+            raise
+        try:
+            context.__exit__(None, None, None)
+        except Exception:
+            log.warning("a committed transaction's pipeline could not be left cleanly")
+            self._let_go()
+
+    def _steps(self, raw: Any, write: Callable[[Any], None], pipeline: Any) -> None:
         rolled_back = False
         try:
             cursor = raw.cursor()
@@ -263,10 +307,18 @@ class Journal:
                 cursor.execute("BEGIN IMMEDIATE")
             try:
                 write(cursor)
+                if pipeline is not None:
+                    pipeline.sync()  # the rows' errors, before COMMIT is sent
             except BaseException:
                 if self.sqlite:
                     cursor.execute("ROLLBACK")
                 else:
+                    if pipeline is not None:
+                        # A row's error can arrive while a later statement is queued; the
+                        # statements behind it are then reported as "pipeline aborted", at
+                        # the next sync, which must not be the rollback's.
+                        with suppress(Exception):
+                            pipeline.sync()
                     raw.rollback()
                 rolled_back = True
                 raise
