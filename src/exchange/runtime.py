@@ -205,6 +205,7 @@ class Runtime:
             await self.stream.stop()
             await self.binance_streams.stop()
             await market.stop()  # the last candle flush, while the database is open
+            await self.services.sessions.refreshed()
             await self.database.dispose()
             writer.database.dispose()
             writer.lock.release()
@@ -247,6 +248,7 @@ class Runtime:
             await self.stream.stop()
             await self.binance_streams.stop()
             await link.stop()
+            await sessions.refreshed()
             await self.database.dispose()
 
 

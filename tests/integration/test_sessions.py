@@ -1,5 +1,6 @@
-"""The session cache: a new session needs no read, and cached sessions are not all
-checked again at the same instant."""
+"""The session cache: a new session needs no read, cached sessions are not all
+checked again at the same instant, and a session in use is checked behind its
+requests, not in front of them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.adapters.db.database import make_async_engine, migrate
 from exchange.adapters.db.tables import sessions, users
 from exchange.clock import ManualClock
+from exchange.services import sessions as sessions_module
 from exchange.services.sessions import CACHE_SECONDS, Sessions
 
 USERS = 40
@@ -68,3 +70,22 @@ async def test_sessions_cached_together_are_checked_again_at_different_times(
     assert 0 < sum(known) < len(tokens)
     clock.advance(CACHE_SECONDS * 250 + 1)
     assert [await store.resolve(token) for token in tokens] == [None] * len(tokens)
+
+
+async def test_a_session_in_use_is_checked_behind_its_request(
+    db: AsyncEngine, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its row deleted behind the store's back, the session is due for its check at
+    four fifths of CACHE_SECONDS: that request is answered from the cache (it does not
+    wait for the read) and the read goes on behind it; once it has found the row gone,
+    the session is refused, before CACHE_SECONDS have passed."""
+    monkeypatch.setattr(sessions_module.random, "randrange", lambda stop: 0)  # no spread
+    store = Sessions(db, clock, lifetime=3600, idle=1800)
+    user = (await _user_ids(db))[0]
+    token = await store.create(user)
+    async with db.begin() as conn:
+        await conn.execute(delete(sessions))
+    clock.advance(CACHE_SECONDS * 800)
+    assert await store.resolve(token) == user
+    await store.refreshed()
+    assert await store.resolve(token) is None

@@ -4,11 +4,19 @@ A token has 256 bits from the OS CSPRNG, so a fast hash is enough (nothing to
 brute force) and lookups stay cheap. Sessions live in the database and survive a
 restart; a small in-process cache keeps the database off the hot path of every
 authenticated request, re-validated at least every ``CACHE_SECONDS``.
+
+A session in use is read again ahead of that, in the background (``_refresh``):
+the request that finds it due goes on with the cached entry, still younger than
+``CACHE_SECONDS``, so an ended session is still refused within ``CACHE_SECONDS``
+as before, and no request of a busy session waits for its session's read. Only
+an entry older than that (a session idle that long) is read before the request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import random
 import secrets
 from collections.abc import Callable
@@ -27,6 +35,8 @@ TOUCH_SECONDS = 60  # last_seen is written at most once a minute per session
 #: token (or a guesser's socket) costs one database lookup, not one per message.
 UNKNOWN_SECONDS = 30
 MAX_REMEMBERED = 100_000
+
+log = logging.getLogger("exchange.sessions")
 
 
 def token_hash(token: str) -> str:
@@ -56,6 +66,8 @@ class Sessions:
         #: hash -> when it was found to name no session (ms). Tokens are random and
         #: made only by ``create``, so an unknown one never becomes a live session.
         self._unknown: dict[str, int] = {}
+        #: Background reads in flight, by hash: one per session, referenced until done.
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     def forget(self, key: str) -> None:
         """Drop a cached session (another worker ended it), and never cache it again.
@@ -104,11 +116,13 @@ class Sessions:
                 return None
             cached = await self._load(key, now)
             if cached is None:
-                self._cache.pop(key, None)
-                if len(self._unknown) >= MAX_REMEMBERED:
-                    self._unknown.clear()
-                self._unknown[key] = now
+                self._not_found(key, now)
                 return None
+        elif now - cached.checked > CACHE_SECONDS * 750 and key not in self._refreshing:
+            task = asyncio.get_running_loop().create_task(self._refresh(key, now))
+            self._refreshing[key] = task
+            # Not a ``finally`` in the task: one cancelled before its first step never runs.
+            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
         if now - cached.created >= self._lifetime_ms or now - cached.last_seen >= self._idle_ms:
             await self.delete_hash(key)
             return None
@@ -144,6 +158,29 @@ class Sessions:
         self.forget(key)  # a lookup in flight here must not cache it again
         if self.on_end is not None:
             self.on_end(key)
+
+    def _not_found(self, key: str, now: int) -> None:
+        self._cache.pop(key, None)
+        if len(self._unknown) >= MAX_REMEMBERED:
+            self._unknown.clear()
+        self._unknown[key] = now
+
+    async def _refresh(self, key: str, now: int) -> None:
+        """Read a cached session in use again while its requests go on.
+
+        A failed read leaves the entry as it was: once it is ``CACHE_SECONDS`` old,
+        the next request reads it itself and gets the error then.
+        """
+        try:
+            if await self._load(key, now) is None:
+                self._not_found(key, now)
+        except Exception:  # nobody waits for this read to answer
+            log.warning("a session's background read failed", exc_info=True)
+
+    async def refreshed(self) -> None:
+        """Wait for the background reads in flight (before the database is closed)."""
+        while self._refreshing:
+            await asyncio.gather(*list(self._refreshing.values()), return_exceptions=True)
 
     async def _load(self, key: str, now: int) -> _Cached | None:
         async with self._reads.connect() as conn:
