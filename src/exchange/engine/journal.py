@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -262,84 +262,82 @@ class Journal:
         """One transaction on the kept connection; _Lost if it is lost before COMMIT."""
         if self._kept is None:
             self._kept = self.engine.raw_connection()
-        raw = self._kept
         if self.sqlite:
-            self._steps(raw, write, None)
-            return
-        with self._pipeline(raw) as pipeline:
-            self._steps(raw, write, pipeline)
+            self._attempt_sqlite(self._kept, write)
+        else:
+            self._attempt_pipelined(self._kept, write)
 
-    @contextmanager
-    def _pipeline(self, raw: Any) -> Iterator[Any]:
-        """psycopg's pipeline mode around a transaction (PostgreSQL).
-
-        Entering sends nothing; leaving after COMMIT has nothing left to send, so a
-        failure there cannot undo the commit and is only logged, as the cursor's is.
-        """
-        try:
-            context = raw.dbapi_connection.pipeline()
-            pipeline = context.__enter__()
-        except Exception as error:
-            lost = self._is_lost(error, raw)
-            self._let_go()
-            if lost:
-                raise _Lost(error) from error
-            raise
-        try:
-            yield pipeline
-        except BaseException as error:
-            try:
-                context.__exit__(type(error), error, error.__traceback__)
-            except Exception:  # the transaction's own error is the one to report
-                log.warning("the journal's pipeline could not be left cleanly")
-            raise
-        try:
-            context.__exit__(None, None, None)
-        except Exception:
-            log.warning("a committed transaction's pipeline could not be left cleanly")
-            self._let_go()
-
-    def _steps(self, raw: Any, write: Callable[[Any], None], pipeline: Any) -> None:
+    def _attempt_sqlite(self, raw: Any, write: Callable[[Any], None]) -> None:
         rolled_back = False
         try:
             cursor = raw.cursor()
-            if self.sqlite:
-                cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN IMMEDIATE")
             try:
                 write(cursor)
-                if pipeline is not None:
-                    pipeline.sync()  # the rows' errors, before COMMIT is sent
             except BaseException:
-                if self.sqlite:
-                    cursor.execute("ROLLBACK")
-                else:
-                    if pipeline is not None:
-                        # A row's error can arrive while a later statement is queued; the
-                        # statements behind it are then reported as "pipeline aborted", at
-                        # the next sync, which must not be the rollback's.
-                        with suppress(Exception):
-                            pipeline.sync()
-                    raw.rollback()
+                cursor.execute("ROLLBACK")
                 rolled_back = True
                 raise
-        except Exception as error:
-            lost = self._is_lost(error, raw)
-            if lost or not rolled_back:  # its state is unknown: let it go
-                self._let_go()
-            if lost:
-                raise _Lost(error) from error
-            raise
-        except BaseException:
-            self._let_go()
-            raise
+        except BaseException as error:
+            raise self._failed(error, raw, rolled_back) from None
         try:
-            if self.sqlite:
-                cursor.execute("COMMIT")
-            else:
-                raw.commit()
+            cursor.execute("COMMIT")
         except BaseException:
             self._let_go()  # whether it committed is unknown: the writer reloads
             raise
+        self._close(cursor)
+
+    def _attempt_pipelined(self, raw: Any, write: Callable[[Any], None]) -> None:
+        """PostgreSQL, in psycopg's pipeline mode: two round trips a transaction.
+
+        ``BEGIN`` and the rows go out together and the pipeline is synced, so the
+        rows' errors are known before ``COMMIT`` is sent (a refused batch is rolled
+        back, as on SQLite); ``COMMIT`` then goes with the Sync that leaves pipeline
+        mode, and an error of it is raised there, an unknown outcome like any failed
+        COMMIT. A row's error can arrive while later statements are still queued:
+        those are then reported as "pipeline aborted" at the next sync, so one sync
+        takes them before the rollback, whose own must not fail on them.
+        """
+        connection = raw.dbapi_connection
+        mode = connection.pipeline()
+        rolled_back = False
+        try:
+            pipeline = mode.__enter__()
+            try:
+                cursor = raw.cursor()
+                write(cursor)
+                pipeline.sync()
+            except BaseException:
+                with suppress(Exception):
+                    pipeline.sync()
+                connection.rollback()
+                rolled_back = True
+                raise
+        except BaseException as error:
+            with suppress(Exception):  # the transaction's own error is the one to report
+                mode.__exit__(type(error), error, error.__traceback__)
+            raise self._failed(error, raw, rolled_back) from None
+        try:
+            cursor.execute("COMMIT", prepare=False)  # with the Sync that ends the pipeline
+            mode.__exit__(None, None, None)
+        except BaseException:
+            self._let_go()  # whether it committed is unknown: the writer reloads
+            raise
+        self._close(cursor)
+
+    def _failed(self, error: BaseException, raw: Any, rolled_back: bool) -> BaseException:
+        """What a transaction that failed before COMMIT raises: ``_Lost`` if its
+        connection is gone; the connection is let go unless it was rolled back."""
+        lost = isinstance(error, Exception) and self._is_lost(error, raw)
+        if lost or not rolled_back or not isinstance(error, Exception):
+            self._let_go()  # its state is unknown
+        if lost:
+            assert isinstance(error, Exception)
+            return _Lost(error)
+        return error
+
+    def _close(self, cursor: Any) -> None:
+        """After COMMIT has returned a failure cannot undo it: it is only logged."""
         try:
             cursor.close()
         except Exception:
