@@ -118,11 +118,6 @@ class Sessions:
             if cached is None:
                 self._not_found(key, now)
                 return None
-        elif now - cached.checked > CACHE_SECONDS * 750 and key not in self._refreshing:
-            task = asyncio.get_running_loop().create_task(self._refresh(key, now))
-            self._refreshing[key] = task
-            # Not a ``finally`` in the task: one cancelled before its first step never runs.
-            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
         if now - cached.created >= self._lifetime_ms or now - cached.last_seen >= self._idle_ms:
             await self.delete_hash(key)
             return None
@@ -132,6 +127,12 @@ class Sessions:
                 await conn.execute(
                     update(sessions).where(sessions.c.token_hash == key).values(last_seen=now)
                 )
+        if now - cached.checked > CACHE_SECONDS * 750 and key not in self._refreshing:
+            # After the touch above: the read then finds the last_seen just written.
+            task = asyncio.get_running_loop().create_task(self._refresh(key, now))
+            self._refreshing[key] = task
+            # Not a ``finally`` in the task: one cancelled before its first step never runs.
+            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
         return cached.user_id
 
     async def prune(self) -> int:
