@@ -79,7 +79,7 @@ async def test_a_session_in_use_is_checked_behind_its_request(
     four fifths of CACHE_SECONDS: that request is answered from the cache (it does not
     wait for the read) and the read goes on behind it; once it has found the row gone,
     the session is refused, before CACHE_SECONDS have passed."""
-    monkeypatch.setattr(sessions_module.random, "randrange", lambda stop: 0)  # no spread
+    monkeypatch.setattr(sessions_module._spread, "randrange", lambda stop: 0)  # no spread
     store = Sessions(db, clock, lifetime=3600, idle=1800)
     user = (await _user_ids(db))[0]
     token = await store.create(user)

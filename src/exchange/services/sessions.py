@@ -37,6 +37,9 @@ UNKNOWN_SECONDS = 30
 MAX_REMEMBERED = 100_000
 
 log = logging.getLogger("exchange.sessions")
+#: The spread of the checks: timing, not a secret. An instance of its own, not the
+#: module's shared state, which a caller (hypothesis, a seeded test) may own.
+_spread = random.Random()
 
 
 def token_hash(token: str) -> str:
@@ -203,7 +206,7 @@ class Sessions:
         all of it: sessions cached together (many logins at once, every first request
         after a restart) would otherwise all be read again in the same instant, each
         request waiting behind the others' reads on the pool."""
-        entry.checked -= random.randrange(CACHE_SECONDS * 500)  # timing, not a secret
+        entry.checked -= _spread.randrange(CACHE_SECONDS * 500)
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[key] = entry
