@@ -461,7 +461,7 @@ class GatewayEngine:
     async def submit(self, command: Returns[R]) -> R:
         """Sent to the writer; returned once its batch is applied here too."""
         data = encode_command(command)  # first: a command that cannot be sent leaves nothing
-        if self.nc is None or not self.connected:
+        if not self.connected:
             # Refused here, not in the request's task: the link may be down before NATS
             # has called ``_disconnected``, which would then fail the outcome as lost in
             # flight ("may or may not have been applied") though nothing was sent.

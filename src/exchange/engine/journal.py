@@ -279,7 +279,10 @@ class Journal:
                 rolled_back = True
                 raise
         except BaseException as error:
-            raise self._failed(error, raw, rolled_back) from None
+            lost = self._failed(error, raw, rolled_back)
+            if lost is not None:
+                raise lost from error
+            raise
         try:
             cursor.execute("COMMIT")
         except BaseException:
@@ -316,7 +319,10 @@ class Journal:
         except BaseException as error:
             with suppress(Exception):  # the transaction's own error is the one to report
                 mode.__exit__(type(error), error, error.__traceback__)
-            raise self._failed(error, raw, rolled_back) from None
+            lost = self._failed(error, raw, rolled_back)
+            if lost is not None:
+                raise lost from error
+            raise
         try:
             cursor.execute("COMMIT", prepare=False)  # with the Sync that ends the pipeline
             mode.__exit__(None, None, None)
@@ -325,16 +331,17 @@ class Journal:
             raise
         self._close(cursor)
 
-    def _failed(self, error: BaseException, raw: Any, rolled_back: bool) -> BaseException:
-        """What a transaction that failed before COMMIT raises: ``_Lost`` if its
-        connection is gone; the connection is let go unless it was rolled back."""
-        lost = isinstance(error, Exception) and self._is_lost(error, raw)
-        if lost or not rolled_back or not isinstance(error, Exception):
-            self._let_go()  # its state is unknown
-        if lost:
-            assert isinstance(error, Exception)
-            return _Lost(error)
-        return error
+    def _failed(self, error: BaseException, raw: Any, rolled_back: bool) -> _Lost | None:
+        """A transaction failed before COMMIT: ``_Lost`` to raise if its connection is
+        gone (else the error itself is raised); the connection is let go unless it was
+        rolled back, as its state is unknown then."""
+        if not isinstance(error, Exception):  # cancelled, interrupted: anywhere
+            self._let_go()
+            return None
+        lost = self._is_lost(error, raw)
+        if lost or not rolled_back:
+            self._let_go()
+        return _Lost(error) if lost else None
 
     def _close(self, cursor: Any) -> None:
         """After COMMIT has returned a failure cannot undo it: it is only logged."""
